@@ -1,0 +1,5 @@
+//! The northbound API: the logical model, its validation, the REST server
+//! and the `Store` it keeps everything in.
+
+pub mod model;
+pub mod store;

@@ -1,0 +1,141 @@
+//! The logical model as stored, and where each object lives in the store.
+//!
+//! Objects are JSON values under `/stacknet/<kind>/<id>`. Uniqueness of
+//! business fields is kept by index keys written in the same transaction as
+//! the object (created only if absent), never by a check-then-write.
+//! flowctl reads the same types to compile per-node state.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use proto::Mac;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// At most this many nodes in one Set.
+pub const MAX_NODES_PER_SET: usize = 45;
+
+/// VXLAN leaves this many bytes of the underlay MTU for its headers.
+pub const VXLAN_OVERHEAD: u16 = 50;
+
+/// Store key prefixes. Everything stacknet writes is under [`keys::ROOT`].
+pub mod keys {
+    pub const ROOT: &str = "/stacknet/";
+    pub const NODES: &str = "/stacknet/nodes/";
+    pub const VPCS: &str = "/stacknet/vpcs/";
+    pub const SUBNETS: &str = "/stacknet/subnets/";
+    pub const NICS: &str = "/stacknet/nics/";
+    /// Status reported from the data path (NIC up/down). Kept apart from the
+    /// intent so that status writes never trigger recompilation.
+    pub const NIC_STATUS: &str = "/stacknet/status/nics/";
+    /// Unique-field indexes: `/stacknet/index/<field>/<scope>/<value>` → id.
+    pub const INDEX: &str = "/stacknet/index/";
+
+    pub fn node(name: &str) -> String {
+        format!("{NODES}{name}")
+    }
+    pub fn vpc(id: &str) -> String {
+        format!("{VPCS}{id}")
+    }
+    pub fn subnet(id: &str) -> String {
+        format!("{SUBNETS}{id}")
+    }
+    pub fn nic(id: &str) -> String {
+        format!("{NICS}{id}")
+    }
+    pub fn nic_status(id: &str) -> String {
+        format!("{NIC_STATUS}{id}")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRole {
+    Compute,
+    Gateway,
+}
+
+/// A node (hypervisor) that runs a vswitch-agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Node {
+    /// Unique; also the identity the agent presents.
+    pub name: String,
+    /// The Set (group of at most 45 nodes) the node belongs to.
+    pub set: String,
+    #[schema(value_type = String, example = "192.0.2.11")]
+    pub underlay_ip: Ipv4Addr,
+    pub roles: Vec<NodeRole>,
+    pub created_at: String,
+}
+
+/// A tenant network: one VXLAN segment, one or more IPv4 CIDRs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Vpc {
+    pub id: String,
+    pub name: String,
+    /// The Set the VPC lives in; its overlay traffic stays inside it.
+    pub set: String,
+    #[schema(value_type = Vec<String>, example = json!(["10.0.0.0/16"]))]
+    pub cidrs: Vec<Ipv4Net>,
+    /// Allocated uniquely, 24 bits.
+    pub vni: u32,
+    pub created_at: String,
+}
+
+/// A subnet of a VPC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Subnet {
+    pub id: String,
+    pub name: String,
+    pub vpc_id: String,
+    #[schema(value_type = String, example = "10.0.1.0/24")]
+    pub cidr: Ipv4Net,
+    #[schema(value_type = String, example = "10.0.1.1")]
+    pub gateway_ip: Ipv4Addr,
+    /// The distributed router's MAC on this subnet.
+    #[schema(value_type = String, example = "02:5e:00:00:00:01")]
+    pub gateway_mac: Mac,
+    #[schema(value_type = Vec<String>)]
+    pub dns_servers: Vec<Ipv4Addr>,
+    /// The MTU of the VM interfaces (already leaves VXLAN headroom).
+    pub mtu: u16,
+    pub created_at: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NicStatus {
+    /// Not bound to a node, or its flows are not installed yet.
+    #[default]
+    Down,
+    /// Its flows are installed on its node.
+    Up,
+}
+
+/// A virtual NIC: one MAC and one IPv4 address in a subnet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Nic {
+    pub id: String,
+    pub name: String,
+    pub subnet_id: String,
+    pub vpc_id: String,
+    #[schema(value_type = String, example = "02:00:00:12:34:56")]
+    pub mac: Mac,
+    #[schema(value_type = String, example = "10.0.1.10")]
+    pub ip: Ipv4Addr,
+    /// The node the NIC is bound to, if any.
+    pub node: Option<String>,
+    /// The OVS `external_ids:iface-id` of the interface; the NIC id.
+    pub interface_id: String,
+    pub created_at: String,
+}
+
+/// The data-path status of a NIC, written by flowctl from agent acks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NicStatusRecord {
+    pub status: NicStatus,
+    /// The node that reported it.
+    pub node: String,
+    /// The store revision whose flows the node had installed.
+    pub revision: u64,
+}

@@ -1,0 +1,1 @@
+//! The embedded single-file backend (the default for one machine).

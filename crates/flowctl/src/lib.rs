@@ -1,0 +1,2 @@
+//! flowctl: turns the logical model into per-node state and streams it to
+//! the agents.

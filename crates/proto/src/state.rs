@@ -1,0 +1,348 @@
+//! The per-node desired state and the changes that move it.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Revision;
+
+/// A MAC address, kept as six bytes and written `02:00:00:00:00:01`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl std::fmt::Display for Mac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+/// The text is not a MAC address.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid MAC address {0:?}: expected six hex octets like 02:00:00:00:00:01")]
+pub struct MacParseError(pub String);
+
+impl std::str::FromStr for Mac {
+    type Err = MacParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || MacParseError(s.to_string());
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut out {
+            let part = parts.next().ok_or_else(err)?;
+            if part.len() != 2 {
+                return Err(err());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| err())?;
+        }
+        if parts.next().is_some() {
+            return Err(err());
+        }
+        Ok(Mac(out))
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An IPv4 prefix, `10.0.1.0/24`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Ipv4Prefix {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl Ipv4Prefix {
+    pub fn netmask(&self) -> Ipv4Addr {
+        let bits = if self.len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.len.min(32)))
+        };
+        Ipv4Addr::from(bits)
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::from(self.netmask());
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
+}
+
+impl std::fmt::Display for Ipv4Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// The node itself, as the agent needs to know it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeInfo {
+    pub name: String,
+    pub underlay_ip: Option<Ipv4Addr>,
+}
+
+/// A VPC present on the node because at least one local NIC is in it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vpc {
+    pub id: String,
+    /// The VXLAN network identifier: 24 bits, unique per VPC.
+    pub vni: u32,
+}
+
+/// A subnet of a VPC present on the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subnet {
+    pub id: String,
+    pub vpc_id: String,
+    pub cidr: Ipv4Prefix,
+    /// The distributed router's address and MAC on this subnet.
+    pub gateway_ip: Ipv4Addr,
+    pub gateway_mac: Mac,
+    pub dns_servers: Vec<Ipv4Addr>,
+    /// The MTU offered to VMs by DHCP (already less the VXLAN headroom).
+    pub mtu: u16,
+    pub lease_secs: u32,
+}
+
+/// A NIC of a VPC the node carries: local if `node` is this node, else a
+/// remote endpoint reached over the tunnel to `node`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nic {
+    pub id: String,
+    pub vpc_id: String,
+    pub subnet_id: String,
+    pub mac: Mac,
+    pub ip: Ipv4Addr,
+    pub node: String,
+}
+
+/// Another node this node tunnels to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub node: String,
+    pub underlay_ip: Ipv4Addr,
+}
+
+/// The complete desired state of one node at one revision. Each map holds
+/// only what the node needs: its NICs, the VPCs they belong to, the subnets
+/// and the other NICs of those VPCs, and the nodes hosting those NICs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeState {
+    pub node: NodeInfo,
+    pub revision: Revision,
+    pub vpcs: BTreeMap<String, Vpc>,
+    pub subnets: BTreeMap<String, Subnet>,
+    pub nics: BTreeMap<String, Nic>,
+    pub peers: BTreeMap<String, Peer>,
+}
+
+/// One object of a [`NodeState`], the unit a delta carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Object {
+    Node(NodeInfo),
+    Vpc(Vpc),
+    Subnet(Subnet),
+    Nic(Nic),
+    Peer(Peer),
+}
+
+/// The key of an [`Object`] within a [`NodeState`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "snake_case")]
+pub enum ObjectKey {
+    Vpc(String),
+    Subnet(String),
+    Nic(String),
+    Peer(String),
+}
+
+/// One step of a delta.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Change {
+    Upsert { object: Object },
+    Remove { key: ObjectKey },
+}
+
+impl NodeState {
+    /// Applies one change. Removing an absent key is not an error: deltas
+    /// are idempotent.
+    pub fn apply(&mut self, change: &Change) {
+        match change {
+            Change::Upsert { object } => match object {
+                Object::Node(n) => self.node = n.clone(),
+                Object::Vpc(v) => {
+                    self.vpcs.insert(v.id.clone(), v.clone());
+                }
+                Object::Subnet(s) => {
+                    self.subnets.insert(s.id.clone(), s.clone());
+                }
+                Object::Nic(n) => {
+                    self.nics.insert(n.id.clone(), n.clone());
+                }
+                Object::Peer(p) => {
+                    self.peers.insert(p.node.clone(), p.clone());
+                }
+            },
+            Change::Remove { key } => match key {
+                ObjectKey::Vpc(id) => {
+                    self.vpcs.remove(id);
+                }
+                ObjectKey::Subnet(id) => {
+                    self.subnets.remove(id);
+                }
+                ObjectKey::Nic(id) => {
+                    self.nics.remove(id);
+                }
+                ObjectKey::Peer(id) => {
+                    self.peers.remove(id);
+                }
+            },
+        }
+    }
+
+    /// The changes that turn `self` into `target` (the node info included).
+    pub fn diff(&self, target: &NodeState) -> Vec<Change> {
+        let mut out = Vec::new();
+        if self.node != target.node {
+            out.push(Change::Upsert {
+                object: Object::Node(target.node.clone()),
+            });
+        }
+        diff_map(
+            &self.vpcs,
+            &target.vpcs,
+            &mut out,
+            ObjectKey::Vpc,
+            Object::Vpc,
+        );
+        diff_map(
+            &self.subnets,
+            &target.subnets,
+            &mut out,
+            ObjectKey::Subnet,
+            Object::Subnet,
+        );
+        diff_map(
+            &self.nics,
+            &target.nics,
+            &mut out,
+            ObjectKey::Nic,
+            Object::Nic,
+        );
+        diff_map(
+            &self.peers,
+            &target.peers,
+            &mut out,
+            ObjectKey::Peer,
+            Object::Peer,
+        );
+        out
+    }
+
+    /// NICs bound to this node.
+    pub fn local_nics(&self) -> impl Iterator<Item = &Nic> {
+        self.nics.values().filter(|n| n.node == self.node.name)
+    }
+}
+
+fn diff_map<T: Clone + PartialEq>(
+    from: &BTreeMap<String, T>,
+    to: &BTreeMap<String, T>,
+    out: &mut Vec<Change>,
+    key: fn(String) -> ObjectKey,
+    object: fn(T) -> Object,
+) {
+    for id in from.keys().filter(|id| !to.contains_key(*id)) {
+        out.push(Change::Remove {
+            key: key(id.clone()),
+        });
+    }
+    for (id, value) in to {
+        if from.get(id) != Some(value) {
+            out.push(Change::Upsert {
+                object: object(value.clone()),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nic(id: &str, node: &str) -> Nic {
+        Nic {
+            id: id.into(),
+            vpc_id: "vpc-1".into(),
+            subnet_id: "subnet-1".into(),
+            mac: Mac([2, 0, 0, 0, 0, 1]),
+            ip: Ipv4Addr::new(10, 0, 0, 5),
+            node: node.into(),
+        }
+    }
+
+    #[test]
+    fn mac_round_trips_and_rejects_garbage() {
+        let mac: Mac = "02:0a:ff:00:10:01".parse().unwrap();
+        assert_eq!(mac.0, [2, 0x0a, 0xff, 0, 0x10, 1]);
+        assert_eq!(mac.to_string(), "02:0a:ff:00:10:01");
+        for bad in [
+            "",
+            "02:00",
+            "02:00:00:00:00:01:02",
+            "zz:00:00:00:00:01",
+            "2:0:0:0:0:1",
+        ] {
+            assert!(bad.parse::<Mac>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefix_contains() {
+        let p = Ipv4Prefix {
+            addr: Ipv4Addr::new(10, 0, 1, 0),
+            len: 24,
+        };
+        assert!(p.contains(Ipv4Addr::new(10, 0, 1, 200)));
+        assert!(!p.contains(Ipv4Addr::new(10, 0, 2, 1)));
+        assert_eq!(p.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+    }
+
+    #[test]
+    fn diff_then_apply_reaches_target() {
+        let mut a = NodeState::default();
+        a.nics.insert("nic-a".into(), nic("nic-a", "n1"));
+        a.nics.insert("nic-b".into(), nic("nic-b", "n1"));
+        let mut b = NodeState {
+            revision: 9,
+            ..NodeState::default()
+        };
+        b.nics.insert("nic-b".into(), nic("nic-b", "n2"));
+        b.nics.insert("nic-c".into(), nic("nic-c", "n1"));
+        let changes = a.diff(&b);
+        assert_eq!(changes.len(), 3);
+        let mut c = a.clone();
+        for ch in &changes {
+            c.apply(ch);
+        }
+        c.revision = b.revision;
+        assert_eq!(c, b);
+    }
+}

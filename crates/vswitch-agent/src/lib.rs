@@ -1,0 +1,3 @@
+//! The node agent: keeps br-int in the state flowctl asks for.
+
+pub mod openflow;

@@ -1,0 +1,287 @@
+//! Flows as the pipeline renders them and the codec encodes them.
+//!
+//! A [`Flow`] is identified by `(table, priority, match)`: two flows with the
+//! same key are the same OpenFlow entry, which is what reconciliation diffs
+//! on. [`Match`] keeps its fields sorted so equal matches compare equal.
+
+use std::net::Ipv4Addr;
+
+use proto::Mac;
+
+/// Reserved port numbers (OpenFlow 1.3+ `ofp_port_no`).
+pub mod port {
+    pub const IN_PORT: u32 = 0xffff_fff8;
+    pub const TABLE: u32 = 0xffff_fff9;
+    pub const NORMAL: u32 = 0xffff_fffa;
+    pub const FLOOD: u32 = 0xffff_fffb;
+    pub const ALL: u32 = 0xffff_fffc;
+    pub const CONTROLLER: u32 = 0xffff_fffd;
+    pub const LOCAL: u32 = 0xffff_fffe;
+    pub const ANY: u32 = 0xffff_ffff;
+}
+
+/// A field that can be matched, set or moved. Registers are the Nicira
+/// `reg0`..`reg15` (32 bits each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Field {
+    InPort,
+    Metadata,
+    EthDst,
+    EthSrc,
+    EthType,
+    IpProto,
+    IpDscp,
+    NwTtl,
+    Ipv4Src,
+    Ipv4Dst,
+    TcpSrc,
+    TcpDst,
+    UdpSrc,
+    UdpDst,
+    IcmpType,
+    IcmpCode,
+    ArpOp,
+    ArpSpa,
+    ArpTpa,
+    ArpSha,
+    ArpTha,
+    TunnelId,
+    TunIpv4Src,
+    TunIpv4Dst,
+    Reg(u8),
+    CtState,
+    CtZone,
+    CtMark,
+    CtLabel,
+}
+
+impl Field {
+    /// Width of the field in bits.
+    pub fn bits(self) -> u16 {
+        match self {
+            Field::InPort => 32,
+            Field::Metadata | Field::TunnelId => 64,
+            Field::EthDst | Field::EthSrc | Field::ArpSha | Field::ArpTha => 48,
+            Field::EthType | Field::ArpOp | Field::TcpSrc | Field::TcpDst => 16,
+            Field::UdpSrc | Field::UdpDst | Field::CtZone => 16,
+            Field::IpProto | Field::NwTtl | Field::IcmpType | Field::IcmpCode => 8,
+            Field::IpDscp => 6,
+            Field::Ipv4Src | Field::Ipv4Dst | Field::ArpSpa | Field::ArpTpa => 32,
+            Field::TunIpv4Src | Field::TunIpv4Dst | Field::Reg(_) | Field::CtState => 32,
+            Field::CtMark => 32,
+            Field::CtLabel => 128,
+        }
+    }
+}
+
+/// A field's value with an optional mask (all-ones mask = exact match; the
+/// codec omits an all-ones mask). Values are right-aligned in a u128.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FieldMatch {
+    pub field: Field,
+    pub value: u128,
+    pub mask: Option<u128>,
+}
+
+/// A set of field matches, sorted by field: prerequisites (eth_type before
+/// ip_proto before ports) are the pipeline's job, ordering is the codec's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Match {
+    fields: Vec<FieldMatch>,
+}
+
+impl Match {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces an exact match on `field`.
+    pub fn set(self, field: Field, value: u128) -> Self {
+        self.set_masked(field, value, None)
+    }
+
+    /// Adds or replaces a masked match on `field`.
+    pub fn set_masked(mut self, field: Field, value: u128, mask: Option<u128>) -> Self {
+        let fm = FieldMatch { field, value, mask };
+        match self.fields.binary_search_by_key(&field, |f| f.field) {
+            Ok(i) => self.fields[i] = fm,
+            Err(i) => self.fields.insert(i, fm),
+        }
+        self
+    }
+
+    pub fn in_port(self, port: u32) -> Self {
+        self.set(Field::InPort, port.into())
+    }
+    pub fn metadata(self, v: u64) -> Self {
+        self.set(Field::Metadata, v.into())
+    }
+    pub fn tunnel_id(self, v: u64) -> Self {
+        self.set(Field::TunnelId, v.into())
+    }
+    pub fn eth_type(self, t: u16) -> Self {
+        self.set(Field::EthType, t.into())
+    }
+    pub fn eth_src(self, m: Mac) -> Self {
+        self.set(Field::EthSrc, mac_bits(m))
+    }
+    pub fn eth_dst(self, m: Mac) -> Self {
+        self.set(Field::EthDst, mac_bits(m))
+    }
+    pub fn ip_proto(self, p: u8) -> Self {
+        self.set(Field::IpProto, p.into())
+    }
+    pub fn ipv4_src(self, ip: Ipv4Addr) -> Self {
+        self.set(Field::Ipv4Src, u32::from(ip).into())
+    }
+    pub fn ipv4_dst(self, ip: Ipv4Addr) -> Self {
+        self.set(Field::Ipv4Dst, u32::from(ip).into())
+    }
+    /// `ip/len` as a masked match (exact for /32).
+    pub fn ipv4_dst_prefix(self, ip: Ipv4Addr, len: u8) -> Self {
+        let (v, m) = prefix_bits(ip, len);
+        self.set_masked(Field::Ipv4Dst, v, m)
+    }
+    pub fn ipv4_src_prefix(self, ip: Ipv4Addr, len: u8) -> Self {
+        let (v, m) = prefix_bits(ip, len);
+        self.set_masked(Field::Ipv4Src, v, m)
+    }
+    pub fn udp_dst(self, p: u16) -> Self {
+        self.set(Field::UdpDst, p.into())
+    }
+    pub fn udp_src(self, p: u16) -> Self {
+        self.set(Field::UdpSrc, p.into())
+    }
+    pub fn arp_op(self, op: u16) -> Self {
+        self.set(Field::ArpOp, op.into())
+    }
+    pub fn arp_spa(self, ip: Ipv4Addr) -> Self {
+        self.set(Field::ArpSpa, u32::from(ip).into())
+    }
+    pub fn arp_tpa(self, ip: Ipv4Addr) -> Self {
+        self.set(Field::ArpTpa, u32::from(ip).into())
+    }
+    pub fn arp_sha(self, m: Mac) -> Self {
+        self.set(Field::ArpSha, mac_bits(m))
+    }
+    pub fn reg(self, n: u8, v: u32) -> Self {
+        self.set(Field::Reg(n), v.into())
+    }
+
+    pub fn fields(&self) -> &[FieldMatch] {
+        &self.fields
+    }
+
+    pub fn get(&self, field: Field) -> Option<&FieldMatch> {
+        self.fields
+            .binary_search_by_key(&field, |f| f.field)
+            .ok()
+            .map(|i| &self.fields[i])
+    }
+}
+
+/// A MAC as a right-aligned integer.
+pub fn mac_bits(m: Mac) -> u128 {
+    m.0.iter().fold(0u128, |acc, b| (acc << 8) | u128::from(*b))
+}
+
+/// `ip/len` as value and mask; no mask for /32.
+pub fn prefix_bits(ip: Ipv4Addr, len: u8) -> (u128, Option<u128>) {
+    let len = len.min(32);
+    let mask: u32 = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    };
+    let value = u128::from(u32::from(ip) & mask);
+    if len == 32 {
+        (value, None)
+    } else {
+        (value, Some(u128::from(mask)))
+    }
+}
+
+/// An action. Nicira extensions are used where OpenFlow has no equivalent.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    /// Output to a port (or a reserved port from [`port`]).
+    Output(u32),
+    /// Packet-in to the controller with up to `max_len` bytes and an opaque
+    /// `userdata` that comes back in the packet-in (NXAST_CONTROLLER2).
+    Controller { max_len: u16, userdata: Vec<u8> },
+    /// Writes a whole field (OFPAT_SET_FIELD).
+    SetField { field: Field, value: u128 },
+    /// Copies `n_bits` from `src[src_ofs..]` to `dst[dst_ofs..]` (NXAST_REG_MOVE).
+    Move {
+        src: Field,
+        src_ofs: u16,
+        dst: Field,
+        dst_ofs: u16,
+        n_bits: u16,
+    },
+    /// OFPAT_DEC_NW_TTL: drops the packet when the TTL runs out.
+    DecTtl,
+    /// Continue in `table`, then come back (NXAST_RESUBMIT_TABLE, in_port unchanged).
+    Resubmit { table: u8 },
+    /// Apply a group.
+    Group(u32),
+}
+
+/// One OpenFlow entry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Flow {
+    pub table: u8,
+    pub priority: u16,
+    pub cookie: u64,
+    pub matches: Match,
+    /// Applied in order (OFPIT_APPLY_ACTIONS). Empty with no `goto_table`
+    /// means drop.
+    pub actions: Vec<Action>,
+    /// Continue in this table afterwards (OFPIT_GOTO_TABLE).
+    pub goto_table: Option<u8>,
+}
+
+/// What identifies a flow entry in a switch.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FlowKey {
+    pub table: u8,
+    pub priority: u16,
+    pub matches: Match,
+}
+
+impl Flow {
+    pub fn key(&self) -> FlowKey {
+        FlowKey {
+            table: self.table,
+            priority: self.priority,
+            matches: self.matches.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn match_is_canonical_whatever_the_order() {
+        let a = Match::new().eth_type(0x0800).in_port(3).metadata(7);
+        let b = Match::new().metadata(7).in_port(3).eth_type(0x0800);
+        assert_eq!(a, b);
+        assert_eq!(a.fields().len(), 3);
+        assert_eq!(a.get(Field::InPort).map(|f| f.value), Some(3));
+    }
+
+    #[test]
+    fn prefixes() {
+        assert_eq!(
+            prefix_bits(Ipv4Addr::new(10, 0, 1, 7), 24),
+            (0x0a00_0100, Some(0xffff_ff00))
+        );
+        assert_eq!(
+            prefix_bits(Ipv4Addr::new(10, 0, 1, 7), 32),
+            (0x0a00_0107, None)
+        );
+        assert_eq!(prefix_bits(Ipv4Addr::new(10, 0, 1, 7), 0), (0, Some(0)));
+    }
+}
