@@ -1,3 +1,6 @@
 //! The node agent: keeps br-int in the state flowctl asks for.
 
-pub mod openflow;
+pub mod control;
+pub mod dhcp;
+pub mod pipeline;
+pub mod reconcile;

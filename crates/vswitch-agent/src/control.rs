@@ -1,0 +1,1 @@
+//! The agent side of the agent protocol: a client that streams state from flowctl.

@@ -1,0 +1,1 @@
+//! DHCP answered by the agent from packet-ins.

@@ -1,0 +1,1 @@
+//! Renders a node's desired state into OpenFlow flows.

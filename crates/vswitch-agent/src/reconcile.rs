@@ -1,0 +1,1 @@
+//! Diffs desired flows against installed ones.
