@@ -53,6 +53,15 @@ pub enum Field {
     CtZone,
     CtMark,
     CtLabel,
+    /// A field this crate has no name for, kept by its OXM identity so a
+    /// dumped flow still compares and re-encodes. `experimenter` is 0 unless
+    /// `class` is 0xffff; `len` is the value's size in bytes (at most 16).
+    Unknown {
+        class: u16,
+        field: u8,
+        experimenter: u32,
+        len: u8,
+    },
 }
 
 impl Field {
@@ -70,6 +79,7 @@ impl Field {
             Field::TunIpv4Src | Field::TunIpv4Dst | Field::Reg(_) | Field::CtState => 32,
             Field::CtMark => 32,
             Field::CtLabel => 128,
+            Field::Unknown { len, .. } => u16::from(len) * 8,
         }
     }
 }
@@ -225,6 +235,9 @@ pub enum Action {
     Resubmit { table: u8 },
     /// Apply a group.
     Group(u32),
+    /// An action this crate does not model, kept as its raw bytes (type,
+    /// length and body, already padded) so it re-encodes unchanged.
+    Unknown(Vec<u8>),
 }
 
 /// One OpenFlow entry.

@@ -11,7 +11,10 @@
 //!   retained history (the watcher then relists);
 //! - keys put with a lease are deleted when the lease expires or is revoked.
 
+pub mod conformance;
 pub mod embedded;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 

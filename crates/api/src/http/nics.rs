@@ -1,0 +1,420 @@
+//! `/v1/nics`: virtual NICs, one MAC and one IPv4 address in a subnet,
+//! optionally bound to a node.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::{Deserialize, Deserializer, Serialize};
+use tracing::instrument;
+use utoipa::{IntoParams, ToSchema};
+
+use super::db::{self, index, Attempt};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::problem::{ApiResult, Problem};
+use super::validate;
+use super::{subnets, vpcs, AppState};
+use crate::model::{keys, Nic, NicStatus, NicStatusRecord, Node};
+use crate::store::{Compare, Op, Store};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNic {
+    pub subnet_id: String,
+    /// The NIC id if omitted.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A free host address of the subnet; the lowest free one if omitted.
+    #[serde(default)]
+    #[schema(example = "10.0.1.10")]
+    pub ip: Option<String>,
+    /// A unicast MAC unused in the VPC; a random `02:...` one if omitted.
+    #[serde(default)]
+    #[schema(example = "02:00:00:12:34:56")]
+    pub mac: Option<String>,
+    /// The node to bind the NIC to; it must exist and be in the VPC's Set.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchNic {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A node name to (re)bind the NIC to, or null to unbind it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub node: Option<Option<String>>,
+}
+
+/// Tells `"node": null` (unbind) from an absent `node` (leave as is).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct NicFilter {
+    pub subnet_id: Option<String>,
+    pub vpc_id: Option<String>,
+    /// Only the NICs bound to this node.
+    pub node: Option<String>,
+}
+
+/// A NIC as the API shows it: the stored NIC plus its data-path status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct NicView {
+    #[serde(flatten)]
+    pub nic: Nic,
+    /// "up" once the NIC's current node reports its flows installed.
+    pub status: NicStatus,
+}
+
+/// Up only if the node that reported it is the node the NIC is bound to
+/// now; a report from a previous binding says nothing about the new one.
+fn status_of(nic: &Nic, record: Option<&NicStatusRecord>) -> NicStatus {
+    match (record, nic.node.as_deref()) {
+        (Some(r), Some(node)) if r.node == node => r.status,
+        _ => NicStatus::Down,
+    }
+}
+
+fn not_found(id: &str) -> Problem {
+    Problem::not_found(format!("NIC {id:?} not found"))
+}
+
+async fn load(store: &dyn Store, id: &str) -> ApiResult<db::Versioned<Nic>> {
+    if !validate::is_id("nic", id) {
+        return Err(not_found(id));
+    }
+    db::get_json(store, &keys::nic(id))
+        .await?
+        .ok_or_else(|| not_found(id))
+}
+
+async fn view(store: &dyn Store, nic: Nic) -> ApiResult<NicView> {
+    let record: Option<db::Versioned<NicStatusRecord>> =
+        db::get_json(store, &keys::nic_status(&nic.id)).await?;
+    let status = status_of(&nic, record.as_ref().map(|r| &r.value));
+    Ok(NicView { nic, status })
+}
+
+/// The node a NIC is to be bound to, checked against the VPC's Set. The
+/// returned compares and op make the commit fail if the node changed or was
+/// deleted meanwhile, and make a concurrent node delete or Set change retry.
+async fn bind(
+    store: &dyn Store,
+    node: &str,
+    vpc_set: &str,
+    vpc_id: &str,
+) -> ApiResult<(Vec<Compare>, Op)> {
+    let missing = || {
+        Problem::invalid("node", format!("`node`: node {node:?} does not exist"))
+    };
+    if validate::dns_label("node", node).is_err() {
+        return Err(missing());
+    }
+    let key = keys::node(node);
+    let n: db::Versioned<Node> = db::get_json(store, &key).await?.ok_or_else(missing)?;
+    if n.value.set != vpc_set {
+        return Err(Problem::invalid(
+            "node",
+            format!(
+                "`node`: node {node:?} is in Set {:?} but VPC {vpc_id:?} lives in Set \
+                 {vpc_set:?}; a VPC's traffic stays inside its Set",
+                n.value.set
+            ),
+        ));
+    }
+    let guard = index::node_guard(node);
+    let guard_rev = db::mod_revision(store, &guard).await?;
+    Ok((
+        vec![
+            Compare::mod_revision_is(key, n.mod_revision),
+            Compare::mod_revision_is(&guard, guard_rev),
+        ],
+        db::bump(guard),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/nics", tag = "nics", request_body = CreateNic,
+    responses((status = 201, body = NicView), (status = 400, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem)))]
+#[instrument(skip_all, fields(nic_id = tracing::field::Empty, subnet_id = %req.subnet_id))]
+pub async fn create(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<CreateNic>,
+) -> ApiResult<impl IntoResponse> {
+    let id = validate::new_id("nic");
+    tracing::Span::current().record("nic_id", id.as_str());
+    let name = req.name.clone().unwrap_or_else(|| id.clone());
+    validate::name("name", &name)?;
+    let want_ip = req
+        .ip
+        .as_deref()
+        .map(|s| validate::ipv4("ip", s))
+        .transpose()?;
+    let want_mac = req
+        .mac
+        .as_deref()
+        .map(|s| validate::mac("mac", s))
+        .transpose()?;
+    let store = st.store.as_ref();
+    let created_at = validate::now_rfc3339();
+    let (id, name, req, created_at) = (&id, &name, &req, &created_at);
+    let nic = db::retry("create the NIC", || async move {
+        let subnet = subnets::load(store, &req.subnet_id).await?.ok_or_else(|| {
+            Problem::invalid(
+                "subnet_id",
+                format!("`subnet_id`: subnet {:?} does not exist", req.subnet_id),
+            )
+        })?;
+        let sn = &subnet.value;
+        // Guard first, then the addresses in use: a NIC added after this
+        // read bumps the guard and fails the compare.
+        let guard = index::subnet_guard(&sn.id);
+        let guard_rev = db::mod_revision(store, &guard).await?;
+        let ip = match want_ip {
+            Some(ip) => {
+                validate::host_in(sn.cidr, ip)
+                    .map_err(|why| Problem::invalid("ip", format!("`ip` {why}")))?;
+                if ip == sn.gateway_ip {
+                    return Err(Problem::invalid(
+                        "ip",
+                        format!("`ip` {ip} is the gateway address of subnet {:?}", sn.id),
+                    ));
+                }
+                if let Some(owner) = db::get_text(store, &index::ip(&sn.id, ip)).await? {
+                    return Err(Problem::conflict(format!(
+                        "`ip` {ip} is already used by NIC {owner:?} in subnet {:?}",
+                        sn.id
+                    ))
+                    .with_field("ip"));
+                }
+                ip
+            }
+            None => {
+                let (kvs, _) = store.range(&index::ip_prefix(&sn.id)).await?;
+                let used: BTreeSet<Ipv4Addr> = kvs
+                    .iter()
+                    .filter_map(|kv| kv.key.rsplit('/').next()?.parse().ok())
+                    .collect();
+                validate::lowest_free(sn.cidr, sn.gateway_ip, &used).ok_or_else(|| {
+                    Problem::conflict(format!(
+                        "subnet {:?} ({}) has no free address left",
+                        sn.id, sn.cidr
+                    ))
+                    .with_field("subnet_id")
+                })?
+            }
+        };
+        let mac = match want_mac {
+            Some(mac) => {
+                if let Some(owner) = db::get_text(store, &index::mac(&sn.vpc_id, mac)).await? {
+                    return Err(Problem::conflict(format!(
+                        "`mac` {mac} is already used by {owner:?} in VPC {:?}",
+                        sn.vpc_id
+                    ))
+                    .with_field("mac"));
+                }
+                mac
+            }
+            None => {
+                // 40 random bits: a clash is rare and caught by the compare.
+                let mut mac = validate::random_mac();
+                for _ in 0..8 {
+                    if store.get(&index::mac(&sn.vpc_id, mac)).await?.is_none() {
+                        break;
+                    }
+                    mac = validate::random_mac();
+                }
+                mac
+            }
+        };
+        let ip_key = index::ip(&sn.id, ip);
+        let mac_key = index::mac(&sn.vpc_id, mac);
+        let key = keys::nic(id);
+        let mut compare = vec![
+            db::created_at(keys::subnet(&sn.id), subnet.create_revision),
+            Compare::mod_revision_is(&guard, guard_rev),
+            Compare::absent(&key),
+            Compare::absent(&ip_key),
+            Compare::absent(&mac_key),
+        ];
+        let nic = Nic {
+            id: id.clone(),
+            name: name.clone(),
+            subnet_id: sn.id.clone(),
+            vpc_id: sn.vpc_id.clone(),
+            mac,
+            ip,
+            node: req.node.clone(),
+            interface_id: id.clone(),
+            created_at: created_at.clone(),
+        };
+        let mut ops = vec![
+            db::put_json(&key, &nic)?,
+            Op::put(ip_key, id.as_bytes().to_vec()),
+            Op::put(mac_key, id.as_bytes().to_vec()),
+            db::bump(guard),
+        ];
+        if let Some(node) = &req.node {
+            let vpc = vpcs::load(store, &sn.vpc_id).await?.ok_or_else(|| {
+                Problem::invalid(
+                    "subnet_id",
+                    format!("`subnet_id`: the VPC of subnet {:?} is gone", sn.id),
+                )
+            })?;
+            let (c, op) = bind(store, node, &vpc.value.set, &vpc.value.id).await?;
+            compare.extend(c);
+            ops.push(op);
+        }
+        Ok(if db::commit(store, compare, ops).await? {
+            Attempt::Done(nic)
+        } else {
+            Attempt::Retry
+        })
+    })
+    .await?;
+    tracing::info!(ip = %nic.ip, mac = %nic.mac, node = ?nic.node, "NIC created");
+    let location = format!("/v1/nics/{}", nic.id);
+    let view = view(store, nic).await?;
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(view)))
+}
+
+#[utoipa::path(get, path = "/v1/nics", tag = "nics", params(NicFilter),
+    responses((status = 200, body = Vec<NicView>), (status = 400, body = Problem)))]
+#[instrument(skip_all)]
+pub async fn list(
+    State(st): State<AppState>,
+    ApiQuery(f): ApiQuery<NicFilter>,
+) -> ApiResult<Json<Vec<NicView>>> {
+    let store = st.store.as_ref();
+    let nics: Vec<Nic> = db::list_json(store, keys::NICS).await?;
+    let (kvs, _) = store.range(keys::NIC_STATUS).await?;
+    let mut statuses: HashMap<String, NicStatusRecord> = HashMap::new();
+    for kv in kvs {
+        let id = kv.key.trim_start_matches(keys::NIC_STATUS).to_string();
+        match serde_json::from_slice(&kv.value) {
+            Ok(r) => {
+                statuses.insert(id, r);
+            }
+            // One bad status record must not hide every NIC; show it down.
+            Err(e) => tracing::warn!(nic_id = %id, error = %e, "unreadable NIC status record"),
+        }
+    }
+    let out = nics
+        .into_iter()
+        .filter(|n| f.subnet_id.as_ref().is_none_or(|s| &n.subnet_id == s))
+        .filter(|n| f.vpc_id.as_ref().is_none_or(|v| &n.vpc_id == v))
+        .filter(|n| f.node.as_ref().is_none_or(|x| n.node.as_ref() == Some(x)))
+        .map(|nic| {
+            let status = status_of(&nic, statuses.get(&nic.id));
+            NicView { nic, status }
+        })
+        .collect();
+    Ok(Json(out))
+}
+
+#[utoipa::path(get, path = "/v1/nics/{id}", tag = "nics", params(("id" = String, Path)),
+    responses((status = 200, body = NicView), (status = 404, body = Problem)))]
+#[instrument(skip_all, fields(nic_id = %id))]
+pub async fn get(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<NicView>> {
+    let store = st.store.as_ref();
+    let nic = load(store, &id).await?.value;
+    Ok(Json(view(store, nic).await?))
+}
+
+#[utoipa::path(patch, path = "/v1/nics/{id}", tag = "nics", request_body = PatchNic,
+    params(("id" = String, Path)),
+    responses((status = 200, body = NicView), (status = 404, body = Problem),
+        (status = 422, body = Problem)))]
+#[instrument(skip_all, fields(nic_id = %id))]
+pub async fn patch(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<PatchNic>,
+) -> ApiResult<Json<NicView>> {
+    if let Some(name) = &req.name {
+        validate::name("name", name)?;
+    }
+    let store = st.store.as_ref();
+    let (id, req) = (&id, &req);
+    let nic = db::retry("update the NIC", || async move {
+        let cur = load(store, id).await?;
+        let mut nic = cur.value.clone();
+        let key = keys::nic(id);
+        let mut compare = vec![Compare::mod_revision_is(&key, cur.mod_revision)];
+        let mut ops = vec![];
+        if let Some(name) = &req.name {
+            nic.name = name.clone();
+        }
+        if let Some(node) = req.node.as_ref().filter(|n| **n != nic.node) {
+            if let Some(node) = node {
+                let vpc = vpcs::load(store, &nic.vpc_id).await?.ok_or_else(|| {
+                    Problem::conflict(format!("the VPC {:?} of NIC {id:?} is gone", nic.vpc_id))
+                })?;
+                let (c, op) = bind(store, node, &vpc.value.set, &vpc.value.id).await?;
+                compare.extend(c);
+                ops.push(op);
+            }
+            // The old node's report says nothing about the new binding.
+            ops.push(Op::delete(keys::nic_status(id)));
+            nic.node = node.clone();
+        }
+        if nic == cur.value {
+            return Ok(Attempt::Done(nic));
+        }
+        ops.push(db::put_json(&key, &nic)?);
+        Ok(if db::commit(store, compare, ops).await? {
+            Attempt::Done(nic)
+        } else {
+            Attempt::Retry
+        })
+    })
+    .await?;
+    tracing::info!(node = ?nic.node, "NIC updated");
+    Ok(Json(view(store, nic).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/nics/{id}", tag = "nics", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = Problem)))]
+#[instrument(skip_all, fields(nic_id = %id))]
+pub async fn delete(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    let store = st.store.as_ref();
+    let id = &id;
+    db::retry("delete the NIC", || async move {
+        let cur = load(store, id).await?;
+        let key = keys::nic(id);
+        let mut ops = vec![Op::delete(&key), Op::delete(keys::nic_status(id))];
+        for idx in [
+            index::ip(&cur.value.subnet_id, cur.value.ip),
+            index::mac(&cur.value.vpc_id, cur.value.mac),
+        ] {
+            if db::get_text(store, &idx).await?.as_deref() == Some(id.as_str()) {
+                ops.push(Op::delete(idx));
+            }
+        }
+        let ok = db::commit(
+            store,
+            vec![Compare::mod_revision_is(&key, cur.mod_revision)],
+            ops,
+        )
+        .await?;
+        Ok(if ok { Attempt::Done(()) } else { Attempt::Retry })
+    })
+    .await?;
+    tracing::info!("NIC deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

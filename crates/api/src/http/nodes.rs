@@ -1,0 +1,336 @@
+//! `/v1/nodes`: the hypervisors, grouped in Sets of at most 45.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use tracing::instrument;
+use utoipa::{IntoParams, ToSchema};
+
+use super::db::{self, index, Attempt};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::problem::{ApiResult, Problem};
+use super::validate;
+use super::AppState;
+use crate::model::{keys, Nic, Node, NodeRole, MAX_NODES_PER_SET};
+use crate::store::Compare;
+
+pub const DEFAULT_SET: &str = "default";
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNode {
+    /// Unique; a lowercase DNS label. The identity the agent presents.
+    pub name: String,
+    /// The Set to join; "default" if omitted.
+    #[serde(default)]
+    pub set: Option<String>,
+    #[schema(example = "192.0.2.11")]
+    pub underlay_ip: String,
+    /// `["compute"]` if omitted.
+    #[serde(default)]
+    pub roles: Option<Vec<NodeRole>>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchNode {
+    /// Move to another Set; only while no NIC is bound to the node.
+    #[serde(default)]
+    pub set: Option<String>,
+    #[serde(default)]
+    pub underlay_ip: Option<String>,
+    #[serde(default)]
+    pub roles: Option<Vec<NodeRole>>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct NodeFilter {
+    /// Only the nodes of this Set.
+    pub set: Option<String>,
+}
+
+fn roles(raw: Option<Vec<NodeRole>>) -> ApiResult<Vec<NodeRole>> {
+    let mut roles = raw.unwrap_or_else(|| vec![NodeRole::Compute]);
+    if roles.is_empty() {
+        return Err(Problem::invalid(
+            "roles",
+            "`roles` must name at least one of compute, gateway",
+        ));
+    }
+    // Keep a canonical order so equal role sets compare equal.
+    roles.sort_by_key(|r| *r as u8);
+    roles.dedup();
+    Ok(roles)
+}
+
+fn not_found(name: &str) -> Problem {
+    Problem::not_found(format!("node {name:?} not found"))
+}
+
+fn set_full(set: &str) -> Problem {
+    Problem::conflict(format!(
+        "Set {set:?} already has {MAX_NODES_PER_SET} nodes, the maximum; put the node in \
+         another Set"
+    ))
+    .with_field("set")
+}
+
+/// NICs bound to `node`, from the NIC objects themselves.
+async fn bound_nics(store: &dyn crate::store::Store, node: &str) -> ApiResult<Vec<String>> {
+    let nics: Vec<Nic> = db::list_json(store, keys::NICS).await?;
+    Ok(nics
+        .into_iter()
+        .filter(|n| n.node.as_deref() == Some(node))
+        .map(|n| n.id)
+        .collect())
+}
+
+async fn members(store: &dyn crate::store::Store, set: &str) -> ApiResult<usize> {
+    let nodes: Vec<Node> = db::list_json(store, keys::NODES).await?;
+    Ok(nodes.iter().filter(|n| n.set == set).count())
+}
+
+#[utoipa::path(post, path = "/v1/nodes", tag = "nodes", request_body = CreateNode,
+    responses((status = 201, body = Node), (status = 400, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem)))]
+#[instrument(skip_all, fields(node = %req.name))]
+pub async fn create(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<CreateNode>,
+) -> ApiResult<impl IntoResponse> {
+    validate::dns_label("name", &req.name)?;
+    let set = req.set.unwrap_or_else(|| DEFAULT_SET.to_string());
+    validate::dns_label("set", &set)?;
+    let underlay_ip = validate::unicast_ipv4("underlay_ip", &req.underlay_ip)?;
+    let node = Node {
+        name: req.name,
+        set,
+        underlay_ip,
+        roles: roles(req.roles)?,
+        created_at: validate::now_rfc3339(),
+    };
+    let store = st.store.as_ref();
+    let node = &node;
+    let node = db::retry("create the node", || async move {
+        let key = keys::node(&node.name);
+        if store.get(&key).await?.is_some() {
+            return Err(
+                Problem::conflict(format!("node {:?} already exists", node.name))
+                    .with_field("name"),
+            );
+        }
+        let ip_key = index::underlay_ip(node.underlay_ip);
+        if let Some(owner) = db::get_text(store, &ip_key).await? {
+            return Err(Problem::conflict(format!(
+                "underlay_ip {} is already used by node {owner:?}",
+                node.underlay_ip
+            ))
+            .with_field("underlay_ip"));
+        }
+        // The guard is read before the members, so a node added after this
+        // read fails the compare below.
+        let guard = index::set_guard(&node.set);
+        let guard_rev = db::mod_revision(store, &guard).await?;
+        if members(store, &node.set).await? >= MAX_NODES_PER_SET {
+            return Err(set_full(&node.set));
+        }
+        let ok = db::commit(
+            store,
+            vec![
+                Compare::absent(&key),
+                Compare::absent(&ip_key),
+                Compare::mod_revision_is(&guard, guard_rev),
+            ],
+            vec![
+                db::put_json(&key, &node)?,
+                crate::store::Op::put(&ip_key, node.name.as_bytes().to_vec()),
+                db::bump(&guard),
+            ],
+        )
+        .await?;
+        Ok(if ok {
+            Attempt::Done(node.clone())
+        } else {
+            Attempt::Retry
+        })
+    })
+    .await?;
+    tracing::info!(set = %node.set, "node created");
+    let location = format!("/v1/nodes/{}", node.name);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(node),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/nodes", tag = "nodes", params(NodeFilter),
+    responses((status = 200, body = Vec<Node>)))]
+#[instrument(skip_all)]
+pub async fn list(
+    State(st): State<AppState>,
+    ApiQuery(filter): ApiQuery<NodeFilter>,
+) -> ApiResult<Json<Vec<Node>>> {
+    let nodes: Vec<Node> = db::list_json(st.store.as_ref(), keys::NODES).await?;
+    Ok(Json(
+        nodes
+            .into_iter()
+            .filter(|n| filter.set.as_ref().is_none_or(|s| &n.set == s))
+            .collect(),
+    ))
+}
+
+async fn load(
+    store: &dyn crate::store::Store,
+    name: &str,
+) -> ApiResult<db::Versioned<Node>> {
+    if validate::dns_label("name", name).is_err() {
+        return Err(not_found(name));
+    }
+    db::get_json(store, &keys::node(name))
+        .await?
+        .ok_or_else(|| not_found(name))
+}
+
+#[utoipa::path(get, path = "/v1/nodes/{name}", tag = "nodes",
+    params(("name" = String, Path)),
+    responses((status = 200, body = Node), (status = 404, body = Problem)))]
+#[instrument(skip_all, fields(node = %name))]
+pub async fn get(
+    State(st): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<Node>> {
+    Ok(Json(load(st.store.as_ref(), &name).await?.value))
+}
+
+#[utoipa::path(patch, path = "/v1/nodes/{name}", tag = "nodes", request_body = PatchNode,
+    params(("name" = String, Path)),
+    responses((status = 200, body = Node), (status = 404, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem)))]
+#[instrument(skip_all, fields(node = %name))]
+pub async fn patch(
+    State(st): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<PatchNode>,
+) -> ApiResult<Json<Node>> {
+    if let Some(set) = &req.set {
+        validate::dns_label("set", set)?;
+    }
+    let new_ip = req
+        .underlay_ip
+        .as_deref()
+        .map(|s| validate::unicast_ipv4("underlay_ip", s))
+        .transpose()?;
+    let new_roles = req.roles.clone().map(|r| roles(Some(r))).transpose()?;
+    let store = st.store.as_ref();
+    let (name, req, new_roles) = (&name, &req, &new_roles);
+    let node = db::retry("update the node", || async move {
+        let cur = load(store, &name).await?;
+        let mut node = cur.value.clone();
+        let key = keys::node(&name);
+        let mut compare = vec![Compare::mod_revision_is(&key, cur.mod_revision)];
+        let mut ops = vec![];
+        if let Some(roles) = &new_roles {
+            node.roles = roles.clone();
+        }
+        if let Some(ip) = new_ip.filter(|ip| *ip != node.underlay_ip) {
+            let new_key = index::underlay_ip(ip);
+            if let Some(owner) = db::get_text(store, &new_key).await? {
+                return Err(Problem::conflict(format!(
+                    "underlay_ip {ip} is already used by node {owner:?}"
+                ))
+                .with_field("underlay_ip"));
+            }
+            compare.push(Compare::absent(&new_key));
+            ops.push(crate::store::Op::put(&new_key, name.as_bytes().to_vec()));
+            let old_key = index::underlay_ip(node.underlay_ip);
+            if db::get_text(store, &old_key).await?.as_deref() == Some(name.as_str()) {
+                ops.push(crate::store::Op::delete(old_key));
+            }
+            node.underlay_ip = ip;
+        }
+        if let Some(set) = req.set.as_ref().filter(|s| **s != node.set) {
+            // NICs bound here belong to VPCs of the old Set, whose traffic
+            // must stay inside it.
+            let node_guard = index::node_guard(&name);
+            let node_guard_rev = db::mod_revision(store, &node_guard).await?;
+            let nics = bound_nics(store, &name).await?;
+            if !nics.is_empty() {
+                return Err(Problem::conflict(format!(
+                    "node {name:?} cannot change Set while it has {}; unbind them first",
+                    db::in_use("NICs bound", &nics)
+                ))
+                .with_field("set"));
+            }
+            let set_guard = index::set_guard(set);
+            let set_guard_rev = db::mod_revision(store, &set_guard).await?;
+            if members(store, set).await? >= MAX_NODES_PER_SET {
+                return Err(set_full(set));
+            }
+            compare.push(Compare::mod_revision_is(&node_guard, node_guard_rev));
+            compare.push(Compare::mod_revision_is(&set_guard, set_guard_rev));
+            ops.push(db::bump(set_guard));
+            node.set = set.clone();
+        }
+        if node == cur.value {
+            return Ok(Attempt::Done(node));
+        }
+        ops.push(db::put_json(&key, &node)?);
+        Ok(if db::commit(store, compare, ops).await? {
+            Attempt::Done(node)
+        } else {
+            Attempt::Retry
+        })
+    })
+    .await?;
+    tracing::info!(set = %node.set, "node updated");
+    Ok(Json(node))
+}
+
+#[utoipa::path(delete, path = "/v1/nodes/{name}", tag = "nodes",
+    params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+#[instrument(skip_all, fields(node = %name))]
+pub async fn delete(
+    State(st): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    let store = st.store.as_ref();
+    let name = &name;
+    db::retry("delete the node", || async move {
+        let cur = load(store, &name).await?;
+        let guard = index::node_guard(&name);
+        let guard_rev = db::mod_revision(store, &guard).await?;
+        let nics = bound_nics(store, &name).await?;
+        if !nics.is_empty() {
+            return Err(Problem::conflict(format!(
+                "node {name:?} still has {}; unbind or delete them first",
+                db::in_use("NICs bound", &nics)
+            )));
+        }
+        let key = keys::node(&name);
+        let mut ops = vec![crate::store::Op::delete(&key), crate::store::Op::delete(&guard)];
+        let ip_key = index::underlay_ip(cur.value.underlay_ip);
+        if db::get_text(store, &ip_key).await?.as_deref() == Some(name.as_str()) {
+            ops.push(crate::store::Op::delete(ip_key));
+        }
+        let ok = db::commit(
+            store,
+            vec![
+                Compare::mod_revision_is(&key, cur.mod_revision),
+                Compare::mod_revision_is(&guard, guard_rev),
+            ],
+            ops,
+        )
+        .await?;
+        Ok(if ok { Attempt::Done(()) } else { Attempt::Retry })
+    })
+    .await?;
+    tracing::info!("node deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+

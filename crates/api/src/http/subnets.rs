@@ -1,0 +1,284 @@
+//! `/v1/subnets`: IPv4 subnets of a VPC, routed by the distributed router.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use tracing::instrument;
+use utoipa::{IntoParams, ToSchema};
+
+use super::db::{self, index, Attempt};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::problem::{ApiResult, Problem};
+use super::validate;
+use super::vpcs;
+use super::AppState;
+use crate::model::{keys, Nic, Subnet};
+use crate::store::{Compare, Op, Store};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSubnet {
+    pub vpc_id: String,
+    /// The subnet id if omitted.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Inside one of the VPC's CIDRs, overlapping no other subnet of it.
+    #[schema(example = "10.0.1.0/24")]
+    pub cidr: String,
+    /// The first host address if omitted.
+    #[serde(default)]
+    #[schema(example = "10.0.1.1")]
+    pub gateway_ip: Option<String>,
+    #[serde(default)]
+    pub dns_servers: Option<Vec<String>>,
+    /// 1450 (1500 less VXLAN) if omitted; 576..=8950.
+    #[serde(default)]
+    pub mtu: Option<u16>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchSubnet {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub dns_servers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SubnetFilter {
+    /// Only the subnets of this VPC.
+    pub vpc_id: Option<String>,
+}
+
+fn not_found(id: &str) -> Problem {
+    Problem::not_found(format!("subnet {id:?} not found"))
+}
+
+pub(super) async fn load(store: &dyn Store, id: &str) -> ApiResult<Option<db::Versioned<Subnet>>> {
+    if !validate::is_id("subnet", id) {
+        return Ok(None);
+    }
+    db::get_json(store, &keys::subnet(id)).await
+}
+
+/// NICs in `subnet_id`, from the NIC objects themselves.
+async fn nics_of(store: &dyn Store, subnet_id: &str) -> ApiResult<Vec<String>> {
+    let all: Vec<Nic> = db::list_json(store, keys::NICS).await?;
+    Ok(all
+        .into_iter()
+        .filter(|n| n.subnet_id == subnet_id)
+        .map(|n| n.id)
+        .collect())
+}
+
+#[utoipa::path(post, path = "/v1/subnets", tag = "subnets", request_body = CreateSubnet,
+    responses((status = 201, body = Subnet), (status = 400, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem)))]
+#[instrument(skip_all, fields(subnet_id = tracing::field::Empty, vpc_id = %req.vpc_id))]
+pub async fn create(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<CreateSubnet>,
+) -> ApiResult<impl IntoResponse> {
+    let id = validate::new_id("subnet");
+    tracing::Span::current().record("subnet_id", id.as_str());
+    let name = req.name.clone().unwrap_or_else(|| id.clone());
+    validate::name("name", &name)?;
+    let cidr = validate::cidr("cidr", &req.cidr)?;
+    let gateway_ip = match &req.gateway_ip {
+        Some(s) => {
+            let ip = validate::ipv4("gateway_ip", s)?;
+            validate::host_in(cidr, ip).map_err(|why| {
+                Problem::invalid("gateway_ip", format!("`gateway_ip` {why}"))
+            })?;
+            ip
+        }
+        None => validate::first_host(cidr),
+    };
+    let dns_servers = validate::dns_servers(req.dns_servers.as_deref().unwrap_or_default())?;
+    let mtu = validate::mtu(req.mtu.unwrap_or(validate::DEFAULT_MTU))?;
+    let store = st.store.as_ref();
+    let created_at = validate::now_rfc3339();
+    let (id, name, req, dns_servers, created_at) = (&id, &name, &req, &dns_servers, &created_at);
+    let subnet = db::retry("create the subnet", || async move {
+        let vpc = vpcs::load(store, &req.vpc_id).await?.ok_or_else(|| {
+            Problem::invalid(
+                "vpc_id",
+                format!("`vpc_id`: VPC {:?} does not exist", req.vpc_id),
+            )
+        })?;
+        if !vpc.value.cidrs.iter().any(|c| c.contains(&cidr)) {
+            let cidrs: Vec<String> = vpc.value.cidrs.iter().map(|c| c.to_string()).collect();
+            return Err(Problem::invalid(
+                "cidr",
+                format!(
+                    "`cidr` {cidr} is not inside any CIDR of VPC {:?} ({})",
+                    vpc.value.id,
+                    cidrs.join(", ")
+                ),
+            ));
+        }
+        // Guard first, then the siblings: a subnet added after this read
+        // bumps the guard and fails the compare.
+        let guard = index::vpc_guard(&vpc.value.id);
+        let guard_rev = db::mod_revision(store, &guard).await?;
+        let siblings = vpcs::subnets_of(store, &vpc.value.id).await?;
+        if let Some(other) = siblings.iter().find(|s| validate::overlaps(s.cidr, cidr)) {
+            return Err(Problem::conflict(format!(
+                "`cidr` {cidr} overlaps subnet {:?} ({}) of VPC {:?}",
+                other.id, other.cidr, vpc.value.id
+            ))
+            .with_field("cidr"));
+        }
+        let gateway_mac = validate::random_mac();
+        let mac_key = index::mac(&vpc.value.id, gateway_mac);
+        let subnet = Subnet {
+            id: id.clone(),
+            name: name.clone(),
+            vpc_id: vpc.value.id.clone(),
+            cidr,
+            gateway_ip,
+            gateway_mac,
+            dns_servers: dns_servers.clone(),
+            mtu,
+            created_at: created_at.clone(),
+        };
+        let key = keys::subnet(id);
+        let ok = db::commit(
+            store,
+            vec![
+                db::created_at(keys::vpc(&vpc.value.id), vpc.create_revision),
+                Compare::mod_revision_is(&guard, guard_rev),
+                Compare::absent(&key),
+                Compare::absent(&mac_key),
+            ],
+            vec![
+                db::put_json(&key, &subnet)?,
+                Op::put(mac_key, id.as_bytes().to_vec()),
+                db::bump(guard),
+            ],
+        )
+        .await?;
+        Ok(if ok { Attempt::Done(subnet) } else { Attempt::Retry })
+    })
+    .await?;
+    tracing::info!(cidr = %subnet.cidr, "subnet created");
+    let location = format!("/v1/subnets/{}", subnet.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(subnet)))
+}
+
+#[utoipa::path(get, path = "/v1/subnets", tag = "subnets", params(SubnetFilter),
+    responses((status = 200, body = Vec<Subnet>), (status = 400, body = Problem)))]
+#[instrument(skip_all)]
+pub async fn list(
+    State(st): State<AppState>,
+    ApiQuery(filter): ApiQuery<SubnetFilter>,
+) -> ApiResult<Json<Vec<Subnet>>> {
+    let all: Vec<Subnet> = db::list_json(st.store.as_ref(), keys::SUBNETS).await?;
+    Ok(Json(
+        all.into_iter()
+            .filter(|s| filter.vpc_id.as_ref().is_none_or(|v| &s.vpc_id == v))
+            .collect(),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/subnets/{id}", tag = "subnets", params(("id" = String, Path)),
+    responses((status = 200, body = Subnet), (status = 404, body = Problem)))]
+#[instrument(skip_all, fields(subnet_id = %id))]
+pub async fn get(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Subnet>> {
+    let s = load(st.store.as_ref(), &id).await?.ok_or_else(|| not_found(&id))?;
+    Ok(Json(s.value))
+}
+
+#[utoipa::path(patch, path = "/v1/subnets/{id}", tag = "subnets", request_body = PatchSubnet,
+    params(("id" = String, Path)),
+    responses((status = 200, body = Subnet), (status = 404, body = Problem),
+        (status = 422, body = Problem)))]
+#[instrument(skip_all, fields(subnet_id = %id))]
+pub async fn patch(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<PatchSubnet>,
+) -> ApiResult<Json<Subnet>> {
+    if let Some(name) = &req.name {
+        validate::name("name", name)?;
+    }
+    let dns = req.dns_servers.as_deref().map(validate::dns_servers).transpose()?;
+    let store = st.store.as_ref();
+    let (id, req, dns) = (&id, &req, &dns);
+    let subnet = db::retry("update the subnet", || async move {
+        let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
+        let mut subnet = cur.value.clone();
+        if let Some(name) = &req.name {
+            subnet.name = name.clone();
+        }
+        if let Some(dns) = dns {
+            subnet.dns_servers = dns.clone();
+        }
+        if subnet == cur.value {
+            return Ok(Attempt::Done(subnet));
+        }
+        let key = keys::subnet(id);
+        let ok = db::commit(
+            store,
+            vec![Compare::mod_revision_is(&key, cur.mod_revision)],
+            vec![db::put_json(&key, &subnet)?],
+        )
+        .await?;
+        Ok(if ok { Attempt::Done(subnet) } else { Attempt::Retry })
+    })
+    .await?;
+    tracing::info!("subnet updated");
+    Ok(Json(subnet))
+}
+
+#[utoipa::path(delete, path = "/v1/subnets/{id}", tag = "subnets", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+#[instrument(skip_all, fields(subnet_id = %id))]
+pub async fn delete(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    let store = st.store.as_ref();
+    let id = &id;
+    db::retry("delete the subnet", || async move {
+        let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
+        // Guard first, then the NICs: a NIC added after this read bumps the
+        // guard and fails the compare.
+        let guard = index::subnet_guard(id);
+        let guard_rev = db::mod_revision(store, &guard).await?;
+        let nics = nics_of(store, id).await?;
+        if !nics.is_empty() {
+            return Err(Problem::conflict(format!(
+                "subnet {id:?} still has {}; delete them first",
+                db::in_use("NICs", &nics)
+            )));
+        }
+        let key = keys::subnet(id);
+        let mut ops = vec![Op::delete(&key), Op::delete(&guard)];
+        let mac_key = index::mac(&cur.value.vpc_id, cur.value.gateway_mac);
+        if db::get_text(store, &mac_key).await?.as_deref() == Some(id.as_str()) {
+            ops.push(Op::delete(mac_key));
+        }
+        let ok = db::commit(
+            store,
+            vec![
+                Compare::mod_revision_is(&key, cur.mod_revision),
+                Compare::mod_revision_is(&guard, guard_rev),
+            ],
+            ops,
+        )
+        .await?;
+        Ok(if ok { Attempt::Done(()) } else { Attempt::Retry })
+    })
+    .await?;
+    tracing::info!("subnet deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

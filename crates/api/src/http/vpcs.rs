@@ -1,0 +1,237 @@
+//! `/v1/vpcs`: tenant networks, one VNI each.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use tracing::instrument;
+use utoipa::ToSchema;
+
+use super::db::{self, index, Attempt};
+use super::extract::{ApiJson, ApiPath};
+use super::nodes::DEFAULT_SET;
+use super::problem::{ApiResult, Problem};
+use super::validate;
+use super::AppState;
+use crate::model::{keys, Subnet, Vpc};
+use crate::store::{Compare, Op, Store};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVpc {
+    /// Unique.
+    pub name: String,
+    /// The Set the VPC lives in; "default" if omitted.
+    #[serde(default)]
+    pub set: Option<String>,
+    /// One or more IPv4 CIDRs that do not overlap each other.
+    #[schema(example = json!(["10.0.0.0/16"]))]
+    pub cidrs: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchVpc {
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+fn not_found(id: &str) -> Problem {
+    Problem::not_found(format!("VPC {id:?} not found"))
+}
+
+fn name_taken(name: &str, owner: &str) -> Problem {
+    Problem::conflict(format!("a VPC named {name:?} already exists ({owner})")).with_field("name")
+}
+
+pub(super) async fn load(store: &dyn Store, id: &str) -> ApiResult<Option<db::Versioned<Vpc>>> {
+    if !validate::is_id("vpc", id) {
+        return Ok(None);
+    }
+    db::get_json(store, &keys::vpc(id)).await
+}
+
+/// Subnets of `vpc_id`, from the subnet objects themselves.
+pub(super) async fn subnets_of(store: &dyn Store, vpc_id: &str) -> ApiResult<Vec<Subnet>> {
+    let all: Vec<Subnet> = db::list_json(store, keys::SUBNETS).await?;
+    Ok(all.into_iter().filter(|s| s.vpc_id == vpc_id).collect())
+}
+
+#[utoipa::path(post, path = "/v1/vpcs", tag = "vpcs", request_body = CreateVpc,
+    responses((status = 201, body = Vpc), (status = 400, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem)))]
+#[instrument(skip_all, fields(vpc_id = tracing::field::Empty, name = %req.name))]
+pub async fn create(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<CreateVpc>,
+) -> ApiResult<impl IntoResponse> {
+    validate::name("name", &req.name)?;
+    let set = req.set.unwrap_or_else(|| DEFAULT_SET.to_string());
+    validate::dns_label("set", &set)?;
+    let cidrs = validate::vpc_cidrs(&req.cidrs)?;
+    let id = validate::new_id("vpc");
+    tracing::Span::current().record("vpc_id", id.as_str());
+    let store = st.store.as_ref();
+    let (id, name, set, cidrs) = (&id, &req.name, &set, &cidrs);
+    let created_at = validate::now_rfc3339();
+    let created_at = &created_at;
+    let vpc = db::retry("create the VPC", || async move {
+        let name_key = index::vpc_name(name);
+        if let Some(owner) = db::get_text(store, &name_key).await? {
+            return Err(name_taken(name, &owner));
+        }
+        // A random VNI; a clash is rare, and settled by the absent-compare.
+        let mut vni = validate::random_vni();
+        for _ in 0..8 {
+            if store.get(&index::vni(vni)).await?.is_none() {
+                break;
+            }
+            vni = validate::random_vni();
+        }
+        let vni_key = index::vni(vni);
+        let vpc = Vpc {
+            id: id.clone(),
+            name: name.clone(),
+            set: set.clone(),
+            cidrs: cidrs.clone(),
+            vni,
+            created_at: created_at.clone(),
+        };
+        let key = keys::vpc(id);
+        let ok = db::commit(
+            store,
+            vec![
+                Compare::absent(&key),
+                Compare::absent(&name_key),
+                Compare::absent(&vni_key),
+            ],
+            vec![
+                db::put_json(&key, &vpc)?,
+                Op::put(name_key, id.as_bytes().to_vec()),
+                Op::put(vni_key, id.as_bytes().to_vec()),
+            ],
+        )
+        .await?;
+        Ok(if ok { Attempt::Done(vpc) } else { Attempt::Retry })
+    })
+    .await?;
+    tracing::info!(vni = vpc.vni, "VPC created");
+    let location = format!("/v1/vpcs/{}", vpc.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(vpc)))
+}
+
+#[utoipa::path(get, path = "/v1/vpcs", tag = "vpcs",
+    responses((status = 200, body = Vec<Vpc>)))]
+#[instrument(skip_all)]
+pub async fn list(State(st): State<AppState>) -> ApiResult<Json<Vec<Vpc>>> {
+    Ok(Json(db::list_json(st.store.as_ref(), keys::VPCS).await?))
+}
+
+#[utoipa::path(get, path = "/v1/vpcs/{id}", tag = "vpcs", params(("id" = String, Path)),
+    responses((status = 200, body = Vpc), (status = 404, body = Problem)))]
+#[instrument(skip_all, fields(vpc_id = %id))]
+pub async fn get(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Vpc>> {
+    let vpc = load(st.store.as_ref(), &id).await?.ok_or_else(|| not_found(&id))?;
+    Ok(Json(vpc.value))
+}
+
+#[utoipa::path(patch, path = "/v1/vpcs/{id}", tag = "vpcs", request_body = PatchVpc,
+    params(("id" = String, Path)),
+    responses((status = 200, body = Vpc), (status = 404, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem)))]
+#[instrument(skip_all, fields(vpc_id = %id))]
+pub async fn patch(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<PatchVpc>,
+) -> ApiResult<Json<Vpc>> {
+    if let Some(name) = &req.name {
+        validate::name("name", name)?;
+    }
+    let store = st.store.as_ref();
+    let (id, req) = (&id, &req);
+    let vpc = db::retry("rename the VPC", || async move {
+        let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
+        let Some(name) = req.name.as_ref().filter(|n| **n != cur.value.name) else {
+            return Ok(Attempt::Done(cur.value));
+        };
+        let new_key = index::vpc_name(name);
+        if let Some(owner) = db::get_text(store, &new_key).await? {
+            return Err(name_taken(name, &owner));
+        }
+        let old_key = index::vpc_name(&cur.value.name);
+        let mut vpc = cur.value.clone();
+        vpc.name = name.clone();
+        let key = keys::vpc(id);
+        let mut ops = vec![
+            db::put_json(&key, &vpc)?,
+            Op::put(&new_key, id.as_bytes().to_vec()),
+        ];
+        if db::get_text(store, &old_key).await?.as_deref() == Some(id.as_str()) {
+            ops.push(Op::delete(old_key));
+        }
+        let ok = db::commit(
+            store,
+            vec![
+                Compare::mod_revision_is(&key, cur.mod_revision),
+                Compare::absent(&new_key),
+            ],
+            ops,
+        )
+        .await?;
+        Ok(if ok { Attempt::Done(vpc) } else { Attempt::Retry })
+    })
+    .await?;
+    tracing::info!(name = %vpc.name, "VPC updated");
+    Ok(Json(vpc))
+}
+
+#[utoipa::path(delete, path = "/v1/vpcs/{id}", tag = "vpcs", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+#[instrument(skip_all, fields(vpc_id = %id))]
+pub async fn delete(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    let store = st.store.as_ref();
+    let id = &id;
+    db::retry("delete the VPC", || async move {
+        let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
+        // Guard first, then the subnets: a subnet added after this read
+        // bumps the guard and fails the compare.
+        let guard = index::vpc_guard(id);
+        let guard_rev = db::mod_revision(store, &guard).await?;
+        let subnets: Vec<String> = subnets_of(store, id)
+            .await?
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        if !subnets.is_empty() {
+            return Err(Problem::conflict(format!(
+                "VPC {id:?} still has {}; delete them first",
+                db::in_use("subnets", &subnets)
+            )));
+        }
+        let key = keys::vpc(id);
+        let mut ops = vec![Op::delete(&key), Op::delete(&guard)];
+        for idx in [index::vpc_name(&cur.value.name), index::vni(cur.value.vni)] {
+            if db::get_text(store, &idx).await?.as_deref() == Some(id.as_str()) {
+                ops.push(Op::delete(idx));
+            }
+        }
+        let ok = db::commit(
+            store,
+            vec![
+                Compare::mod_revision_is(&key, cur.mod_revision),
+                Compare::mod_revision_is(&guard, guard_rev),
+            ],
+            ops,
+        )
+        .await?;
+        Ok(if ok { Attempt::Done(()) } else { Attempt::Retry })
+    })
+    .await?;
+    tracing::info!("VPC deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

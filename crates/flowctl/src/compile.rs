@@ -1,0 +1,745 @@
+//! Per-node compilation: the logical model in memory and the part of it each
+//! node needs, kept current one store event at a time.
+//!
+//! A node gets a VPC only when at least one NIC of that VPC is bound to it;
+//! then it gets the VPC, all its subnets, all its NICs that are bound to some
+//! node, and a peer entry for every other node hosting one of those NICs.
+//!
+//! Incremental updates never recompile whole nodes: an event marks the
+//! objects it can have changed ("dirty keys") on the nodes it concerns, found
+//! through per-VPC indexes, and only those objects are recomputed and diffed.
+//! [`compile_node`] is the reference (full) compilation; a property test
+//! checks that the incremental path always agrees with it.
+//!
+//! This module is pure: store records in, per-node changes out.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use api::model::{self, keys};
+use api::store::{EventKind, KeyValue, WatchEvent};
+use proto::{Change, Ipv4Prefix, NodeInfo, NodeState, Object, ObjectKey, Revision};
+use serde::de::DeserializeOwned;
+
+/// The DHCP lease offered to VMs.
+pub const LEASE_SECS: u32 = 86_400;
+
+/// What a store key holds, for the keys flowctl cares about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind<'a> {
+    Node(&'a str),
+    Vpc(&'a str),
+    Subnet(&'a str),
+    Nic(&'a str),
+    NicStatus(&'a str),
+}
+
+/// Classifies a store key; `None` for keys outside the model (indexes,
+/// anything nested deeper than `<kind>/<id>`).
+pub fn classify(key: &str) -> Option<KeyKind<'_>> {
+    let id = |prefix: &str| {
+        key.strip_prefix(prefix)
+            .filter(|id| !id.is_empty() && !id.contains('/'))
+    };
+    if let Some(id) = id(keys::NIC_STATUS) {
+        return Some(KeyKind::NicStatus(id));
+    }
+    if let Some(id) = id(keys::NODES) {
+        return Some(KeyKind::Node(id));
+    }
+    if let Some(id) = id(keys::VPCS) {
+        return Some(KeyKind::Vpc(id));
+    }
+    if let Some(id) = id(keys::SUBNETS) {
+        return Some(KeyKind::Subnet(id));
+    }
+    if let Some(id) = id(keys::NICS) {
+        return Some(KeyKind::Nic(id));
+    }
+    None
+}
+
+/// A NIC as cached, with what the status writer needs to fence its writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NicEntry {
+    pub nic: model::Nic,
+    /// The store revision of the NIC's record.
+    pub mod_revision: Revision,
+    /// The revision since which the NIC is bound to `nic.node` (for records
+    /// found by a listing: their `mod_revision`, which is no later).
+    pub bound_since: Revision,
+}
+
+/// A NIC status record as cached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusEntry {
+    pub record: model::NicStatusRecord,
+    pub mod_revision: Revision,
+}
+
+/// The logical model in memory, with the indexes compilation needs.
+#[derive(Default, Debug)]
+pub struct Model {
+    revision: Revision,
+    nodes: HashMap<String, model::Node>,
+    vpcs: HashMap<String, model::Vpc>,
+    subnets: HashMap<String, model::Subnet>,
+    nics: HashMap<String, NicEntry>,
+    /// Not compiled: kept so acks and moves can be turned into status writes.
+    statuses: HashMap<String, StatusEntry>,
+    /// VPC → its subnets.
+    vpc_subnets: HashMap<String, BTreeSet<String>>,
+    /// VPC → its NICs (bound or not).
+    vpc_nics: HashMap<String, BTreeSet<String>>,
+    /// VPC → node → how many NICs of the VPC are bound to the node.
+    vpc_hosts: HashMap<String, BTreeMap<String, usize>>,
+    /// Node → VPCs with at least one NIC bound to the node.
+    node_vpcs: HashMap<String, BTreeSet<String>>,
+    /// Node → NICs bound to it.
+    node_nics: HashMap<String, BTreeSet<String>>,
+}
+
+/// A record that could not be decoded is treated as absent, and logged.
+fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Option<T> {
+    match serde_json::from_slice(&kv.value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(key = %kv.key, revision = kv.mod_revision, error = %e, "undecodable record ignored");
+            None
+        }
+    }
+}
+
+fn set_remove(map: &mut HashMap<String, BTreeSet<String>>, k: &str, v: &str) {
+    if let Some(set) = map.get_mut(k) {
+        set.remove(v);
+        if set.is_empty() {
+            map.remove(k);
+        }
+    }
+}
+
+fn set_insert(map: &mut HashMap<String, BTreeSet<String>>, k: &str, v: &str) {
+    map.entry(k.to_string()).or_default().insert(v.to_string());
+}
+
+impl Model {
+    /// The model as of a listing of [`keys::ROOT`] at `revision`.
+    pub fn from_listing(kvs: &[KeyValue], revision: Revision) -> Self {
+        let mut m = Model::default();
+        for kv in kvs {
+            match classify(&kv.key) {
+                Some(KeyKind::Node(name)) => {
+                    if let Some(n) = decode(kv) {
+                        m.nodes.insert(name.to_string(), n);
+                    }
+                }
+                Some(KeyKind::Vpc(id)) => {
+                    if let Some(v) = decode(kv) {
+                        m.vpcs.insert(id.to_string(), v);
+                    }
+                }
+                Some(KeyKind::Subnet(id)) => {
+                    if let Some(s) = decode(kv) {
+                        m.set_subnet(id, Some(s));
+                    }
+                }
+                Some(KeyKind::Nic(id)) => {
+                    if let Some(n) = decode(kv) {
+                        m.set_nic(
+                            id,
+                            Some(NicEntry {
+                                nic: n,
+                                mod_revision: kv.mod_revision,
+                                bound_since: kv.mod_revision,
+                            }),
+                        );
+                    }
+                }
+                Some(KeyKind::NicStatus(id)) => {
+                    if let Some(record) = decode(kv) {
+                        m.statuses.insert(
+                            id.to_string(),
+                            StatusEntry {
+                                record,
+                                mod_revision: kv.mod_revision,
+                            },
+                        );
+                    }
+                }
+                None => {}
+            }
+        }
+        m.revision = revision;
+        m
+    }
+
+    /// The store revision the model reflects.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    pub fn node(&self, name: &str) -> Option<&model::Node> {
+        self.nodes.get(name)
+    }
+
+    pub fn nic(&self, id: &str) -> Option<&NicEntry> {
+        self.nics.get(id)
+    }
+
+    pub fn status(&self, nic: &str) -> Option<&StatusEntry> {
+        self.statuses.get(nic)
+    }
+
+    /// Every cached status record.
+    pub fn statuses(&self) -> impl Iterator<Item = (&String, &StatusEntry)> {
+        self.statuses.iter()
+    }
+
+    /// NICs bound to `node`.
+    pub fn nics_on(&self, node: &str) -> impl Iterator<Item = &String> {
+        self.node_nics.get(node).into_iter().flatten()
+    }
+
+    /// Every node name that has a record or a NIC bound to it.
+    pub fn node_names(&self) -> BTreeSet<String> {
+        self.nodes
+            .keys()
+            .chain(self.node_nics.keys())
+            .cloned()
+            .collect()
+    }
+
+    /// Nodes with at least one NIC of `vpc` bound to them.
+    fn hosts(&self, vpc: &str) -> impl Iterator<Item = &String> {
+        self.vpc_hosts.get(vpc).into_iter().flat_map(|h| h.keys())
+    }
+
+    fn hosts_vpc(&self, node: &str, vpc: &str) -> bool {
+        self.vpc_hosts
+            .get(vpc)
+            .is_some_and(|h| h.get(node).is_some_and(|c| *c > 0))
+    }
+
+    /// The node carries `vpc`: the VPC exists and a NIC of it is bound here.
+    fn vpc_present(&self, node: &str, vpc: &str) -> bool {
+        self.vpcs.contains_key(vpc) && self.hosts_vpc(node, vpc)
+    }
+
+    fn set_subnet(&mut self, id: &str, new: Option<model::Subnet>) -> Option<model::Subnet> {
+        let old = match new {
+            Some(s) => {
+                set_insert(&mut self.vpc_subnets, &s.vpc_id, id);
+                self.subnets.insert(id.to_string(), s)
+            }
+            None => self.subnets.remove(id),
+        };
+        if let Some(o) = &old {
+            let still = self.subnets.get(id).is_some_and(|s| s.vpc_id == o.vpc_id);
+            if !still {
+                set_remove(&mut self.vpc_subnets, &o.vpc_id, id);
+            }
+        }
+        old
+    }
+
+    /// Replaces a NIC and keeps the indexes; returns the previous entry.
+    fn set_nic(&mut self, id: &str, new: Option<NicEntry>) -> Option<NicEntry> {
+        let old = self.nics.remove(id);
+        if let Some(o) = &old {
+            set_remove(&mut self.vpc_nics, &o.nic.vpc_id, id);
+            if let Some(node) = &o.nic.node {
+                self.unhost(&o.nic.vpc_id, node);
+                set_remove(&mut self.node_nics, node, id);
+            }
+        }
+        if let Some(n) = new {
+            set_insert(&mut self.vpc_nics, &n.nic.vpc_id, id);
+            if let Some(node) = &n.nic.node {
+                *self
+                    .vpc_hosts
+                    .entry(n.nic.vpc_id.clone())
+                    .or_default()
+                    .entry(node.clone())
+                    .or_default() += 1;
+                set_insert(&mut self.node_vpcs, node, &n.nic.vpc_id);
+                set_insert(&mut self.node_nics, node, id);
+            }
+            self.nics.insert(id.to_string(), n);
+        }
+        old
+    }
+
+    fn unhost(&mut self, vpc: &str, node: &str) {
+        let Some(hosts) = self.vpc_hosts.get_mut(vpc) else {
+            return;
+        };
+        let gone = match hosts.get_mut(node) {
+            Some(c) if *c > 1 => {
+                *c -= 1;
+                false
+            }
+            Some(_) => {
+                hosts.remove(node);
+                true
+            }
+            None => false,
+        };
+        if hosts.is_empty() {
+            self.vpc_hosts.remove(vpc);
+        }
+        if gone {
+            set_remove(&mut self.node_vpcs, node, vpc);
+        }
+    }
+
+    fn node_info(&self, node: &str) -> NodeInfo {
+        NodeInfo {
+            name: node.to_string(),
+            underlay_ip: self.nodes.get(node).map(|n| n.underlay_ip),
+        }
+    }
+
+    fn vpc_object(&self, id: &str) -> Option<proto::Vpc> {
+        self.vpcs.get(id).map(|v| proto::Vpc {
+            id: id.to_string(),
+            vni: v.vni,
+        })
+    }
+
+    fn subnet_object(&self, id: &str) -> Option<proto::Subnet> {
+        self.subnets.get(id).map(|s| proto::Subnet {
+            id: id.to_string(),
+            vpc_id: s.vpc_id.clone(),
+            cidr: Ipv4Prefix {
+                addr: s.cidr.network(),
+                len: s.cidr.prefix_len(),
+            },
+            gateway_ip: s.gateway_ip,
+            gateway_mac: s.gateway_mac,
+            dns_servers: s.dns_servers.clone(),
+            mtu: s.mtu,
+            lease_secs: LEASE_SECS,
+        })
+    }
+
+    /// The NIC as `for_node` sees it: only if bound, and if bound elsewhere
+    /// only to a known node (the tunnel needs its underlay address).
+    fn nic_object(&self, id: &str, for_node: &str) -> Option<proto::Nic> {
+        let n = &self.nics.get(id)?.nic;
+        let bound = n.node.as_deref()?;
+        if bound != for_node && !self.nodes.contains_key(bound) {
+            return None;
+        }
+        Some(proto::Nic {
+            id: id.to_string(),
+            vpc_id: n.vpc_id.clone(),
+            subnet_id: n.subnet_id.clone(),
+            mac: n.mac,
+            ip: n.ip,
+            node: bound.to_string(),
+        })
+    }
+
+    fn peer_object(&self, peer: &str, for_node: &str) -> Option<proto::Peer> {
+        if peer == for_node {
+            return None;
+        }
+        self.nodes.get(peer).map(|n| proto::Peer {
+            node: peer.to_string(),
+            underlay_ip: n.underlay_ip,
+        })
+    }
+
+    /// What `key` should be on `node` right now.
+    fn desired(&self, node: &str, key: &ObjectKey) -> Option<Object> {
+        match key {
+            ObjectKey::Vpc(id) => {
+                if self.vpc_present(node, id) {
+                    self.vpc_object(id).map(Object::Vpc)
+                } else {
+                    None
+                }
+            }
+            ObjectKey::Subnet(id) => {
+                let s = self.subnets.get(id)?;
+                if self.vpc_present(node, &s.vpc_id) {
+                    self.subnet_object(id).map(Object::Subnet)
+                } else {
+                    None
+                }
+            }
+            ObjectKey::Nic(id) => {
+                let n = &self.nics.get(id)?.nic;
+                if self.vpc_present(node, &n.vpc_id) {
+                    self.nic_object(id, node).map(Object::Nic)
+                } else {
+                    None
+                }
+            }
+            ObjectKey::Peer(peer) => {
+                let shared = self.node_vpcs.get(node).is_some_and(|vpcs| {
+                    vpcs.iter()
+                        .any(|v| self.vpcs.contains_key(v) && self.hosts_vpc(peer, v))
+                });
+                if shared {
+                    self.peer_object(peer, node).map(Object::Peer)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// The full desired state of `node`, compiled from scratch. `revision` is the
+/// model's revision.
+pub fn compile_node(model: &Model, node: &str) -> NodeState {
+    let mut st = NodeState {
+        node: model.node_info(node),
+        revision: model.revision,
+        ..NodeState::default()
+    };
+    let Some(vpcs) = model.node_vpcs.get(node) else {
+        return st;
+    };
+    let mut nics = Vec::new();
+    for vpc in vpcs {
+        let Some(v) = model.vpc_object(vpc) else {
+            continue;
+        };
+        st.vpcs.insert(vpc.clone(), v);
+        for s in model.vpc_subnets.get(vpc).into_iter().flatten() {
+            if let Some(obj) = model.subnet_object(s) {
+                st.subnets.insert(s.clone(), obj);
+            }
+        }
+        for id in model.vpc_nics.get(vpc).into_iter().flatten() {
+            if let Some(obj) = model.nic_object(id, node) {
+                nics.push((id.clone(), obj));
+            }
+        }
+        for peer in model.hosts(vpc) {
+            if !st.peers.contains_key(peer) {
+                if let Some(p) = model.peer_object(peer, node) {
+                    st.peers.insert(peer.clone(), p);
+                }
+            }
+        }
+    }
+    // One bulk build instead of 10,000 tree inserts.
+    st.nics = nics.into_iter().collect();
+    st
+}
+
+/// The objects an event may have changed on one node.
+#[derive(Default, Debug)]
+struct Dirty {
+    node_info: bool,
+    keys: BTreeSet<ObjectKey>,
+}
+
+/// What applying one batch of store events produced.
+#[derive(Default, Debug)]
+pub struct Applied {
+    /// Per node, the changes (only nodes whose state changed).
+    pub changes: BTreeMap<String, Vec<Change>>,
+    /// NICs whose record was created, changed or deleted.
+    pub nics: BTreeSet<String>,
+    /// NICs whose status record was written or deleted.
+    pub statuses: BTreeSet<String>,
+    /// Nodes whose objects were re-examined (a superset of `changes`' keys).
+    pub touched: BTreeSet<String>,
+}
+
+/// The model plus every node's compiled state, updated incrementally.
+#[derive(Default, Debug)]
+pub struct Compiler {
+    model: Model,
+    states: HashMap<String, NodeState>,
+}
+
+impl Compiler {
+    /// Compiles every node from a listing of [`keys::ROOT`].
+    pub fn from_listing(kvs: &[KeyValue], revision: Revision) -> Self {
+        let model = Model::from_listing(kvs, revision);
+        let states = model
+            .node_names()
+            .into_iter()
+            .map(|n| {
+                let st = compile_node(&model, &n);
+                (n, st)
+            })
+            .collect();
+        Compiler { model, states }
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn revision(&self) -> Revision {
+        self.model.revision
+    }
+
+    /// The compiled state of `node`; a node nothing refers to has an empty
+    /// state.
+    pub fn state(&self, node: &str) -> NodeState {
+        match self.states.get(node) {
+            Some(st) => st.clone(),
+            None => compile_node(&self.model, node),
+        }
+    }
+
+    /// Every compiled state (nodes nothing ever referred to are absent).
+    pub fn states(&self) -> &HashMap<String, NodeState> {
+        &self.states
+    }
+
+    /// Replaces the model with a fresh listing (after a compaction) and
+    /// returns the changes that bring every node to it.
+    pub fn relist(&mut self, kvs: &[KeyValue], revision: Revision) -> Applied {
+        let old_model = std::mem::replace(&mut self.model, Model::from_listing(kvs, revision));
+        let mut out = Applied::default();
+        let mut names: BTreeSet<String> = self.states.keys().cloned().collect();
+        names.extend(self.model.node_names());
+        for name in names {
+            let new = compile_node(&self.model, &name);
+            let old = self
+                .states
+                .entry(name.clone())
+                .or_insert_with(|| compile_node(&old_model, &name));
+            let changes = old.diff(&new);
+            if !changes.is_empty() {
+                *old = new;
+                out.changes.insert(name, changes);
+            }
+        }
+        let nic_ids: BTreeSet<&String> = old_model.nics.keys().chain(self.model.nics.keys()).collect();
+        out.nics = nic_ids
+            .into_iter()
+            .filter(|id| old_model.nics.get(*id) != self.model.nics.get(*id))
+            .cloned()
+            .collect();
+        let st_ids: BTreeSet<&String> = old_model
+            .statuses
+            .keys()
+            .chain(self.model.statuses.keys())
+            .collect();
+        out.statuses = st_ids
+            .into_iter()
+            .filter(|id| old_model.statuses.get(*id) != self.model.statuses.get(*id))
+            .cloned()
+            .collect();
+        out
+    }
+
+    /// Applies one batch of watch events (one transaction, or several in
+    /// revision order) and returns what changed.
+    pub fn apply(&mut self, events: &[WatchEvent]) -> Applied {
+        let mut dirty: HashMap<String, Dirty> = HashMap::new();
+        let mut out = Applied::default();
+        for ev in events {
+            self.apply_event(ev, &mut dirty, &mut out);
+            self.model.revision = self.model.revision.max(ev.revision());
+        }
+        let revision = self.model.revision;
+        for (node, d) in dirty {
+            out.touched.insert(node.clone());
+            let info = self.model.node_info(&node);
+            let st = self.states.entry(node.clone()).or_insert_with(|| NodeState {
+                node: NodeInfo {
+                    name: node.clone(),
+                    underlay_ip: None,
+                },
+                ..NodeState::default()
+            });
+            let mut changes = Vec::new();
+            if d.node_info && st.node != info {
+                changes.push(Change::Upsert {
+                    object: Object::Node(info),
+                });
+            }
+            for key in d.keys {
+                let change = match self.model.desired(&node, &key) {
+                    None => has(st, &key).then_some(Change::Remove { key }),
+                    Some(obj) => (!holds(st, &obj)).then_some(Change::Upsert { object: obj }),
+                };
+                changes.extend(change);
+            }
+            if !changes.is_empty() {
+                for c in &changes {
+                    st.apply(c);
+                }
+                st.revision = revision;
+                out.changes.insert(node, changes);
+            }
+        }
+        out
+    }
+
+    fn apply_event(&mut self, ev: &WatchEvent, dirty: &mut HashMap<String, Dirty>, out: &mut Applied) {
+        let put = ev.kind == EventKind::Put;
+        let kv = &ev.kv;
+        let rev = ev.revision();
+        match classify(&kv.key) {
+            None => {}
+            Some(KeyKind::NicStatus(id)) => {
+                let rec = if put { decode(kv) } else { None };
+                match rec {
+                    Some(record) => {
+                        self.model.statuses.insert(
+                            id.to_string(),
+                            StatusEntry {
+                                record,
+                                mod_revision: rev,
+                            },
+                        );
+                    }
+                    None => {
+                        self.model.statuses.remove(id);
+                    }
+                }
+                out.statuses.insert(id.to_string());
+            }
+            Some(KeyKind::Node(name)) => {
+                let new: Option<model::Node> = if put { decode(kv) } else { None };
+                match new {
+                    Some(n) => self.model.nodes.insert(name.to_string(), n),
+                    None => self.model.nodes.remove(name),
+                };
+                dirty.entry(name.to_string()).or_default().node_info = true;
+                // Its peers entries and its NICs as others see them.
+                let m = &self.model;
+                let vpcs = m.node_vpcs.get(name).into_iter().flatten();
+                for vpc in vpcs {
+                    for host in m.hosts(vpc) {
+                        let d = dirty.entry(host.clone()).or_default();
+                        d.keys.insert(ObjectKey::Peer(name.to_string()));
+                        for nic in m.vpc_nics.get(vpc).into_iter().flatten() {
+                            if m.nics.get(nic).and_then(|e| e.nic.node.as_deref()) == Some(name) {
+                                d.keys.insert(ObjectKey::Nic(nic.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+            Some(KeyKind::Vpc(id)) => {
+                let new: Option<model::Vpc> = if put { decode(kv) } else { None };
+                match new {
+                    Some(v) => self.model.vpcs.insert(id.to_string(), v),
+                    None => self.model.vpcs.remove(id),
+                };
+                let hosts: Vec<String> = self.model.hosts(id).cloned().collect();
+                for h in hosts {
+                    self.mark_vpc(dirty, &h, id);
+                }
+            }
+            Some(KeyKind::Subnet(id)) => {
+                let new: Option<model::Subnet> = if put { decode(kv) } else { None };
+                let new_vpc = new.as_ref().map(|s| s.vpc_id.clone());
+                let old = self.model.set_subnet(id, new);
+                for vpc in old.map(|s| s.vpc_id).iter().chain(new_vpc.iter()) {
+                    for h in self.model.hosts(vpc) {
+                        dirty
+                            .entry(h.clone())
+                            .or_default()
+                            .keys
+                            .insert(ObjectKey::Subnet(id.to_string()));
+                    }
+                }
+            }
+            Some(KeyKind::Nic(id)) => {
+                let new: Option<model::Nic> = if put { decode(kv) } else { None };
+                let old = self.model.nics.get(id);
+                let (old_vpc, old_node) = match old {
+                    Some(e) => (Some(e.nic.vpc_id.clone()), e.nic.node.clone()),
+                    None => (None, None),
+                };
+                let mut affected: BTreeSet<String> = BTreeSet::new();
+                if let Some(v) = &old_vpc {
+                    affected.extend(self.model.hosts(v).cloned());
+                }
+                let new_entry = new.map(|nic| {
+                    let same_binding =
+                        old.is_some_and(|o| o.nic.node == nic.node && o.nic.vpc_id == nic.vpc_id);
+                    let bound_since = match old {
+                        Some(o) if same_binding => o.bound_since,
+                        _ => rev,
+                    };
+                    NicEntry {
+                        nic,
+                        mod_revision: rev,
+                        bound_since,
+                    }
+                });
+                let new_vpc = new_entry.as_ref().map(|e| e.nic.vpc_id.clone());
+                let new_node = new_entry.as_ref().and_then(|e| e.nic.node.clone());
+                let joined = match (&new_vpc, &new_node) {
+                    (Some(v), Some(n)) => !self.model.hosts_vpc(n, v),
+                    _ => false,
+                };
+                self.model.set_nic(id, new_entry);
+                if let Some(v) = &new_vpc {
+                    affected.extend(self.model.hosts(v).cloned());
+                }
+                for n in &affected {
+                    let d = dirty.entry(n.clone()).or_default();
+                    d.keys.insert(ObjectKey::Nic(id.to_string()));
+                    for peer in old_node.iter().chain(new_node.iter()) {
+                        d.keys.insert(ObjectKey::Peer(peer.clone()));
+                    }
+                }
+                // A node that left or joined a VPC gains or loses all of it.
+                if let (Some(v), Some(n)) = (&old_vpc, &old_node) {
+                    if !self.model.hosts_vpc(n, v) {
+                        self.mark_vpc(dirty, n, v);
+                    }
+                }
+                if let (true, Some(v), Some(n)) = (joined, &new_vpc, &new_node) {
+                    self.mark_vpc(dirty, n, v);
+                }
+                out.nics.insert(id.to_string());
+            }
+        }
+    }
+
+    /// Marks everything of `vpc` dirty on `node`.
+    fn mark_vpc(&self, dirty: &mut HashMap<String, Dirty>, node: &str, vpc: &str) {
+        let m = &self.model;
+        let d = dirty.entry(node.to_string()).or_default();
+        d.keys.insert(ObjectKey::Vpc(vpc.to_string()));
+        for s in m.vpc_subnets.get(vpc).into_iter().flatten() {
+            d.keys.insert(ObjectKey::Subnet(s.clone()));
+        }
+        for n in m.vpc_nics.get(vpc).into_iter().flatten() {
+            d.keys.insert(ObjectKey::Nic(n.clone()));
+        }
+        for h in m.hosts(vpc) {
+            d.keys.insert(ObjectKey::Peer(h.clone()));
+        }
+    }
+}
+
+/// Whether the state has an object at `key`.
+fn has(st: &NodeState, key: &ObjectKey) -> bool {
+    match key {
+        ObjectKey::Vpc(id) => st.vpcs.contains_key(id),
+        ObjectKey::Subnet(id) => st.subnets.contains_key(id),
+        ObjectKey::Nic(id) => st.nics.contains_key(id),
+        ObjectKey::Peer(id) => st.peers.contains_key(id),
+    }
+}
+
+/// Whether the state already holds exactly `obj`.
+fn holds(st: &NodeState, obj: &Object) -> bool {
+    match obj {
+        Object::Node(n) => &st.node == n,
+        Object::Vpc(v) => st.vpcs.get(&v.id) == Some(v),
+        Object::Subnet(s) => st.subnets.get(&s.id) == Some(s),
+        Object::Nic(n) => st.nics.get(&n.id) == Some(n),
+        Object::Peer(p) => st.peers.get(&p.node) == Some(p),
+    }
+}
+
+#[cfg(test)]
+mod tests;

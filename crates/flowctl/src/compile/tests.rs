@@ -1,0 +1,271 @@
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use api::model::{self, keys};
+use proptest::prelude::*;
+use proto::NodeState;
+
+use super::*;
+use crate::testutil::*;
+
+/// A state compared without its revision.
+fn norm(mut st: NodeState) -> NodeState {
+    st.revision = 0;
+    st
+}
+
+#[test]
+fn a_node_gets_only_the_vpcs_of_its_nics() {
+    let kv = small_world();
+    let m = Model::from_listing(&kv.listing(), kv.rev);
+
+    let n1 = compile_node(&m, "n1");
+    assert_eq!(n1.node.underlay_ip, Some(Ipv4Addr::new(192, 0, 2, 1)));
+    assert_eq!(n1.revision, kv.rev);
+    assert_eq!(n1.vpcs.keys().collect::<Vec<_>>(), ["vpc-a"]);
+    assert_eq!(n1.vpcs["vpc-a"].vni, 100);
+    assert_eq!(n1.subnets.keys().collect::<Vec<_>>(), ["sub-a"]);
+    // The unbound nic-a3 is nowhere; nic-b1's VPC is not here.
+    assert_eq!(n1.nics.keys().collect::<Vec<_>>(), ["nic-a1", "nic-a2"]);
+    assert_eq!(n1.nics["nic-a2"].node, "n2");
+    assert_eq!(n1.peers.keys().collect::<Vec<_>>(), ["n2"]);
+    assert_eq!(n1.peers["n2"].underlay_ip, Ipv4Addr::new(192, 0, 2, 2));
+    assert_eq!(n1.local_nics().count(), 1);
+
+    let s = &n1.subnets["sub-a"];
+    assert_eq!(s.mtu, 1450);
+    assert_eq!(s.lease_secs, LEASE_SECS);
+    assert_eq!(s.cidr.to_string(), "10.0.1.0/24");
+    assert_eq!(s.gateway_ip, Ipv4Addr::new(10, 0, 1, 1));
+
+    let n3 = compile_node(&m, "n3");
+    assert_eq!(n3.vpcs.keys().collect::<Vec<_>>(), ["vpc-b"]);
+    assert!(n3.peers.is_empty(), "alone in vpc-b: no tunnel");
+
+    let unknown = compile_node(&m, "n9");
+    assert_eq!(unknown.node.underlay_ip, None);
+    assert!(unknown.vpcs.is_empty() && unknown.nics.is_empty());
+}
+
+#[test]
+fn keys_outside_the_model_are_ignored() {
+    assert_eq!(classify("/stacknet/nics/nic-1"), Some(KeyKind::Nic("nic-1")));
+    assert_eq!(
+        classify("/stacknet/status/nics/nic-1"),
+        Some(KeyKind::NicStatus("nic-1"))
+    );
+    assert_eq!(classify("/stacknet/index/mac/vpc-a/02:00"), None);
+    assert_eq!(classify("/stacknet/nics/"), None);
+    assert_eq!(classify("/stacknet/nics/a/b"), None);
+    assert_eq!(classify("/elsewhere/nics/a"), None);
+
+    let mut kv = small_world();
+    let mut c = Compiler::from_listing(&kv.listing(), kv.rev);
+    let ev = kv.txn(vec![
+        status("nic-a1", "n1"),
+        Op::Put("/stacknet/index/ip/sub-a/10.0.1.5".into(), b"nic-a1".to_vec()),
+        Op::Put("/stacknet/nics/nic-a1/extra".into(), b"junk".to_vec()),
+    ]);
+    let out = c.apply(&ev);
+    assert!(out.changes.is_empty());
+    assert!(out.touched.is_empty());
+    assert_eq!(out.statuses.iter().collect::<Vec<_>>(), ["nic-a1"]);
+    assert_eq!(c.revision(), kv.rev);
+    assert_eq!(c.model().status("nic-a1").unwrap().record.node, "n1");
+}
+
+#[test]
+fn a_nic_change_touches_only_the_nodes_of_its_vpc() {
+    let mut kv = small_world();
+    let mut c = Compiler::from_listing(&kv.listing(), kv.rev);
+
+    // A new NIC in vpc-a on n2: n1 and n2 carry vpc-a, n3 does not.
+    let out = c.apply(&kv.txn(vec![nic(
+        "nic-a4",
+        "vpc-a",
+        "sub-a",
+        Some("n2"),
+        14,
+    )]));
+    assert_eq!(out.touched.iter().collect::<Vec<_>>(), ["n1", "n2"]);
+    assert_eq!(out.changes.len(), 2);
+    assert!(matches!(
+        &out.changes["n1"][..],
+        [Change::Upsert { object: Object::Nic(n) }] if n.id == "nic-a4"
+    ));
+
+    // nic-b1 moves n3 → n1: n3 loses vpc-b entirely, n1 gains all of it.
+    let out = c.apply(&kv.txn(vec![nic(
+        "nic-b1",
+        "vpc-b",
+        "sub-b",
+        Some("n1"),
+        21,
+    )]));
+    assert_eq!(out.touched.iter().collect::<Vec<_>>(), ["n1", "n3"]);
+    let n3 = c.state("n3");
+    assert!(n3.vpcs.is_empty() && n3.subnets.is_empty() && n3.nics.is_empty());
+    let n1 = c.state("n1");
+    assert_eq!(n1.vpcs.len(), 2);
+    assert!(n1.subnets.contains_key("sub-b"));
+    assert_eq!(n1.nics["nic-b1"].node, "n1");
+    assert_eq!(c.model().nic("nic-b1").unwrap().bound_since, kv.rev);
+
+    // A status write or a rename of a NIC changes no node.
+    let renamed = {
+        let mut n: model::Nic =
+            serde_json::from_slice(&kv.map[&keys::nic("nic-a1")].value).unwrap();
+        n.name = "web".into();
+        Op::Put(keys::nic("nic-a1"), serde_json::to_vec(&n).unwrap())
+    };
+    let before = c.model().nic("nic-a1").unwrap().bound_since;
+    let out = c.apply(&kv.txn(vec![renamed]));
+    assert!(out.changes.is_empty());
+    assert_eq!(c.model().nic("nic-a1").unwrap().bound_since, before);
+    assert_eq!(c.model().nic("nic-a1").unwrap().mod_revision, kv.rev);
+}
+
+#[test]
+fn a_node_record_change_reaches_its_peers() {
+    let mut kv = small_world();
+    let mut c = Compiler::from_listing(&kv.listing(), kv.rev);
+    let out = c.apply(&kv.txn(vec![node("n2", 42)]));
+    // n2's own info, and n1's peer entry for n2; n3 shares nothing with n2.
+    assert_eq!(out.changes.keys().collect::<Vec<_>>(), ["n1", "n2"]);
+    assert_eq!(c.state("n1").peers["n2"].underlay_ip, Ipv4Addr::new(192, 0, 2, 42));
+    assert_eq!(c.state("n2").node.underlay_ip, Some(Ipv4Addr::new(192, 0, 2, 42)));
+
+    // Without its record, n2 is no tunnel endpoint and its NICs vanish
+    // from n1 (they are unreachable).
+    c.apply(&kv.txn(vec![Op::Del(keys::node("n2"))]));
+    let n1 = c.state("n1");
+    assert!(n1.peers.is_empty());
+    assert!(!n1.nics.contains_key("nic-a2"));
+    assert!(c.state("n2").nics.contains_key("nic-a2"));
+}
+
+#[test]
+fn relist_reports_the_difference() {
+    let mut kv = small_world();
+    let mut c = Compiler::from_listing(&kv.listing(), kv.rev);
+    kv.txn(vec![Op::Del(keys::nic("nic-a2"))]);
+    kv.txn(vec![vpc("vpc-b", 201)]);
+    let out = c.relist(&kv.listing(), kv.rev);
+    assert_eq!(out.changes.keys().collect::<Vec<_>>(), ["n1", "n2", "n3"]);
+    assert_eq!(out.nics.iter().collect::<Vec<_>>(), ["nic-a2"]);
+    assert_eq!(c.state("n3").vpcs["vpc-b"].vni, 201);
+    assert!(c.state("n2").vpcs.is_empty());
+    assert_eq!(c.revision(), kv.rev);
+}
+
+/// One random store write of the property test.
+#[derive(Debug, Clone)]
+enum Step {
+    Node(u8, u8),
+    DelNode(u8),
+    Vpc(u8, u32),
+    DelVpc(u8),
+    Subnet(u8, u8, u16),
+    DelSubnet(u8),
+    Nic(u8, u8, u8, Option<u8>, u8),
+    DelNic(u8),
+    Status(u8, u8),
+    Junk(u8),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0..5u8, 1..4u8).prop_map(|(n, ip)| Step::Node(n, ip)),
+        (0..5u8).prop_map(Step::DelNode),
+        (0..3u8, 1..3u32).prop_map(|(v, vni)| Step::Vpc(v, vni)),
+        (0..3u8).prop_map(Step::DelVpc),
+        (0..5u8, 0..3u8, prop_oneof![Just(1450u16), Just(1400)])
+            .prop_map(|(s, v, mtu)| Step::Subnet(s, v, mtu)),
+        (0..5u8).prop_map(Step::DelSubnet),
+        (0..10u8, 0..3u8, 0..5u8, proptest::option::of(0..5u8), 1..3u8)
+            .prop_map(|(i, v, s, n, ip)| Step::Nic(i, v, s, n, ip)),
+        (0..10u8).prop_map(Step::DelNic),
+        (0..10u8, 0..5u8).prop_map(|(i, n)| Step::Status(i, n)),
+        (0..3u8).prop_map(Step::Junk),
+    ]
+}
+
+fn to_op(s: &Step) -> Op {
+    let name = |n: &u8| format!("n{n}");
+    match s {
+        Step::Node(n, ip) => node(&name(n), *ip),
+        Step::DelNode(n) => Op::Del(keys::node(&name(n))),
+        Step::Vpc(v, vni) => vpc(&format!("v{v}"), *vni),
+        Step::DelVpc(v) => Op::Del(keys::vpc(&format!("v{v}"))),
+        Step::Subnet(s, v, mtu) => subnet(&format!("s{s}"), &format!("v{v}"), *s, *mtu),
+        Step::DelSubnet(s) => Op::Del(keys::subnet(&format!("s{s}"))),
+        Step::Nic(i, v, s, n, ip) => nic(
+            &format!("i{i}"),
+            &format!("v{v}"),
+            &format!("s{s}"),
+            n.map(|n| name(&n)).as_deref(),
+            *ip,
+        ),
+        Step::DelNic(i) => Op::Del(keys::nic(&format!("i{i}"))),
+        Step::Status(i, n) => status(&format!("i{i}"), &name(n)),
+        Step::Junk(j) => Op::Put(format!("/stacknet/index/x/{j}"), vec![b'{']),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// After any sequence of transactions the incremental states equal a
+    /// full compile of the same store, and the changes reported, applied to
+    /// the previous states, reproduce them.
+    #[test]
+    fn incremental_equals_full(
+        initial in proptest::collection::vec(step(), 0..20),
+        txns in proptest::collection::vec(proptest::collection::vec(step(), 1..4), 1..30),
+    ) {
+        let mut kv = Kv::default();
+        kv.txn(initial.iter().map(to_op).collect());
+        let mut c = Compiler::from_listing(&kv.listing(), kv.rev);
+        // What an agent holding every delta would have.
+        let mut shadow: BTreeMap<String, NodeState> = c
+            .states()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for t in &txns {
+            let evs = kv.txn(t.iter().map(to_op).collect());
+            let out = c.apply(&evs);
+            prop_assert_eq!(c.revision(), kv.rev);
+            for (n, changes) in &out.changes {
+                let st = shadow.entry(n.clone()).or_insert_with(|| NodeState {
+                    node: proto::NodeInfo { name: n.clone(), underlay_ip: None },
+                    ..NodeState::default()
+                });
+                for ch in changes {
+                    st.apply(ch);
+                }
+            }
+            let full = Model::from_listing(&kv.listing(), kv.rev);
+            let mut names = full.node_names();
+            names.extend(c.states().keys().cloned());
+            for n in &names {
+                let want = norm(compile_node(&full, n));
+                prop_assert_eq!(&norm(c.state(n)), &want, "node {}", n);
+                let agent = shadow.get(n).cloned().map(norm).unwrap_or_else(|| {
+                    norm(compile_node(&Model::default(), n))
+                });
+                prop_assert_eq!(&agent, &want, "agent view of {}", n);
+            }
+        }
+        // A relist from scratch agrees too.
+        let mut fresh = Compiler::default();
+        let out = fresh.relist(&kv.listing(), kv.rev);
+        for (n, changes) in out.changes {
+            let mut st = compile_node(&Model::default(), &n);
+            for ch in &changes {
+                st.apply(ch);
+            }
+            prop_assert_eq!(norm(st), norm(c.state(&n)));
+        }
+    }
+}

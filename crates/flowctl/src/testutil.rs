@@ -1,0 +1,157 @@
+//! Test helpers: an in-memory revisioned map that produces store events,
+//! and builders for model records.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use api::model::{self, keys, NicStatus, NicStatusRecord};
+use api::store::{EventKind, KeyValue, WatchEvent};
+use proto::{Mac, Revision};
+
+/// A tiny revisioned key-value map that hands out the events a store watch
+/// would.
+#[derive(Default)]
+pub struct Kv {
+    pub rev: Revision,
+    pub map: BTreeMap<String, KeyValue>,
+}
+
+pub enum Op {
+    Put(String, Vec<u8>),
+    Del(String),
+}
+
+impl Kv {
+    pub fn txn(&mut self, ops: Vec<Op>) -> Vec<WatchEvent> {
+        // Like the store, a transaction that writes nothing keeps the revision.
+        let rev = self.rev + 1;
+        let mut evs = Vec::new();
+        for op in ops {
+            match op {
+                Op::Put(key, value) => {
+                    let (create, version) = match self.map.get(&key) {
+                        Some(kv) => (kv.create_revision, kv.version + 1),
+                        None => (rev, 1),
+                    };
+                    let kv = KeyValue {
+                        key: key.clone(),
+                        value,
+                        create_revision: create,
+                        mod_revision: rev,
+                        version,
+                        lease: 0,
+                    };
+                    self.map.insert(key, kv.clone());
+                    evs.push(WatchEvent {
+                        kind: EventKind::Put,
+                        kv,
+                    });
+                }
+                Op::Del(key) => {
+                    if self.map.remove(&key).is_some() {
+                        evs.push(WatchEvent {
+                            kind: EventKind::Delete,
+                            kv: KeyValue {
+                                key,
+                                value: Vec::new(),
+                                create_revision: 0,
+                                mod_revision: rev,
+                                version: 0,
+                                lease: 0,
+                            },
+                        });
+                    }
+                }
+            }
+        }
+        if !evs.is_empty() {
+            self.rev = rev;
+        }
+        evs
+    }
+
+    pub fn listing(&self) -> Vec<KeyValue> {
+        self.map.values().cloned().collect()
+    }
+}
+
+pub fn node(name: &str, ip: u8) -> Op {
+    let n = model::Node {
+        name: name.into(),
+        set: "set-1".into(),
+        underlay_ip: Ipv4Addr::new(192, 0, 2, ip),
+        roles: vec![model::NodeRole::Compute],
+        created_at: "2024-01-01T00:00:00Z".into(),
+    };
+    Op::Put(keys::node(name), serde_json::to_vec(&n).unwrap())
+}
+
+pub fn vpc(id: &str, vni: u32) -> Op {
+    let v = model::Vpc {
+        id: id.into(),
+        name: id.into(),
+        set: "set-1".into(),
+        cidrs: vec!["10.0.0.0/16".parse().unwrap()],
+        vni,
+        created_at: "2024-01-01T00:00:00Z".into(),
+    };
+    Op::Put(keys::vpc(id), serde_json::to_vec(&v).unwrap())
+}
+
+pub fn subnet(id: &str, vpc: &str, third: u8, mtu: u16) -> Op {
+    let s = model::Subnet {
+        id: id.into(),
+        name: id.into(),
+        vpc_id: vpc.into(),
+        cidr: format!("10.0.{third}.0/24").parse().unwrap(),
+        gateway_ip: Ipv4Addr::new(10, 0, third, 1),
+        gateway_mac: Mac([2, 0x5e, 0, 0, 0, third]),
+        dns_servers: vec![Ipv4Addr::new(10, 0, third, 2)],
+        mtu,
+        created_at: "2024-01-01T00:00:00Z".into(),
+    };
+    Op::Put(keys::subnet(id), serde_json::to_vec(&s).unwrap())
+}
+
+pub fn nic(id: &str, vpc: &str, subnet: &str, host: Option<&str>, last: u8) -> Op {
+    let n = model::Nic {
+        id: id.into(),
+        name: id.into(),
+        subnet_id: subnet.into(),
+        vpc_id: vpc.into(),
+        mac: Mac([2, 0, 0, 0, 0, last]),
+        ip: Ipv4Addr::new(10, 0, 0, last),
+        node: host.map(str::to_string),
+        interface_id: id.into(),
+        created_at: "2024-01-01T00:00:00Z".into(),
+    };
+    Op::Put(keys::nic(id), serde_json::to_vec(&n).unwrap())
+}
+
+pub fn status(id: &str, host: &str) -> Op {
+    let r = NicStatusRecord {
+        status: NicStatus::Up,
+        node: host.into(),
+        revision: 1,
+    };
+    Op::Put(keys::nic_status(id), serde_json::to_vec(&r).unwrap())
+}
+
+pub fn small_world() -> Kv {
+    let mut kv = Kv::default();
+    kv.txn(vec![
+        node("n1", 1),
+        node("n2", 2),
+        node("n3", 3),
+        vpc("vpc-a", 100),
+        vpc("vpc-b", 200),
+        subnet("sub-a", "vpc-a", 1, 1450),
+        subnet("sub-b", "vpc-b", 2, 1400),
+        nic("nic-a1", "vpc-a", "sub-a", Some("n1"), 11),
+        nic("nic-a2", "vpc-a", "sub-a", Some("n2"), 12),
+        nic("nic-a3", "vpc-a", "sub-a", None, 13),
+        nic("nic-b1", "vpc-b", "sub-b", Some("n3"), 21),
+    ]);
+    kv
+}
+
