@@ -514,7 +514,11 @@ impl Compiler {
                 out.changes.insert(name, changes);
             }
         }
-        let nic_ids: BTreeSet<&String> = old_model.nics.keys().chain(self.model.nics.keys()).collect();
+        let nic_ids: BTreeSet<&String> = old_model
+            .nics
+            .keys()
+            .chain(self.model.nics.keys())
+            .collect();
         out.nics = nic_ids
             .into_iter()
             .filter(|id| old_model.nics.get(*id) != self.model.nics.get(*id))
@@ -546,13 +550,16 @@ impl Compiler {
         for (node, d) in dirty {
             out.touched.insert(node.clone());
             let info = self.model.node_info(&node);
-            let st = self.states.entry(node.clone()).or_insert_with(|| NodeState {
-                node: NodeInfo {
-                    name: node.clone(),
-                    underlay_ip: None,
-                },
-                ..NodeState::default()
-            });
+            let st = self
+                .states
+                .entry(node.clone())
+                .or_insert_with(|| NodeState {
+                    node: NodeInfo {
+                        name: node.clone(),
+                        underlay_ip: None,
+                    },
+                    ..NodeState::default()
+                });
             let mut changes = Vec::new();
             if d.node_info && st.node != info {
                 changes.push(Change::Upsert {
@@ -577,7 +584,12 @@ impl Compiler {
         out
     }
 
-    fn apply_event(&mut self, ev: &WatchEvent, dirty: &mut HashMap<String, Dirty>, out: &mut Applied) {
+    fn apply_event(
+        &mut self,
+        ev: &WatchEvent,
+        dirty: &mut HashMap<String, Dirty>,
+        out: &mut Applied,
+    ) {
         let put = ev.kind == EventKind::Put;
         let kv = &ev.kv;
         let rev = ev.revision();

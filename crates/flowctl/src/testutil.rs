@@ -154,4 +154,3 @@ pub fn small_world() -> Kv {
     ]);
     kv
 }
-

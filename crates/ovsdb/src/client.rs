@@ -9,6 +9,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,6 +53,7 @@ pub struct Client {
     commands: mpsc::UnboundedSender<Command>,
     connected: watch::Receiver<bool>,
     target: String,
+    echoes: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Command {
@@ -98,9 +101,11 @@ impl Client {
         let target = format!("unix:{}", path.display());
         let session = Session::new(config, Instant::now());
         let span = tracing::info_span!("ovsdb", target = %target);
+        let echoes = Arc::new(AtomicU64::new(0));
+        let echo_count = Arc::clone(&echoes);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let r = drive(stream, session, cmd_rx, note_tx).await;
+                let r = drive(stream, session, cmd_rx, note_tx, echo_count).await;
                 match &r {
                     Ok(()) => tracing::debug!("connection closed"),
                     Err(e) => tracing::warn!(error = %e, "connection lost"),
@@ -115,6 +120,7 @@ impl Client {
                 commands: cmd_tx,
                 connected: conn_rx,
                 target,
+                echoes,
             },
             note_rx,
         ))
@@ -122,6 +128,11 @@ impl Client {
 
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// How many `echo` probes from the server were answered.
+    pub fn echoes_answered(&self) -> u64 {
+        self.echoes.load(Ordering::Relaxed)
     }
 
     pub fn is_connected(&self) -> bool {
@@ -205,6 +216,7 @@ async fn drive(
     mut session: Session,
     mut commands: mpsc::UnboundedReceiver<Command>,
     notes: mpsc::UnboundedSender<Notification>,
+    echoes: Arc<AtomicU64>,
 ) -> Result<()> {
     let mut waiting: HashMap<u64, Reply> = HashMap::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -254,6 +266,7 @@ async fn drive(
                     return Err(Error::Disconnected);
                 }
                 session.handle_input(Instant::now(), &buf[..n])?;
+                echoes.store(session.echoes_answered(), Ordering::Relaxed);
             }
             _ = sleep_until(deadline) => {
                 session.handle_timeout(Instant::now())?;

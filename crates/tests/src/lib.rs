@@ -5,13 +5,17 @@
 //! namespace; every namespace, directory and process carries a per-run name
 //! (`sn<pid%10000><counter>`) and is removed on drop, also on panic.
 
+pub mod bins;
 pub mod error;
+pub mod lab;
 pub mod netns;
 pub mod ovs;
 pub mod process;
+pub mod traffic;
 pub mod util;
 
 pub use error::{LabError, Result};
+pub use lab::{Lab, LabConfig, Node, Vm, VmAddr, VmSpec};
 pub use netns::Netns;
 pub use ovs::OvsSandbox;
 pub use process::Proc;

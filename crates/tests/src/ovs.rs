@@ -42,6 +42,7 @@ pub struct OvsSandbox {
     netns: Arc<Netns>,
     dir: PathBuf,
     remove_dir: bool,
+    dump_on_panic: bool,
     run: Option<RunDir>,
 }
 
@@ -49,6 +50,7 @@ impl OvsSandbox {
     /// Start a sandbox with its own run name, namespace `<run>-<label>` and
     /// directory. `label` is a short tag for logs and names ("ofp", "n1").
     pub fn start(label: &str) -> Result<OvsSandbox> {
+        crate::util::sweep_stale_once();
         let run = RunDir::new()?;
         let netns = Arc::new(Netns::create(&format!("{}-{label}", run.name()))?);
         let dir = run.path().join("ovs");
@@ -77,6 +79,7 @@ impl OvsSandbox {
             netns,
             dir,
             remove_dir: true,
+            dump_on_panic: true,
             run: None,
         };
         if sb.db_socket().as_os_str().len() > 100 {
@@ -173,7 +176,12 @@ impl OvsSandbox {
         }
         // A database change makes ovs-vsctl wait until vswitchd has applied
         // it, i.e. vswitchd is connected and has configured itself.
-        let stamp = format!("external_ids:stacknet-lab-start={}", std::process::id());
+        // The value must differ on every start, or nothing changes and
+        // ovs-vsctl returns without waiting (after a restart the old
+        // bridges' mgmt sockets would not be there yet).
+        static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stamp = format!("external_ids:stacknet-lab-start={}-{n}", std::process::id());
         self.vsctl(&["--timeout=20", "set", "Open_vSwitch", ".", &stamp])?;
         Ok(())
     }
@@ -191,6 +199,12 @@ impl OvsSandbox {
             .env("OVS_DBDIR", &self.dir)
             .env("OVS_LOGDIR", &self.dir)
             .env("OVS_SYSCONFDIR", &self.dir);
+    }
+
+    /// Print [`OvsSandbox::dump`] when dropped during a panic (default on;
+    /// the lab turns it off and prints its own, fuller dump).
+    pub fn set_dump_on_panic(&mut self, on: bool) {
+        self.dump_on_panic = on;
     }
 
     /// A command for an OVS tool with the sandbox environment (runs in the
@@ -382,7 +396,7 @@ impl OvsSandbox {
 
 impl Drop for OvsSandbox {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if self.dump_on_panic && std::thread::panicking() {
             eprintln!("lab: OVS sandbox state at failure:\n{}", self.dump());
         }
         for e in self.teardown() {

@@ -113,7 +113,10 @@ pub fn tcp_transfer(
     write_file(&tx, &payload)?;
 
     let mut listen = to.command("nc");
-    listen.args(["-l", "-n"]).arg(dst.to_string()).arg(port.to_string());
+    listen
+        .args(["-l", "-n"])
+        .arg(dst.to_string())
+        .arg(port.to_string());
     listen
         .stdin(std::process::Stdio::null())
         .stdout(create_file(&rx)?)
@@ -174,7 +177,9 @@ pub fn arping(ns: &Netns, iface: &str, ip: Ipv4Addr, wait_secs: u32) -> Result<O
         .args(["-I", iface])
         .arg(ip.to_string());
     let desc = describe(&cmd);
-    let out = cmd.output().map_err(|source| LabError::Spawn { cmd: desc, source })?;
+    let out = cmd
+        .output()
+        .map_err(|source| LabError::Spawn { cmd: desc, source })?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     // "Unicast reply from 10.0.0.2 [02:00:00:00:00:02] 0.123ms"
     Ok(stdout
@@ -335,7 +340,7 @@ pub enum DhcpClient {
 /// lease in the VM's directory; never touches host files.
 const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
 # stacknet lab udhcpc hook: configures only this namespace's interface and
-# records the lease in $LAB_LEASE_FILE. Never writes /etc/resolv.conf.
+# records the lease in @LEASE@. Never writes /etc/resolv.conf.
 case "$1" in
   deconfig)
     ip -4 addr flush dev "$interface"
@@ -353,8 +358,8 @@ case "$1" in
       echo "ip=$ip"; echo "mask=$mask"; echo "router=$router"; echo "dns=$dns"
       echo "mtu=$mtu"; echo "lease=$lease"; echo "serverid=$serverid"
       echo "subnet=$subnet"; echo "domain=$domain"; echo "hostname=$hostname"
-    } > "$LAB_LEASE_FILE.tmp"
-    mv "$LAB_LEASE_FILE.tmp" "$LAB_LEASE_FILE"
+    } > "@LEASE@.tmp"
+    mv "@LEASE@.tmp" "@LEASE@"
     ;;
 esac
 exit 0
@@ -364,7 +369,7 @@ exit 0
 /// variable names translated to the udhcpc ones.
 const DHCLIENT_SCRIPT: &str = r#"#!/bin/sh
 # stacknet lab dhclient hook: configures only this namespace's interface and
-# records the lease in $LAB_LEASE_FILE. Never writes /etc/resolv.conf.
+# records the lease in @LEASE@. Never writes /etc/resolv.conf.
 case "$reason" in
   PREINIT)
     ip link set "$interface" up
@@ -383,8 +388,8 @@ case "$reason" in
       echo "dns=$new_domain_name_servers"; echo "mtu=$new_interface_mtu"
       echo "lease=$new_dhcp_lease_time"; echo "serverid=$new_dhcp_server_identifier"
       echo "subnet=$new_subnet_mask"; echo "domain=$new_domain_name"; echo "hostname=$new_host_name"
-    } > "$LAB_LEASE_FILE.tmp"
-    mv "$LAB_LEASE_FILE.tmp" "$LAB_LEASE_FILE"
+    } > "@LEASE@.tmp"
+    mv "@LEASE@.tmp" "@LEASE@"
     ;;
 esac
 exit 0
@@ -434,18 +439,19 @@ pub fn dhcp(
     let out = match client {
         DhcpClient::Udhcpc => {
             let script = dir.join("udhcpc.sh");
-            write_script(&script, UDHCPC_SCRIPT)?;
+            write_script(&script, UDHCPC_SCRIPT, &lease_file)?;
             let tries = (timeout.as_secs().max(2) / 2).to_string();
             let mut cmd = ns.command("timeout");
             cmd.args([secs.as_str(), "busybox", "udhcpc", "-f", "-q", "-n"])
-                .args(["-i", iface, "-t", &tries, "-T", "2", "-A", "1", "-O", "mtu", "-s"])
-                .arg(&script)
-                .env("LAB_LEASE_FILE", &lease_file);
+                .args([
+                    "-i", iface, "-t", &tries, "-T", "2", "-A", "1", "-O", "mtu", "-s",
+                ])
+                .arg(&script);
             run_cmd(&mut cmd)
         }
         DhcpClient::Dhclient => {
             let script = dir.join("dhclient.sh");
-            write_script(&script, DHCLIENT_SCRIPT)?;
+            write_script(&script, DHCLIENT_SCRIPT, &lease_file)?;
             let conf = dir.join("dhclient.conf");
             write_file(
                 &conf,
@@ -463,14 +469,15 @@ pub fn dhcp(
                 .arg(&pf)
                 .arg("-sf")
                 .arg(&script)
-                .arg(iface)
-                .env("LAB_LEASE_FILE", &lease_file);
+                .arg(iface);
             // `-d` keeps dhclient in the foreground (no daemon left behind);
             // it then never exits on its own, so run it in the background
             // and stop it as soon as the hook has recorded a lease.
             let log = dir.join("dhclient.log");
             let mut p = Proc::spawn("dhclient", cmd, Some(&log))?;
-            let got = wait_until(timeout, "dhclient lease", || lease_file.exists() || !p.is_running());
+            let got = wait_until(timeout, "dhclient lease", || {
+                lease_file.exists() || !p.is_running()
+            });
             p.stop()?;
             match got {
                 Ok(()) if lease_file.exists() => Ok(String::new()),
@@ -505,8 +512,11 @@ fn write_file(path: &Path, data: &[u8]) -> Result<()> {
     })
 }
 
-fn write_script(path: &Path, text: &str) -> Result<()> {
+/// Write a hook script with the lease file path baked in (dhclient runs
+/// its script with a scrubbed environment, so no env var gets through).
+fn write_script(path: &Path, text: &str, lease_file: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    let text = text.replace("@LEASE@", &lease_file.to_string_lossy());
     write_file(path, text.as_bytes())?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(|source| {
         LabError::Io {

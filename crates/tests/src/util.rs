@@ -314,6 +314,20 @@ pub fn cleanup_stale(prefix: &str) -> Result<Vec<String>> {
     }
 }
 
+/// Run [`cleanup_stale`] for all lab names once per process (best effort:
+/// failures are logged). Called when a sandbox or lab starts, so leftovers
+/// of killed runs do not pile up.
+pub fn sweep_stale_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| match cleanup_stale(NAME_PREFIX) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!(?removed, "removed leftovers of killed lab runs")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "stale lab sweep failed"),
+    });
+}
+
 /// Kill daemons of a dead run: every `*.pid` file below `dir` whose process
 /// still runs with `dir` in its command line (so a recycled pid is spared).
 fn kill_recorded_pids(dir: &Path) {

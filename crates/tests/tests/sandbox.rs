@@ -1,6 +1,9 @@
 //! Smoke tests of the OVS sandbox and namespaces (real ovsdb-server and
 //! ovs-vswitchd, netdev datapath, private namespace and directory).
 
+// Test helpers outside #[test] fns: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 
 use tests::util::{list_netns, pid_alive, RunDir};
@@ -94,7 +97,13 @@ fn netns_runs_commands_and_reports_errors() {
     // A process left running inside is killed with the namespace.
     let mut p = ns.spawn("sleeper", &["sleep", "600"], None).unwrap();
     let pid = p.pid();
-    assert!(ns.pids().unwrap().contains(&pid));
+    // `ip netns exec` enters the namespace right after the fork: wait for it.
+    tests::wait_until(
+        std::time::Duration::from_secs(5),
+        "sleeper in netns",
+        || ns.pids().unwrap().contains(&pid),
+    )
+    .unwrap();
     let name = ns.name().to_string();
     ns.delete().unwrap();
     assert!(!p.is_running());
@@ -106,6 +115,9 @@ fn netns_runs_commands_and_reports_errors() {
 #[test]
 fn stale_runs_are_swept() {
     require_root_and_ovs().unwrap();
+    // This process's automatic sweep runs at most once; have it run now so
+    // it cannot race with the fake below.
+    tests::util::sweep_stale_once();
     // Fake a killed run: a run dir whose owner is a dead process, with a
     // namespace and a daemon recorded in a pid file.
     let run = RunDir::new().unwrap();

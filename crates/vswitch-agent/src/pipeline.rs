@@ -1,1 +1,699 @@
 //! Renders a node's desired state into OpenFlow flows.
+//!
+//! [`render`] is a pure function of the [`NodeState`], the [`PortMap`] (which
+//! OVS port each local NIC and each tunnel got) and a generation number: the
+//! same input always gives the same flows in the same order, so the agent can
+//! diff the result against what is installed (see `reconcile`).
+//!
+//! # The pipeline on br-int
+//!
+//! br-int runs with `fail_mode=secure`: whatever no flow matches is dropped.
+//! Every table still gets an explicit priority-0 flow so drops are counted and
+//! show up in `ovs-ofctl dump-flows`.
+//!
+//! | table | name | what it does |
+//! |---|---|---|
+//! | 0  | [`table::CLASSIFY`] | local NIC port → metadata = VNI, `reg6` = ofport, `reg5` = local; tunnel port → `reg5` = tunnel |
+//! | 1  | [`table::TUNNEL_CLASSIFY`] | tun_id of a VPC this node carries → metadata = VNI, straight to L2 (routing happened on the sender) |
+//! | 10 | [`table::PORT_SECURITY`] | only the NIC's own MAC/IP (ARP sha/spa too), DHCP from 0.0.0.0; DHCP server replies from a VM dropped |
+//! | 20 | [`table::SERVICES`] | ARP responder for every known address of the VPC, DHCP punted to the agent |
+//! | 30 | [`table::ROUTER_MAC`] | IPv4 to a gateway MAC of the VPC → routing, anything else → L2 |
+//! | 31 | [`table::ROUTE`] | distributed router: ipv4_dst of a NIC of the VPC → MACs rewritten, TTL decremented |
+//! | 40 | [`table::L2_LOOKUP`] | (VPC, eth_dst) → local port, or tunnel to the NIC's node (only for local senders) |
+//!
+//! Every lookup after classification is keyed by the metadata (the VNI), so
+//! two VPCs with the same CIDRs, IPs and MACs stay apart. Flows scale with the
+//! objects: a NIC of the VPC costs a constant number of flows on each node
+//! that carries the VPC, never a flow per pair of NICs.
+//!
+//! # Cookies
+//!
+//! `owner:16 | generation:16 | object:32`. [`COOKIE_OWNER`] marks flows this
+//! agent owns (reconciliation never deletes anybody else's), the generation
+//! says which agent run wrote them, and the object tag ([`object_tag`]) lets
+//! the agent find the flows of one NIC, subnet, VPC or peer with a cookie mask
+//! ([`object_cookie_match`]). Shared flows use object tag 0.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use openflow::flow::{port, Action, Field, Flow, Match};
+use proto::{Mac, Nic, NodeState, Subnet, Vpc};
+
+/// The tables, in the order a packet from a VM walks them. Gaps are left for
+/// stages that come later (security groups, NAT, load balancing).
+pub mod table {
+    /// Entry table: where did the packet come from?
+    pub const CLASSIFY: u8 = 0;
+    /// Packets from a tunnel: which VPC (by tun_id)?
+    pub const TUNNEL_CLASSIFY: u8 = 1;
+    /// Anti-spoofing for packets from local VMs.
+    pub const PORT_SECURITY: u8 = 10;
+    /// ARP responder and DHCP punt.
+    pub const SERVICES: u8 = 20;
+    /// Is the packet addressed to the distributed router?
+    pub const ROUTER_MAC: u8 = 30;
+    /// The distributed router's host routes.
+    pub const ROUTE: u8 = 31;
+    /// Delivery by (VPC, eth_dst).
+    pub const L2_LOOKUP: u8 = 40;
+}
+
+/// Registers the pipeline uses (Nicira `reg0`..`reg15`).
+pub mod reg {
+    /// `reg5`: where the packet entered br-int, one of the `SRC_*` values.
+    pub const SRC: u8 = 5;
+    /// Entered from a local NIC.
+    pub const SRC_LOCAL: u32 = 1;
+    /// Entered from a VXLAN tunnel.
+    pub const SRC_TUNNEL: u32 = 2;
+    /// `reg6`: ofport of the local NIC the packet came from (unset from a tunnel).
+    pub const IN_NIC: u8 = 6;
+}
+
+/// Flow priorities within a table.
+pub mod priority {
+    /// The table-miss flow of every table.
+    pub const DEFAULT: u16 = 0;
+    /// ARP nobody answered: dropped, never flooded.
+    pub const ARP_UNKNOWN: u16 = 10;
+    /// Per-object flows.
+    pub const OBJECT: u16 = 100;
+    /// A NIC asking about its own address (gratuitous ARP) gets no answer.
+    pub const ARP_SELF: u16 = 110;
+    /// DHCP server traffic from a VM, above every allow rule.
+    pub const DHCP_SERVER_DROP: u16 = 300;
+}
+
+/// `userdata` of the packet-ins the pipeline sends, so the agent knows why a
+/// packet came up without parsing it first.
+pub mod userdata {
+    /// A DHCP client packet (udp 68→67) from a local NIC.
+    pub const DHCP: u8 = 1;
+}
+
+/// The owner tag in the top 16 bits of every cookie this agent writes ("SN").
+pub const COOKIE_OWNER: u16 = 0x534e;
+/// Selects the owner tag of a cookie.
+pub const COOKIE_OWNER_MASK: u64 = 0xffff_0000_0000_0000;
+/// Selects the generation of a cookie.
+pub const COOKIE_GENERATION_MASK: u64 = 0x0000_ffff_0000_0000;
+/// Selects the object tag of a cookie.
+pub const COOKIE_OBJECT_MASK: u64 = 0x0000_0000_ffff_ffff;
+
+const ETH_TYPE_IPV4: u16 = 0x0800;
+const ETH_TYPE_ARP: u16 = 0x0806;
+const IP_PROTO_UDP: u8 = 17;
+const ARP_REQUEST: u16 = 1;
+const ARP_REPLY: u16 = 2;
+const DHCP_SERVER_PORT: u16 = 67;
+const DHCP_CLIENT_PORT: u16 = 68;
+/// Largest VNI: VXLAN carries 24 bits.
+const VNI_MAX: u32 = 0x00ff_ffff;
+/// Highest ofport a real port can have (OFPP_MAX).
+const OFPORT_MAX: u32 = 0xffff_ff00;
+/// `max_len` for packet-ins: the whole packet, never buffered in the switch.
+const CONTROLLER_MAX_LEN: u16 = u16::MAX;
+
+/// The kind of object a cookie's object tag refers to. The kind is hashed
+/// with the id so a NIC and a subnet with the same id get different tags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ObjectKind {
+    Vpc,
+    Subnet,
+    Nic,
+    Peer,
+}
+
+impl ObjectKind {
+    fn prefix(self) -> &'static [u8] {
+        match self {
+            ObjectKind::Vpc => b"vpc/",
+            ObjectKind::Subnet => b"subnet/",
+            ObjectKind::Nic => b"nic/",
+            ObjectKind::Peer => b"peer/",
+        }
+    }
+}
+
+/// The 32-bit tag of an object in the cookie: FNV-1a of kind and id, so it is
+/// stable across runs and builds. Never 0 (0 marks the shared flows).
+pub fn object_tag(kind: ObjectKind, id: &str) -> u32 {
+    const OFFSET: u32 = 0x811c_9dc5;
+    const PRIME: u32 = 0x0100_0193;
+    let hash = kind
+        .prefix()
+        .iter()
+        .chain(id.as_bytes())
+        .fold(OFFSET, |h, b| (h ^ u32::from(*b)).wrapping_mul(PRIME));
+    if hash == 0 {
+        1
+    } else {
+        hash
+    }
+}
+
+/// The cookie of a flow written by this agent in `generation` for the object
+/// with tag `object` (0 for shared flows).
+pub fn cookie(generation: u16, object: u32) -> u64 {
+    (u64::from(COOKIE_OWNER) << 48) | (u64::from(generation) << 32) | u64::from(object)
+}
+
+/// Whether a cookie carries this agent's owner tag.
+pub fn is_ours(cookie: u64) -> bool {
+    cookie & COOKIE_OWNER_MASK == u64::from(COOKIE_OWNER) << 48
+}
+
+/// The generation stored in a cookie.
+pub fn cookie_generation(cookie: u64) -> u16 {
+    // The mask leaves 16 bits, the cast cannot truncate.
+    ((cookie & COOKIE_GENERATION_MASK) >> 32) as u16
+}
+
+/// The object tag stored in a cookie.
+pub fn cookie_object(cookie: u64) -> u32 {
+    // The mask leaves 32 bits, the cast cannot truncate.
+    (cookie & COOKIE_OBJECT_MASK) as u32
+}
+
+/// `(cookie, cookie_mask)` selecting every flow of one object in any
+/// generation, for a flow-stats request or a non-strict delete.
+pub fn object_cookie_match(kind: ObjectKind, id: &str) -> (u64, u64) {
+    (
+        cookie(0, object_tag(kind, id)),
+        COOKIE_OWNER_MASK | COOKIE_OBJECT_MASK,
+    )
+}
+
+/// The OVS ports the pipeline may use: the ofport of each local NIC (keyed by
+/// the NIC id, OVS `external_ids:iface-id`) and of the VXLAN port to each peer
+/// node (keyed by node name). Anything absent gets no flow that would output
+/// to it or match on it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortMap {
+    nics: BTreeMap<String, u32>,
+    tunnels: BTreeMap<String, u32>,
+    by_port: BTreeMap<u32, String>,
+}
+
+impl PortMap {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records the ofport of a NIC. OVS reports -1 (`u32::MAX`) or 0 for a
+    /// port it could not create; such values, and the reserved range, count
+    /// as no port.
+    pub fn set_nic(&mut self, nic_id: &str, ofport: u32) {
+        self.remove_nic(nic_id);
+        if valid_ofport(ofport) {
+            self.nics.insert(nic_id.to_string(), ofport);
+            self.by_port.insert(ofport, nic_id.to_string());
+        }
+    }
+
+    pub fn remove_nic(&mut self, nic_id: &str) {
+        if let Some(old) = self.nics.remove(nic_id) {
+            self.by_port.remove(&old);
+        }
+    }
+
+    /// Records the ofport of the tunnel to `node`.
+    pub fn set_tunnel(&mut self, node: &str, ofport: u32) {
+        if valid_ofport(ofport) {
+            self.tunnels.insert(node.to_string(), ofport);
+        } else {
+            self.tunnels.remove(node);
+        }
+    }
+
+    pub fn remove_tunnel(&mut self, node: &str) {
+        self.tunnels.remove(node);
+    }
+
+    /// Builder form of [`PortMap::set_nic`].
+    pub fn with_nic(mut self, nic_id: &str, ofport: u32) -> Self {
+        self.set_nic(nic_id, ofport);
+        self
+    }
+
+    /// Builder form of [`PortMap::set_tunnel`].
+    pub fn with_tunnel(mut self, node: &str, ofport: u32) -> Self {
+        self.set_tunnel(node, ofport);
+        self
+    }
+
+    pub fn nic(&self, nic_id: &str) -> Option<u32> {
+        self.nics.get(nic_id).copied()
+    }
+
+    pub fn tunnel(&self, node: &str) -> Option<u32> {
+        self.tunnels.get(node).copied()
+    }
+
+    /// The NIC plugged into `ofport`, to attribute a packet-in.
+    pub fn nic_at(&self, ofport: u32) -> Option<&str> {
+        self.by_port.get(&ofport).map(String::as_str)
+    }
+
+    pub fn nics(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.nics.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+
+    pub fn tunnels(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.tunnels.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+}
+
+fn valid_ofport(ofport: u32) -> bool {
+    ofport != 0 && ofport < OFPORT_MAX
+}
+
+/// Renders the complete flow table of br-int for `state`.
+///
+/// Flows come out sorted by (table, descending priority, match) with unique
+/// keys. A VPC without a local NIC renders nothing; a node without any local
+/// NIC renders no flow at all.
+pub fn render(state: &NodeState, ports: &PortMap, generation: u16) -> Vec<Flow> {
+    let ctx = Ctx::new(state, ports, generation);
+    let mut out = Vec::new();
+    if ctx.local_vpcs.is_empty() {
+        return out;
+    }
+    base_flows(generation, &mut out);
+    for vpc in ctx.local_vpcs.values() {
+        vpc_flows(&ctx, vpc, &mut out);
+    }
+    // Gateways before NICs: if a NIC claims a gateway's IP, the gateway's
+    // ARP entry is the one that survives deduplication.
+    for subnet in state.subnets.values() {
+        if let Some(vpc) = ctx.local_vpcs.get(subnet.vpc_id.as_str()) {
+            subnet_flows(&ctx, vpc, subnet, &mut out);
+        }
+    }
+    for peer in state.peers.values() {
+        if peer.node != state.node.name {
+            peer_flows(&ctx, &peer.node, &mut out);
+        }
+    }
+    for nic in state.nics.values() {
+        if let Some(vpc) = ctx.local_vpcs.get(nic.vpc_id.as_str()) {
+            nic_flows(&ctx, vpc, nic, &mut out);
+        }
+    }
+    finish(out)
+}
+
+/// The flows [`render`] gives for one NIC (local or remote), in the same
+/// order; empty if the NIC is unknown or its VPC has no local NIC. These are
+/// the flows whose cookie carries `object_tag(ObjectKind::Nic, nic_id)`.
+pub fn render_nic(state: &NodeState, ports: &PortMap, generation: u16, nic_id: &str) -> Vec<Flow> {
+    let ctx = Ctx::new(state, ports, generation);
+    let mut out = Vec::new();
+    if let Some(nic) = state.nics.get(nic_id) {
+        if let Some(vpc) = ctx.local_vpcs.get(nic.vpc_id.as_str()) {
+            nic_flows(&ctx, vpc, nic, &mut out);
+        }
+    }
+    finish(out)
+}
+
+/// What every rendering step needs to look up.
+struct Ctx<'a> {
+    state: &'a NodeState,
+    ports: &'a PortMap,
+    generation: u16,
+    /// VPCs with at least one NIC on this node and a valid VNI.
+    local_vpcs: BTreeMap<&'a str, &'a Vpc>,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(state: &'a NodeState, ports: &'a PortMap, generation: u16) -> Self {
+        let mut local_vpcs = BTreeMap::new();
+        for nic in state.local_nics() {
+            let Some(vpc) = state.vpcs.get(&nic.vpc_id) else {
+                tracing::warn!(nic = %nic.id, vpc = %nic.vpc_id, "local NIC of an unknown VPC");
+                continue;
+            };
+            if vpc.vni > VNI_MAX {
+                tracing::warn!(vpc = %vpc.id, vni = vpc.vni, "VNI does not fit in 24 bits");
+                continue;
+            }
+            local_vpcs.insert(vpc.id.as_str(), vpc);
+        }
+        Self {
+            state,
+            ports,
+            generation,
+            local_vpcs,
+        }
+    }
+
+    fn is_local(&self, nic: &Nic) -> bool {
+        nic.node == self.state.node.name
+    }
+
+    fn cookie(&self, kind: ObjectKind, id: &str) -> u64 {
+        cookie(self.generation, object_tag(kind, id))
+    }
+}
+
+fn flow(table: u8, priority: u16, cookie: u64, matches: Match) -> Flow {
+    Flow {
+        table,
+        priority,
+        cookie,
+        matches,
+        actions: Vec::new(),
+        goto_table: None,
+    }
+}
+
+trait FlowExt {
+    fn actions(self, actions: Vec<Action>) -> Self;
+    fn goto(self, table: u8) -> Self;
+}
+
+impl FlowExt for Flow {
+    fn actions(mut self, actions: Vec<Action>) -> Self {
+        self.actions = actions;
+        self
+    }
+    fn goto(mut self, table: u8) -> Self {
+        self.goto_table = Some(table);
+        self
+    }
+}
+
+fn set_field(field: Field, value: u128) -> Action {
+    Action::SetField { field, value }
+}
+
+fn mac_value(mac: Mac) -> u128 {
+    openflow::flow::mac_bits(mac)
+}
+
+fn ip_value(ip: Ipv4Addr) -> u128 {
+    u128::from(u32::from(ip))
+}
+
+/// Flows that do not depend on any object: table misses, the DHCP punt and
+/// the DHCP-server guard.
+fn base_flows(generation: u16, out: &mut Vec<Flow>) {
+    let c = cookie(generation, 0);
+    let drop = |t| flow(t, priority::DEFAULT, c, Match::new());
+    out.push(drop(table::CLASSIFY));
+    out.push(drop(table::TUNNEL_CLASSIFY));
+    out.push(drop(table::PORT_SECURITY));
+    out.push(
+        flow(
+            table::PORT_SECURITY,
+            priority::DHCP_SERVER_DROP,
+            c,
+            Match::new()
+                .eth_type(ETH_TYPE_IPV4)
+                .ip_proto(IP_PROTO_UDP)
+                .udp_src(DHCP_SERVER_PORT),
+        ), // no actions: drop
+    );
+    out.push(
+        flow(
+            table::SERVICES,
+            priority::OBJECT,
+            c,
+            Match::new()
+                .eth_type(ETH_TYPE_IPV4)
+                .ip_proto(IP_PROTO_UDP)
+                .udp_src(DHCP_CLIENT_PORT)
+                .udp_dst(DHCP_SERVER_PORT),
+        )
+        .actions(vec![Action::Controller {
+            max_len: CONTROLLER_MAX_LEN,
+            userdata: vec![userdata::DHCP],
+        }]),
+    );
+    out.push(flow(
+        table::SERVICES,
+        priority::ARP_UNKNOWN,
+        c,
+        Match::new().eth_type(ETH_TYPE_ARP),
+    ));
+    out.push(flow(table::SERVICES, priority::DEFAULT, c, Match::new()).goto(table::ROUTER_MAC));
+    out.push(flow(table::ROUTER_MAC, priority::DEFAULT, c, Match::new()).goto(table::L2_LOOKUP));
+    out.push(drop(table::ROUTE));
+    out.push(drop(table::L2_LOOKUP));
+}
+
+/// Accepts the VPC's VNI from any tunnel.
+fn vpc_flows(ctx: &Ctx<'_>, vpc: &Vpc, out: &mut Vec<Flow>) {
+    let vni = u64::from(vpc.vni);
+    out.push(
+        flow(
+            table::TUNNEL_CLASSIFY,
+            priority::OBJECT,
+            ctx.cookie(ObjectKind::Vpc, &vpc.id),
+            Match::new().tunnel_id(vni),
+        )
+        .actions(vec![set_field(Field::Metadata, vni.into())])
+        .goto(table::L2_LOOKUP),
+    );
+}
+
+/// The gateway of a subnet: ARP answer and router MAC.
+fn subnet_flows(ctx: &Ctx<'_>, vpc: &Vpc, subnet: &Subnet, out: &mut Vec<Flow>) {
+    let vni = u64::from(vpc.vni);
+    let c = ctx.cookie(ObjectKind::Subnet, &subnet.id);
+    out.push(arp_responder(c, vni, subnet.gateway_ip, subnet.gateway_mac));
+    out.push(
+        flow(
+            table::ROUTER_MAC,
+            priority::OBJECT,
+            c,
+            Match::new()
+                .metadata(vni)
+                .eth_dst(subnet.gateway_mac)
+                .eth_type(ETH_TYPE_IPV4),
+        )
+        .goto(table::ROUTE),
+    );
+}
+
+/// Traffic arriving on the tunnel from `node`.
+fn peer_flows(ctx: &Ctx<'_>, node: &str, out: &mut Vec<Flow>) {
+    let Some(ofport) = ctx.ports.tunnel(node) else {
+        return;
+    };
+    out.push(
+        flow(
+            table::CLASSIFY,
+            priority::OBJECT,
+            ctx.cookie(ObjectKind::Peer, node),
+            Match::new().in_port(ofport),
+        )
+        .actions(vec![set_field(
+            Field::Reg(reg::SRC),
+            reg::SRC_TUNNEL.into(),
+        )])
+        .goto(table::TUNNEL_CLASSIFY),
+    );
+}
+
+/// A NIC of a VPC this node carries: its address entries everywhere, its
+/// port's flows if it is local and plugged, its tunnel if it is remote.
+fn nic_flows(ctx: &Ctx<'_>, vpc: &Vpc, nic: &Nic, out: &mut Vec<Flow>) {
+    let vni = u64::from(vpc.vni);
+    let c = ctx.cookie(ObjectKind::Nic, &nic.id);
+    if ctx.is_local(nic) {
+        if let Some(ofport) = ctx.ports.nic(&nic.id) {
+            local_port_flows(c, vni, nic, ofport, out);
+        }
+    } else if let Some(tunnel) = ctx.ports.tunnel(&nic.node) {
+        // Only what a local VM sent may leave through a tunnel: a packet
+        // that came from one is never sent back out of another.
+        out.push(
+            flow(
+                table::L2_LOOKUP,
+                priority::OBJECT,
+                c,
+                Match::new()
+                    .metadata(vni)
+                    .eth_dst(nic.mac)
+                    .reg(reg::SRC, reg::SRC_LOCAL),
+            )
+            .actions(vec![
+                set_field(Field::TunnelId, vni.into()),
+                Action::Output(tunnel),
+            ]),
+        );
+    }
+    out.push(arp_responder(c, vni, nic.ip, nic.mac));
+    match ctx.state.subnets.get(&nic.subnet_id) {
+        Some(subnet) if subnet.vpc_id == nic.vpc_id => out.push(
+            flow(
+                table::ROUTE,
+                priority::OBJECT,
+                c,
+                Match::new()
+                    .metadata(vni)
+                    .eth_type(ETH_TYPE_IPV4)
+                    .ipv4_dst(nic.ip),
+            )
+            .actions(vec![
+                set_field(Field::EthSrc, mac_value(subnet.gateway_mac)),
+                set_field(Field::EthDst, mac_value(nic.mac)),
+                Action::DecTtl,
+            ])
+            .goto(table::L2_LOOKUP),
+        ),
+        _ => {
+            tracing::debug!(nic = %nic.id, subnet = %nic.subnet_id, "NIC without its subnet: not routable");
+        }
+    }
+}
+
+fn local_port_flows(c: u64, vni: u64, nic: &Nic, ofport: u32, out: &mut Vec<Flow>) {
+    out.push(
+        flow(
+            table::CLASSIFY,
+            priority::OBJECT,
+            c,
+            Match::new().in_port(ofport),
+        )
+        .actions(vec![
+            set_field(Field::Metadata, vni.into()),
+            set_field(Field::Reg(reg::IN_NIC), ofport.into()),
+            set_field(Field::Reg(reg::SRC), reg::SRC_LOCAL.into()),
+        ])
+        .goto(table::PORT_SECURITY),
+    );
+    let from_vm = Match::new().in_port(ofport).eth_src(nic.mac);
+    out.push(
+        flow(
+            table::PORT_SECURITY,
+            priority::OBJECT,
+            c,
+            from_vm.clone().eth_type(ETH_TYPE_IPV4).ipv4_src(nic.ip),
+        )
+        .goto(table::SERVICES),
+    );
+    // A DHCP client has no address yet.
+    out.push(
+        flow(
+            table::PORT_SECURITY,
+            priority::OBJECT,
+            c,
+            from_vm
+                .clone()
+                .eth_type(ETH_TYPE_IPV4)
+                .ipv4_src(Ipv4Addr::UNSPECIFIED)
+                .ip_proto(IP_PROTO_UDP)
+                .udp_src(DHCP_CLIENT_PORT)
+                .udp_dst(DHCP_SERVER_PORT),
+        )
+        .goto(table::SERVICES),
+    );
+    out.push(
+        flow(
+            table::PORT_SECURITY,
+            priority::OBJECT,
+            c,
+            from_vm
+                .eth_type(ETH_TYPE_ARP)
+                .arp_spa(nic.ip)
+                .arp_sha(nic.mac),
+        )
+        .goto(table::SERVICES),
+    );
+    out.push(flow(
+        table::SERVICES,
+        priority::ARP_SELF,
+        c,
+        Match::new()
+            .in_port(ofport)
+            .eth_type(ETH_TYPE_ARP)
+            .arp_tpa(nic.ip),
+    ));
+    out.push(
+        flow(
+            table::L2_LOOKUP,
+            priority::OBJECT,
+            c,
+            Match::new().metadata(vni).eth_dst(nic.mac),
+        )
+        .actions(vec![Action::Output(ofport)]),
+    );
+}
+
+/// Answers "who has `ip`" in the VPC with `mac`, back out of the asking port.
+fn arp_responder(c: u64, vni: u64, ip: Ipv4Addr, mac: Mac) -> Flow {
+    flow(
+        table::SERVICES,
+        priority::OBJECT,
+        c,
+        Match::new()
+            .metadata(vni)
+            .eth_type(ETH_TYPE_ARP)
+            .arp_op(ARP_REQUEST)
+            .arp_tpa(ip),
+    )
+    .actions(vec![
+        Action::Move {
+            src: Field::EthSrc,
+            src_ofs: 0,
+            dst: Field::EthDst,
+            dst_ofs: 0,
+            n_bits: 48,
+        },
+        set_field(Field::EthSrc, mac_value(mac)),
+        set_field(Field::ArpOp, ARP_REPLY.into()),
+        Action::Move {
+            src: Field::ArpSha,
+            src_ofs: 0,
+            dst: Field::ArpTha,
+            dst_ofs: 0,
+            n_bits: 48,
+        },
+        set_field(Field::ArpSha, mac_value(mac)),
+        Action::Move {
+            src: Field::ArpSpa,
+            src_ofs: 0,
+            dst: Field::ArpTpa,
+            dst_ofs: 0,
+            n_bits: 32,
+        },
+        set_field(Field::ArpSpa, ip_value(ip)),
+        Action::Output(port::IN_PORT),
+    ])
+}
+
+/// Sorts into the canonical order and drops later flows with an already
+/// rendered key (two objects claiming the same address): the first one, in
+/// rendering order, wins.
+fn finish(mut flows: Vec<Flow>) -> Vec<Flow> {
+    // Stable sort: among equal keys, rendering order is kept.
+    flows.sort_by(|a, b| {
+        a.table
+            .cmp(&b.table)
+            .then(b.priority.cmp(&a.priority))
+            .then_with(|| a.matches.cmp(&b.matches))
+    });
+    flows.dedup_by(|later, kept| {
+        let same = later.table == kept.table
+            && later.priority == kept.priority
+            && later.matches == kept.matches;
+        if same && (later.actions != kept.actions || later.goto_table != kept.goto_table) {
+            tracing::warn!(
+                table = later.table,
+                priority = later.priority,
+                kept = format_args!("{:#x}", kept.cookie),
+                dropped = format_args!("{:#x}", later.cookie),
+                "two objects claim the same flow; keeping the first"
+            );
+        }
+        same
+    });
+    flows
+}
+
+#[cfg(test)]
+mod tests;

@@ -98,10 +98,7 @@ pub async fn get_json<T: DeserializeOwned>(
 }
 
 /// Every object under `prefix`, decoded.
-pub async fn list_json<T: DeserializeOwned>(
-    store: &dyn Store,
-    prefix: &str,
-) -> ApiResult<Vec<T>> {
+pub async fn list_json<T: DeserializeOwned>(store: &dyn Store, prefix: &str) -> ApiResult<Vec<T>> {
     let (kvs, _rev) = store.range(prefix).await?;
     kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
 }

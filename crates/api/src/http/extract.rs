@@ -55,8 +55,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
         }
     })?;
     // Trailing garbage after the object is malformed too.
-    de.end()
-        .map_err(|e| Problem::bad_request(format!("trailing characters after the JSON body: {e}")))?;
+    de.end().map_err(|e| {
+        Problem::bad_request(format!("trailing characters after the JSON body: {e}"))
+    })?;
     Ok(value)
 }
 
@@ -66,11 +67,13 @@ fn field_of(path: &str, message: &str) -> Option<String> {
     let named = ["unknown field `", "missing field `"]
         .iter()
         .find_map(|prefix| {
-            let rest = message.strip_prefix(prefix)?;
+            let rest = &message[message.find(prefix)? + prefix.len()..];
             rest.split('`').next().map(str::to_string)
         });
     let path = (path != ".").then(|| path.to_string());
     match (path, named) {
+        // serde_path_to_error already ends the path with an unknown field.
+        (Some(p), Some(n)) if p == n || p.ends_with(&format!(".{n}")) => Some(p),
         (Some(p), Some(n)) => Some(format!("{p}.{n}")),
         (Some(p), None) => Some(p),
         (None, Some(n)) => Some(n),
@@ -85,7 +88,12 @@ fn is_json(headers: &HeaderMap) -> bool {
     let Ok(ct) = ct.to_str() else {
         return false;
     };
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
@@ -94,7 +102,10 @@ fn bytes_rejection(rej: BytesRejection) -> Problem {
     if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
         Problem::payload_too_large("the request body is too large")
     } else {
-        Problem::bad_request(format!("could not read the request body: {}", rej.body_text()))
+        Problem::bad_request(format!(
+            "could not read the request body: {}",
+            rej.body_text()
+        ))
     }
 }
 

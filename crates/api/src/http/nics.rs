@@ -20,33 +20,37 @@ use super::{subnets, vpcs, AppState};
 use crate::model::{keys, Nic, NicStatus, NicStatusRecord, Node};
 use crate::store::{Compare, Op, Store};
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateNic {
     pub subnet_id: String,
     /// The NIC id if omitted.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// A free host address of the subnet; the lowest free one if omitted.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "10.0.1.10")]
     pub ip: Option<String>,
     /// A unicast MAC unused in the VPC; a random `02:...` one if omitted.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "02:00:00:12:34:56")]
     pub mac: Option<String>,
     /// The node to bind the NIC to; it must exist and be in the VPC's Set.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchNic {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// A node name to (re)bind the NIC to, or null to unbind it.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<String>)]
     pub node: Option<Option<String>>,
 }
@@ -67,7 +71,7 @@ pub struct NicFilter {
 }
 
 /// A NIC as the API shows it: the stored NIC plus its data-path status.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NicView {
     #[serde(flatten)]
     pub nic: Nic,
@@ -113,9 +117,7 @@ async fn bind(
     vpc_set: &str,
     vpc_id: &str,
 ) -> ApiResult<(Vec<Compare>, Op)> {
-    let missing = || {
-        Problem::invalid("node", format!("`node`: node {node:?} does not exist"))
-    };
+    let missing = || Problem::invalid("node", format!("`node`: node {node:?} does not exist"));
     if validate::dns_label("node", node).is_err() {
         return Err(missing());
     }
@@ -284,7 +286,11 @@ pub async fn create(
     tracing::info!(ip = %nic.ip, mac = %nic.mac, node = ?nic.node, "NIC created");
     let location = format!("/v1/nics/{}", nic.id);
     let view = view(store, nic).await?;
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(view)))
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(view),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/nics", tag = "nics", params(NicFilter),
@@ -412,7 +418,11 @@ pub async fn delete(
             ops,
         )
         .await?;
-        Ok(if ok { Attempt::Done(()) } else { Attempt::Retry })
+        Ok(if ok {
+            Attempt::Done(())
+        } else {
+            Attempt::Retry
+        })
     })
     .await?;
     tracing::info!("NIC deleted");

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
@@ -18,30 +18,30 @@ use crate::store::Compare;
 
 pub const DEFAULT_SET: &str = "default";
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateNode {
     /// Unique; a lowercase DNS label. The identity the agent presents.
     pub name: String,
     /// The Set to join; "default" if omitted.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set: Option<String>,
     #[schema(example = "192.0.2.11")]
     pub underlay_ip: String,
     /// `["compute"]` if omitted.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roles: Option<Vec<NodeRole>>,
 }
 
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchNode {
     /// Move to another Set; only while no NIC is bound to the node.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub underlay_ip: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roles: Option<Vec<NodeRole>>,
 }
 
@@ -184,10 +184,7 @@ pub async fn list(
     ))
 }
 
-async fn load(
-    store: &dyn crate::store::Store,
-    name: &str,
-) -> ApiResult<db::Versioned<Node>> {
+async fn load(store: &dyn crate::store::Store, name: &str) -> ApiResult<db::Versioned<Node>> {
     if validate::dns_label("name", name).is_err() {
         return Err(not_found(name));
     }
@@ -229,9 +226,9 @@ pub async fn patch(
     let store = st.store.as_ref();
     let (name, req, new_roles) = (&name, &req, &new_roles);
     let node = db::retry("update the node", || async move {
-        let cur = load(store, &name).await?;
+        let cur = load(store, name).await?;
         let mut node = cur.value.clone();
-        let key = keys::node(&name);
+        let key = keys::node(name);
         let mut compare = vec![Compare::mod_revision_is(&key, cur.mod_revision)];
         let mut ops = vec![];
         if let Some(roles) = &new_roles {
@@ -256,9 +253,9 @@ pub async fn patch(
         if let Some(set) = req.set.as_ref().filter(|s| **s != node.set) {
             // NICs bound here belong to VPCs of the old Set, whose traffic
             // must stay inside it.
-            let node_guard = index::node_guard(&name);
+            let node_guard = index::node_guard(name);
             let node_guard_rev = db::mod_revision(store, &node_guard).await?;
-            let nics = bound_nics(store, &name).await?;
+            let nics = bound_nics(store, name).await?;
             if !nics.is_empty() {
                 return Err(Problem::conflict(format!(
                     "node {name:?} cannot change Set while it has {}; unbind them first",
@@ -302,18 +299,21 @@ pub async fn delete(
     let store = st.store.as_ref();
     let name = &name;
     db::retry("delete the node", || async move {
-        let cur = load(store, &name).await?;
-        let guard = index::node_guard(&name);
+        let cur = load(store, name).await?;
+        let guard = index::node_guard(name);
         let guard_rev = db::mod_revision(store, &guard).await?;
-        let nics = bound_nics(store, &name).await?;
+        let nics = bound_nics(store, name).await?;
         if !nics.is_empty() {
             return Err(Problem::conflict(format!(
                 "node {name:?} still has {}; unbind or delete them first",
                 db::in_use("NICs bound", &nics)
             )));
         }
-        let key = keys::node(&name);
-        let mut ops = vec![crate::store::Op::delete(&key), crate::store::Op::delete(&guard)];
+        let key = keys::node(name);
+        let mut ops = vec![
+            crate::store::Op::delete(&key),
+            crate::store::Op::delete(&guard),
+        ];
         let ip_key = index::underlay_ip(cur.value.underlay_ip);
         if db::get_text(store, &ip_key).await?.as_deref() == Some(name.as_str()) {
             ops.push(crate::store::Op::delete(ip_key));
@@ -327,10 +327,13 @@ pub async fn delete(
             ops,
         )
         .await?;
-        Ok(if ok { Attempt::Done(()) } else { Attempt::Retry })
+        Ok(if ok {
+            Attempt::Done(())
+        } else {
+            Attempt::Retry
+        })
     })
     .await?;
     tracing::info!("node deleted");
     Ok(StatusCode::NO_CONTENT)
 }
-

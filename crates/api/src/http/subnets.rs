@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
@@ -17,33 +17,33 @@ use super::AppState;
 use crate::model::{keys, Nic, Subnet};
 use crate::store::{Compare, Op, Store};
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSubnet {
     pub vpc_id: String,
     /// The subnet id if omitted.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Inside one of the VPC's CIDRs, overlapping no other subnet of it.
     #[schema(example = "10.0.1.0/24")]
     pub cidr: String,
     /// The first host address if omitted.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "10.0.1.1")]
     pub gateway_ip: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_servers: Option<Vec<String>>,
     /// 1450 (1500 less VXLAN) if omitted; 576..=8950.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
 }
 
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchSubnet {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_servers: Option<Vec<String>>,
 }
 
@@ -92,9 +92,8 @@ pub async fn create(
     let gateway_ip = match &req.gateway_ip {
         Some(s) => {
             let ip = validate::ipv4("gateway_ip", s)?;
-            validate::host_in(cidr, ip).map_err(|why| {
-                Problem::invalid("gateway_ip", format!("`gateway_ip` {why}"))
-            })?;
+            validate::host_in(cidr, ip)
+                .map_err(|why| Problem::invalid("gateway_ip", format!("`gateway_ip` {why}")))?;
             ip
         }
         None => validate::first_host(cidr),
@@ -163,12 +162,20 @@ pub async fn create(
             ],
         )
         .await?;
-        Ok(if ok { Attempt::Done(subnet) } else { Attempt::Retry })
+        Ok(if ok {
+            Attempt::Done(subnet)
+        } else {
+            Attempt::Retry
+        })
     })
     .await?;
     tracing::info!(cidr = %subnet.cidr, "subnet created");
     let location = format!("/v1/subnets/{}", subnet.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(subnet)))
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(subnet),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/subnets", tag = "subnets", params(SubnetFilter),
@@ -193,7 +200,9 @@ pub async fn get(
     State(st): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Subnet>> {
-    let s = load(st.store.as_ref(), &id).await?.ok_or_else(|| not_found(&id))?;
+    let s = load(st.store.as_ref(), &id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
     Ok(Json(s.value))
 }
 
@@ -210,7 +219,11 @@ pub async fn patch(
     if let Some(name) = &req.name {
         validate::name("name", name)?;
     }
-    let dns = req.dns_servers.as_deref().map(validate::dns_servers).transpose()?;
+    let dns = req
+        .dns_servers
+        .as_deref()
+        .map(validate::dns_servers)
+        .transpose()?;
     let store = st.store.as_ref();
     let (id, req, dns) = (&id, &req, &dns);
     let subnet = db::retry("update the subnet", || async move {
@@ -232,7 +245,11 @@ pub async fn patch(
             vec![db::put_json(&key, &subnet)?],
         )
         .await?;
-        Ok(if ok { Attempt::Done(subnet) } else { Attempt::Retry })
+        Ok(if ok {
+            Attempt::Done(subnet)
+        } else {
+            Attempt::Retry
+        })
     })
     .await?;
     tracing::info!("subnet updated");
@@ -276,7 +293,11 @@ pub async fn delete(
             ops,
         )
         .await?;
-        Ok(if ok { Attempt::Done(()) } else { Attempt::Retry })
+        Ok(if ok {
+            Attempt::Done(())
+        } else {
+            Attempt::Retry
+        })
     })
     .await?;
     tracing::info!("subnet deleted");

@@ -131,7 +131,10 @@ pub fn vpc_cidrs(raw: &[String]) -> Result<Vec<Ipv4Net>, Problem> {
     if raw.len() > MAX_VPC_CIDRS {
         return Err(Problem::invalid(
             "cidrs",
-            format!("`cidrs` has {} CIDRs; at most {MAX_VPC_CIDRS} are allowed", raw.len()),
+            format!(
+                "`cidrs` has {} CIDRs; at most {MAX_VPC_CIDRS} are allowed",
+                raw.len()
+            ),
         ));
     }
     let mut nets: Vec<Ipv4Net> = Vec::with_capacity(raw.len());
@@ -191,11 +194,7 @@ pub fn first_host(net: Ipv4Net) -> Ipv4Addr {
 }
 
 /// The lowest host address of `net` that is neither `gateway` nor `used`.
-pub fn lowest_free(
-    net: Ipv4Net,
-    gateway: Ipv4Addr,
-    used: &BTreeSet<Ipv4Addr>,
-) -> Option<Ipv4Addr> {
+pub fn lowest_free(net: Ipv4Net, gateway: Ipv4Addr, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
     let first = u32::from(net.network()).checked_add(1)?;
     let last = u32::from(net.broadcast()).checked_sub(1)?;
     (first..=last)
@@ -207,7 +206,10 @@ pub fn dns_servers(raw: &[String]) -> Result<Vec<Ipv4Addr>, Problem> {
     if raw.len() > MAX_DNS_SERVERS {
         return Err(Problem::invalid(
             "dns_servers",
-            format!("`dns_servers` has {} entries; at most {MAX_DNS_SERVERS}", raw.len()),
+            format!(
+                "`dns_servers` has {} entries; at most {MAX_DNS_SERVERS}",
+                raw.len()
+            ),
         ));
     }
     let mut out = Vec::with_capacity(raw.len());
@@ -250,7 +252,10 @@ pub fn mac(field: &str, s: &str) -> Result<Mac, Problem> {
         ));
     }
     if m.0 == [0; 6] {
-        return Err(Problem::invalid(field, format!("`{field}` {m} is all zeros")));
+        return Err(Problem::invalid(
+            field,
+            format!("`{field}` {m} is all zeros"),
+        ));
     }
     Ok(m)
 }
@@ -346,8 +351,17 @@ mod tests {
         let p = cidr("cidr", "10.0.0.5/16").unwrap_err();
         assert!(p.detail.contains("host bits"), "{}", p.detail);
         assert!(p.detail.contains("10.0.0.0/16"));
-        for bad in ["10.0.0.0/33", "10.0.0.0", "banana", "10.0.0.0/7", "10.0.0.0/30"] {
-            assert_eq!(cidr("cidr", bad).unwrap_err().field.as_deref(), Some("cidr"));
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0.0",
+            "banana",
+            "10.0.0.0/7",
+            "10.0.0.0/30",
+        ] {
+            assert_eq!(
+                cidr("cidr", bad).unwrap_err().field.as_deref(),
+                Some("cidr")
+            );
         }
         for reserved in ["127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/8", "0.0.0.0/8"] {
             let p = cidr("cidr", reserved).unwrap_err();
@@ -398,7 +412,10 @@ mod tests {
             used.insert(ip);
             got.push(ip.to_string());
         }
-        assert_eq!(got, ["10.0.1.2", "10.0.1.3", "10.0.1.4", "10.0.1.5", "10.0.1.6"]);
+        assert_eq!(
+            got,
+            ["10.0.1.2", "10.0.1.3", "10.0.1.4", "10.0.1.5", "10.0.1.6"]
+        );
     }
 
     #[test]
@@ -408,7 +425,10 @@ mod tests {
             assert_eq!(m.0[0], 0x02);
         }
         assert!(mac("mac", "02:00:00:00:00:01").is_ok());
-        assert!(mac("mac", "01:00:5e:00:00:01").unwrap_err().detail.contains("multicast"));
+        assert!(mac("mac", "01:00:5e:00:00:01")
+            .unwrap_err()
+            .detail
+            .contains("multicast"));
         assert!(mac("mac", "00:00:00:00:00:00").is_err());
         assert!(mac("mac", "02:00:00:00:00").is_err());
     }

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::ToSchema;
 
@@ -17,23 +17,23 @@ use super::AppState;
 use crate::model::{keys, Subnet, Vpc};
 use crate::store::{Compare, Op, Store};
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVpc {
     /// Unique.
     pub name: String,
     /// The Set the VPC lives in; "default" if omitted.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set: Option<String>,
     /// One or more IPv4 CIDRs that do not overlap each other.
     #[schema(example = json!(["10.0.0.0/16"]))]
     pub cidrs: Vec<String>,
 }
 
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchVpc {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
 
@@ -113,12 +113,20 @@ pub async fn create(
             ],
         )
         .await?;
-        Ok(if ok { Attempt::Done(vpc) } else { Attempt::Retry })
+        Ok(if ok {
+            Attempt::Done(vpc)
+        } else {
+            Attempt::Retry
+        })
     })
     .await?;
     tracing::info!(vni = vpc.vni, "VPC created");
     let location = format!("/v1/vpcs/{}", vpc.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(vpc)))
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(vpc),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/vpcs", tag = "vpcs",
@@ -132,7 +140,9 @@ pub async fn list(State(st): State<AppState>) -> ApiResult<Json<Vec<Vpc>>> {
     responses((status = 200, body = Vpc), (status = 404, body = Problem)))]
 #[instrument(skip_all, fields(vpc_id = %id))]
 pub async fn get(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Vpc>> {
-    let vpc = load(st.store.as_ref(), &id).await?.ok_or_else(|| not_found(&id))?;
+    let vpc = load(st.store.as_ref(), &id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
     Ok(Json(vpc.value))
 }
 
@@ -180,7 +190,11 @@ pub async fn patch(
             ops,
         )
         .await?;
-        Ok(if ok { Attempt::Done(vpc) } else { Attempt::Retry })
+        Ok(if ok {
+            Attempt::Done(vpc)
+        } else {
+            Attempt::Retry
+        })
     })
     .await?;
     tracing::info!(name = %vpc.name, "VPC updated");
@@ -229,7 +243,11 @@ pub async fn delete(
             ops,
         )
         .await?;
-        Ok(if ok { Attempt::Done(()) } else { Attempt::Retry })
+        Ok(if ok {
+            Attempt::Done(())
+        } else {
+            Attempt::Retry
+        })
     })
     .await?;
     tracing::info!("VPC deleted");

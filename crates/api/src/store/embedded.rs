@@ -519,7 +519,7 @@ impl Writer {
             let ttl = Duration::from_millis(ttl.value());
             let deadline = match self.leases.get(&id.value()) {
                 Some(l) => l.deadline,
-                None => now + ttl,
+                None => deadline(now, ttl),
             };
             leases.insert(id.value(), Lease { ttl, deadline });
         }
@@ -594,7 +594,7 @@ impl Writer {
                             id,
                             Lease {
                                 ttl,
-                                deadline: now + ttl,
+                                deadline: deadline(now, ttl),
                             },
                         );
                         tracing::debug!(lease = id, ?ttl, "lease granted");
@@ -606,7 +606,7 @@ impl Writer {
                                 id,
                                 Lease {
                                     ttl: l.ttl,
-                                    deadline: now + l.ttl,
+                                    deadline: deadline(now, l.ttl),
                                 },
                             );
                             Ok(Answer::Done)
@@ -697,10 +697,12 @@ impl Writer {
         let rev = self.revision + 1;
         let mut events = Vec::new();
         for key in keys {
-            if let Some(old) = get_kv(&t.kv, &key)? {
-                delete_key(t, rev, old, &mut events)?;
-            } else {
-                t.lease_keys.remove((id, key.as_slice())).map_err(db_err)?;
+            match get_kv(&t.kv, &key)? {
+                Some(old) if old.lease == id => delete_key(t, rev, old, &mut events)?,
+                // A stale index entry: the key is not (or no longer) ours.
+                _ => {
+                    t.lease_keys.remove((id, key.as_slice())).map_err(db_err)?;
+                }
             }
         }
         if events.is_empty() {
@@ -812,6 +814,14 @@ impl Writer {
             published,
         )))
     }
+}
+
+/// `now + ttl`, saturating: a huge TTL must not overflow the clock.
+fn deadline(now: Instant, ttl: Duration) -> Instant {
+    // About 30 years: far enough to mean "never", near enough for timers.
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+    now.checked_add(ttl.min(FAR))
+        .unwrap_or_else(|| now + Duration::from_secs(1))
 }
 
 fn delete_key(
@@ -1139,4 +1149,72 @@ fn read_history(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod codec_tests {
+    use super::*;
+
+    fn kv(key: &str, value: &[u8]) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: value.to_vec(),
+            create_revision: 7,
+            mod_revision: 9,
+            version: 3,
+            lease: -5,
+        }
+    }
+
+    #[test]
+    fn events_round_trip() {
+        let events = vec![
+            WatchEvent {
+                kind: EventKind::Put,
+                kv: kv("/a/é", &[0, 255, 1]),
+            },
+            WatchEvent {
+                kind: EventKind::Delete,
+                kv: kv("", b""),
+            },
+        ];
+        assert_eq!(decode_events(&encode_events(&events)).unwrap(), events);
+        assert_eq!(decode_events(&encode_events(&[])).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn truncated_or_garbled_records_are_corrupt_not_panics() {
+        let bytes = encode_events(&[WatchEvent {
+            kind: EventKind::Put,
+            kv: kv("/k", b"value"),
+        }]);
+        for len in 0..bytes.len() {
+            assert!(
+                matches!(decode_events(&bytes[..len]), Err(StoreError::Corrupt(_))),
+                "prefix of {len} bytes"
+            );
+        }
+        let mut bad_kind = bytes.clone();
+        bad_kind[4] = 9;
+        assert!(matches!(
+            decode_events(&bad_kind),
+            Err(StoreError::Corrupt(_))
+        ));
+        let mut huge_len = bytes;
+        huge_len[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            decode_events(&huge_len),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            decode_record(&[0xff], &[0; RECORD_HEADER]),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn huge_ttl_does_not_overflow() {
+        let now = Instant::now();
+        assert!(deadline(now, Duration::MAX) > now);
+    }
 }

@@ -137,6 +137,23 @@ async fn group_commit_under_concurrency() {
             let mut revs = Vec::new();
             for i in 0..per_client {
                 let key = format!("/gc/{c}/{i}");
+                if i % 8 == 3 {
+                    // A txn failing on its own must not hurt its batch.
+                    let r = store
+                        .txn(Txn {
+                            success: vec![
+                                Op::put(format!("/bad/{c}/{i}"), "v"),
+                                Op::Put {
+                                    key: key.clone(),
+                                    value: b"v".to_vec(),
+                                    lease: 424242,
+                                },
+                            ],
+                            ..Txn::default()
+                        })
+                        .await;
+                    assert!(matches!(r, Err(StoreError::LeaseNotFound(424242))));
+                }
                 let r = store
                     .txn(Txn {
                         compare: vec![Compare::absent(&key)],
@@ -164,8 +181,10 @@ async fn group_commit_under_concurrency() {
     assert_eq!(all.last().copied(), Some(start + n));
     let (kvs, _) = store.range("/gc/").await.unwrap();
     assert_eq!(kvs.len() as u64, n);
+    assert!(store.range("/bad/").await.unwrap().0.is_empty());
+    let failed = clients as u64 * (0..per_client).filter(|i| i % 8 == 3).count() as u64;
     let stats = store.stats();
-    assert_eq!(stats.requests, n);
+    assert_eq!(stats.requests, n + failed);
     assert!(
         stats.commits * 4 < n,
         "group commit should batch: {stats:?} for {n} txns"

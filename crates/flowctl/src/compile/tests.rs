@@ -49,7 +49,10 @@ fn a_node_gets_only_the_vpcs_of_its_nics() {
 
 #[test]
 fn keys_outside_the_model_are_ignored() {
-    assert_eq!(classify("/stacknet/nics/nic-1"), Some(KeyKind::Nic("nic-1")));
+    assert_eq!(
+        classify("/stacknet/nics/nic-1"),
+        Some(KeyKind::Nic("nic-1"))
+    );
     assert_eq!(
         classify("/stacknet/status/nics/nic-1"),
         Some(KeyKind::NicStatus("nic-1"))
@@ -63,7 +66,10 @@ fn keys_outside_the_model_are_ignored() {
     let mut c = Compiler::from_listing(&kv.listing(), kv.rev);
     let ev = kv.txn(vec![
         status("nic-a1", "n1"),
-        Op::Put("/stacknet/index/ip/sub-a/10.0.1.5".into(), b"nic-a1".to_vec()),
+        Op::Put(
+            "/stacknet/index/ip/sub-a/10.0.1.5".into(),
+            b"nic-a1".to_vec(),
+        ),
         Op::Put("/stacknet/nics/nic-a1/extra".into(), b"junk".to_vec()),
     ]);
     let out = c.apply(&ev);
@@ -80,13 +86,7 @@ fn a_nic_change_touches_only_the_nodes_of_its_vpc() {
     let mut c = Compiler::from_listing(&kv.listing(), kv.rev);
 
     // A new NIC in vpc-a on n2: n1 and n2 carry vpc-a, n3 does not.
-    let out = c.apply(&kv.txn(vec![nic(
-        "nic-a4",
-        "vpc-a",
-        "sub-a",
-        Some("n2"),
-        14,
-    )]));
+    let out = c.apply(&kv.txn(vec![nic("nic-a4", "vpc-a", "sub-a", Some("n2"), 14)]));
     assert_eq!(out.touched.iter().collect::<Vec<_>>(), ["n1", "n2"]);
     assert_eq!(out.changes.len(), 2);
     assert!(matches!(
@@ -95,13 +95,7 @@ fn a_nic_change_touches_only_the_nodes_of_its_vpc() {
     ));
 
     // nic-b1 moves n3 → n1: n3 loses vpc-b entirely, n1 gains all of it.
-    let out = c.apply(&kv.txn(vec![nic(
-        "nic-b1",
-        "vpc-b",
-        "sub-b",
-        Some("n1"),
-        21,
-    )]));
+    let out = c.apply(&kv.txn(vec![nic("nic-b1", "vpc-b", "sub-b", Some("n1"), 21)]));
     assert_eq!(out.touched.iter().collect::<Vec<_>>(), ["n1", "n3"]);
     let n3 = c.state("n3");
     assert!(n3.vpcs.is_empty() && n3.subnets.is_empty() && n3.nics.is_empty());
@@ -132,8 +126,14 @@ fn a_node_record_change_reaches_its_peers() {
     let out = c.apply(&kv.txn(vec![node("n2", 42)]));
     // n2's own info, and n1's peer entry for n2; n3 shares nothing with n2.
     assert_eq!(out.changes.keys().collect::<Vec<_>>(), ["n1", "n2"]);
-    assert_eq!(c.state("n1").peers["n2"].underlay_ip, Ipv4Addr::new(192, 0, 2, 42));
-    assert_eq!(c.state("n2").node.underlay_ip, Some(Ipv4Addr::new(192, 0, 2, 42)));
+    assert_eq!(
+        c.state("n1").peers["n2"].underlay_ip,
+        Ipv4Addr::new(192, 0, 2, 42)
+    );
+    assert_eq!(
+        c.state("n2").node.underlay_ip,
+        Some(Ipv4Addr::new(192, 0, 2, 42))
+    );
 
     // Without its record, n2 is no tunnel endpoint and its NICs vanish
     // from n1 (they are unreachable).
@@ -182,7 +182,13 @@ fn step() -> impl Strategy<Value = Step> {
         (0..5u8, 0..3u8, prop_oneof![Just(1450u16), Just(1400)])
             .prop_map(|(s, v, mtu)| Step::Subnet(s, v, mtu)),
         (0..5u8).prop_map(Step::DelSubnet),
-        (0..10u8, 0..3u8, 0..5u8, proptest::option::of(0..5u8), 1..3u8)
+        (
+            0..10u8,
+            0..3u8,
+            0..5u8,
+            proptest::option::of(0..5u8),
+            1..3u8
+        )
             .prop_map(|(i, v, s, n, ip)| Step::Nic(i, v, s, n, ip)),
         (0..10u8).prop_map(Step::DelNic),
         (0..10u8, 0..5u8).prop_map(|(i, n)| Step::Status(i, n)),

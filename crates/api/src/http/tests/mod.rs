@@ -1,6 +1,7 @@
 //! In-process tests of the API over a real embedded store in a temp dir.
 
 mod concurrency;
+mod failures;
 mod nics;
 mod nodes;
 mod protocol;
@@ -42,7 +43,11 @@ impl Reply {
     #[track_caller]
     pub fn problem(&self, status: u16, words: &[&str]) -> &Self {
         assert_eq!(self.status.as_u16(), status, "{:#}", self.body);
-        assert_eq!(self.content_type, "application/problem+json", "{:#}", self.body);
+        assert_eq!(
+            self.content_type, "application/problem+json",
+            "{:#}",
+            self.body
+        );
         assert_eq!(self.body["status"], status, "{:#}", self.body);
         assert!(self.body["type"].as_str().is_some_and(|t| !t.is_empty()));
         assert!(self.body["title"].as_str().is_some_and(|t| !t.is_empty()));
@@ -109,23 +114,24 @@ impl Api {
         match body {
             Some(b) => {
                 let bytes = serde_json::to_vec(&b).unwrap();
-                self.raw(method, uri, Some("application/json"), &bytes).await
+                self.raw(method, uri, Some("application/json"), &bytes)
+                    .await
             }
             None => self.raw(method, uri, None, b"").await,
         }
     }
 
-    pub async fn get(&self, uri: &str) -> Reply {
-        self.call(Method::GET, uri, None).await
+    pub async fn get(&self, uri: impl Into<String>) -> Reply {
+        self.call(Method::GET, &uri.into(), None).await
     }
-    pub async fn post(&self, uri: &str, body: Value) -> Reply {
-        self.call(Method::POST, uri, Some(body)).await
+    pub async fn post(&self, uri: impl Into<String>, body: Value) -> Reply {
+        self.call(Method::POST, &uri.into(), Some(body)).await
     }
-    pub async fn patch(&self, uri: &str, body: Value) -> Reply {
-        self.call(Method::PATCH, uri, Some(body)).await
+    pub async fn patch(&self, uri: impl Into<String>, body: Value) -> Reply {
+        self.call(Method::PATCH, &uri.into(), Some(body)).await
     }
-    pub async fn delete(&self, uri: &str) -> Reply {
-        self.call(Method::DELETE, uri, None).await
+    pub async fn delete(&self, uri: impl Into<String>) -> Reply {
+        self.call(Method::DELETE, &uri.into(), None).await
     }
 
     /// Every key and value in the store, and the revision.

@@ -50,7 +50,9 @@ pub fn router(store: Arc<dyn Store>) -> Router {
         .route("/subnets", get(subnets::list).post(subnets::create))
         .route(
             "/subnets/{id}",
-            get(subnets::get).patch(subnets::patch).delete(subnets::delete),
+            get(subnets::get)
+                .patch(subnets::patch)
+                .delete(subnets::delete),
         )
         .route("/nics", get(nics::list).post(nics::create))
         .route(
@@ -79,3 +81,6 @@ async fn not_found(uri: axum::http::Uri) -> Problem {
 async fn method_not_allowed() -> Problem {
     Problem::method_not_allowed()
 }
+
+#[cfg(test)]
+mod tests;

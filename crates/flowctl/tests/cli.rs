@@ -1,0 +1,215 @@
+//! The `flowctl` binary: `serve` all-in-one, `node-token`, and the operator
+//! CLI against it; then a scripted agent with the printed token.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::FakeAgent;
+use proto::ServerMessage;
+
+const BIN: &str = env!("CARGO_BIN_EXE_flowctl");
+
+/// Kills the server (by its pid) however the test ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn flowctl(api: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("STACKNET_API", api)
+        .output()
+        .unwrap()
+}
+
+fn ok(api: &str, args: &[&str]) -> String {
+    let out = flowctl(api, args);
+    assert!(
+        out.status.success(),
+        "flowctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json(api: &str, args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    serde_json::from_str(&ok(api, &a)).unwrap()
+}
+
+fn wait_healthy(api: &str, server: &mut Server) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            panic!("flowctl serve exited: {status}");
+        }
+        if std::net::TcpStream::connect(api.trim_start_matches("http://")).is_ok() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flowctl serve did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start(dir: &Path, secret: &Path) -> (Server, String, String) {
+    let (agent_port, api_port) = (free_port(), free_port());
+    let agent = format!("127.0.0.1:{agent_port}");
+    let api = format!("http://127.0.0.1:{api_port}");
+    let child = Command::new(BIN)
+        .args(["serve", "--store"])
+        .arg(dir.join("store.redb"))
+        .args(["--agent-listen", &agent, "--api-listen"])
+        .arg(format!("127.0.0.1:{api_port}"))
+        .arg("--cluster-secret-file")
+        .arg(secret)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut server = Server(child);
+    wait_healthy(&api, &mut server);
+    (server, agent, api)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_cli_and_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a-cluster-secret-of-some-length\n").unwrap();
+    let (_server, agent, api) = start(dir.path(), &secret);
+
+    ok(
+        &api,
+        &["node", "create", "n1", "--underlay-ip", "192.0.2.11"],
+    );
+    ok(
+        &api,
+        &["node", "create", "n2", "--underlay-ip", "192.0.2.12"],
+    );
+    let vpc = json(&api, &["vpc", "create", "blue", "--cidr", "10.1.0.0/16"]);
+    let vpc_id = vpc["id"].as_str().unwrap().to_string();
+    let subnet = json(
+        &api,
+        &[
+            "subnet",
+            "create",
+            "--vpc",
+            &vpc_id,
+            "--cidr",
+            "10.1.1.0/24",
+        ],
+    );
+    let subnet_id = subnet["id"].as_str().unwrap().to_string();
+    let nic = json(
+        &api,
+        &[
+            "nic", "create", "--subnet", &subnet_id, "--name", "web", "--node", "n1",
+        ],
+    );
+    let nic_id = nic["id"].as_str().unwrap().to_string();
+    assert_eq!(nic["node"], "n1");
+
+    // Table output.
+    let table = ok(&api, &["nic", "list"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("ID"), "{table}");
+    assert!(
+        lines[1].contains(&nic_id) && lines[1].contains("web") && lines[1].contains("n1"),
+        "{table}"
+    );
+    let nodes = ok(&api, &["node", "list"]);
+    assert_eq!(nodes.lines().count(), 3, "{nodes}");
+    let shown = ok(&api, &["vpc", "show", &vpc_id]);
+    assert!(shown.contains("10.1.0.0/16"), "{shown}");
+
+    // The agent of n1, with the token `node-token` prints, gets its NIC.
+    let token = ok(
+        &api,
+        &[
+            "node-token",
+            "--cluster-secret-file",
+            secret.to_str().unwrap(),
+            "n1",
+        ],
+    );
+    let mut a = FakeAgent::connect(
+        agent.parse().unwrap(),
+        proto::AgentMessage::Hello {
+            version: proto::PROTOCOL_VERSION,
+            node: "n1".into(),
+            token: token.trim().into(),
+            last_applied: None,
+        },
+    )
+    .await;
+    let Some(ServerMessage::Snapshot { state }) = a.recv().await else {
+        panic!("expected a snapshot");
+    };
+    assert!(state.nics.contains_key(&nic_id));
+    a.send(proto::AgentMessage::Ack {
+        revision: state.revision,
+        ready_nics: vec![nic_id.clone()],
+    })
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while json(&api, &["nic", "show", &nic_id])["status"] != "up" {
+        assert!(std::time::Instant::now() < deadline, "NIC never came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Unbinding reaches the agent as a removal, and the NIC is down.
+    let unbound = json(&api, &["nic", "update", &nic_id, "--unbind"]);
+    assert_eq!(unbound["node"], serde_json::Value::Null);
+    assert_eq!(unbound["status"], "down");
+    let Some(ServerMessage::Delta { changes, .. }) = a.recv().await else {
+        panic!("expected a delta");
+    };
+    assert!(changes.contains(&proto::Change::Remove {
+        key: proto::ObjectKey::Nic(nic_id.clone())
+    }));
+
+    // A problem answer: its detail on stderr, non-zero exit.
+    let out = flowctl(
+        &api,
+        &["subnet", "create", "--vpc", &vpc_id, "--cidr", "not-a-cidr"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("HTTP 4") && err.contains("cidr"), "{err}");
+    let out = flowctl(&api, &["vpc", "delete", "vpc-doesnotexist"]);
+    assert!(!out.status.success());
+
+    ok(&api, &["nic", "delete", &nic_id]);
+    let t = ok(&api, &["nic", "list"]);
+    assert_eq!(t.lines().count(), 1, "{t}");
+    let metrics = reqwest::get(format!("{api}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("flowctl_snapshots_sent_total 1"),
+        "{metrics}"
+    );
+}
