@@ -126,7 +126,7 @@ impl Inbound {
     /// The next message; `None` when the agent closed its side.
     async fn next(&mut self) -> Result<Option<AgentMessage>, String> {
         loop {
-            match self.decoder.next::<AgentMessage>() {
+            match self.decoder.next_message::<AgentMessage>() {
                 Ok(Some(m)) => return Ok(Some(m)),
                 Ok(None) => {}
                 Err(e) => return Err(format!("bad frame: {e}")),

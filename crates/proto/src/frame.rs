@@ -48,7 +48,7 @@ impl FrameDecoder {
     }
 
     /// The next whole message, if one has arrived.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+    pub fn next_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
         if self.buf.len() < LEN_BYTES {
             return Ok(None);
         }
@@ -91,11 +91,11 @@ mod tests {
             let mut dec = FrameDecoder::new();
             let mut got = Vec::new();
             dec.push(&wire[..split]);
-            while let Some(m) = dec.next::<AgentMessage>().unwrap() {
+            while let Some(m) = dec.next_message::<AgentMessage>().unwrap() {
                 got.push(m);
             }
             dec.push(&wire[split..]);
-            while let Some(m) = dec.next::<AgentMessage>().unwrap() {
+            while let Some(m) = dec.next_message::<AgentMessage>().unwrap() {
                 got.push(m);
             }
             assert_eq!(got, msgs, "split at {split}");
@@ -107,7 +107,7 @@ mod tests {
         let mut dec = FrameDecoder::new();
         dec.push(&u32::MAX.to_be_bytes());
         assert!(matches!(
-            dec.next::<ServerMessage>(),
+            dec.next_message::<ServerMessage>(),
             Err(FrameError::TooLarge(_))
         ));
 
@@ -115,7 +115,7 @@ mod tests {
         dec.push(&3u32.to_be_bytes());
         dec.push(b"{x}");
         assert!(matches!(
-            dec.next::<ServerMessage>(),
+            dec.next_message::<ServerMessage>(),
             Err(FrameError::Json(_))
         ));
     }

@@ -157,7 +157,7 @@ impl Drop for Conn {
 impl Conn {
     async fn recv(&mut self) -> Result<ServerMessage, ControlError> {
         loop {
-            if let Some(m) = self.decoder.next::<ServerMessage>()? {
+            if let Some(m) = self.decoder.next_message::<ServerMessage>()? {
                 return Ok(m);
             }
             match self.body.frame().await {

@@ -108,10 +108,27 @@ impl EmbeddedStore {
     }
 
     pub fn open_with(path: &Path, options: EmbeddedOptions) -> Result<Self> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            StoreError::Unavailable("EmbeddedStore::open needs a tokio runtime".into())
-        })?;
+        let runtime = current_runtime()?;
         let db = Database::create(path).map_err(db_err)?;
+        Self::start(runtime, db, options, &path.display().to_string())
+    }
+
+    /// A store that lives in memory only: for tests of the code above the
+    /// store, where durability does not matter.
+    pub fn open_in_memory() -> Result<Self> {
+        let runtime = current_runtime()?;
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(db_err)?;
+        Self::start(runtime, db, EmbeddedOptions::default(), "(memory)")
+    }
+
+    fn start(
+        runtime: tokio::runtime::Handle,
+        db: Database,
+        options: EmbeddedOptions,
+        name: &str,
+    ) -> Result<Self> {
         init_tables(&db)?;
         let db = Arc::new(db);
         let writer = Writer::load(db, options.history_retention.max(1), Instant::now())?;
@@ -127,7 +144,7 @@ impl EmbeddedStore {
             hub: hub.clone(),
         };
         tracing::info!(
-            path = %path.display(),
+            db = name,
             revision = writer.revision,
             history_start = writer.history_start,
             leases = writer.leases.len(),
@@ -277,6 +294,11 @@ impl Store for EmbeddedStore {
             other => Err(unexpected(&other)),
         }
     }
+}
+
+fn current_runtime() -> Result<tokio::runtime::Handle> {
+    tokio::runtime::Handle::try_current()
+        .map_err(|_| StoreError::Unavailable("the embedded store needs a tokio runtime".into()))
 }
 
 fn db_err(e: impl Into<redb::Error>) -> StoreError {

@@ -40,6 +40,23 @@ async fn conformance_real_time() {
     conformance::run_all(&store, &config).await.unwrap();
 }
 
+#[tokio::test(start_paused = true)]
+async fn conformance_in_memory() {
+    let store = EmbeddedStore::open_in_memory().unwrap();
+    conformance::run_all(&store, &Config::default())
+        .await
+        .unwrap();
+}
+
+#[test]
+fn open_outside_a_runtime_is_an_error_not_a_panic() {
+    let (_dir, path) = temp();
+    assert!(matches!(
+        EmbeddedStore::open(&path),
+        Err(StoreError::Unavailable(_))
+    ));
+}
+
 #[tokio::test]
 async fn fresh_store_starts_at_revision_one() {
     let (_dir, path) = temp();
@@ -312,4 +329,60 @@ async fn lease_expiry_without_keys_writes_no_revision() {
         Err(StoreError::LeaseNotFound(_))
     ));
     assert_eq!(store.revision().await.unwrap(), rev);
+}
+
+/// Watchers started while writers run, some from the past and some slow,
+/// each see every revision from their start exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_under_concurrent_writes_see_no_gap_and_no_duplicate() {
+    let (_dir, path) = temp();
+    let options = EmbeddedOptions {
+        watch_buffer: 16,
+        ..EmbeddedOptions::default()
+    };
+    let store = Arc::new(EmbeddedStore::open_with(&path, options).unwrap());
+    let (writers, per_writer) = (8u64, 150u64);
+    let start = store.revision().await.unwrap();
+    let last = start + writers * per_writer;
+    let mut writer_tasks = Vec::new();
+    for w in 0..writers {
+        let store = store.clone();
+        writer_tasks.push(tokio::spawn(async move {
+            for i in 0..per_writer {
+                store
+                    .put(&format!("/w/{w}/{}", i % 5), vec![0; 64])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    let mut watchers = Vec::new();
+    for n in 0..6u64 {
+        let store = store.clone();
+        watchers.push(tokio::spawn(async move {
+            // Start at different moments, half of them from the past.
+            tokio::time::sleep(Duration::from_millis(n * 15)).await;
+            let now = store.revision().await.unwrap();
+            let from = if n % 2 == 0 { start + 1 + n } else { now + 1 };
+            let mut w = store.watch("/w/", from).await.unwrap();
+            let mut expect = from;
+            while expect <= last {
+                if n == 5 {
+                    // A slow reader, to overflow the live buffer.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                let batch = next_batch(&mut w).await.unwrap();
+                assert_eq!(batch.len(), 1);
+                assert_eq!(batch[0].revision(), expect, "watcher {n} from {from}");
+                expect += 1;
+            }
+        }));
+    }
+    for t in writer_tasks {
+        t.await.unwrap();
+    }
+    for t in watchers {
+        t.await.unwrap();
+    }
+    assert_eq!(store.revision().await.unwrap(), last);
 }

@@ -262,7 +262,7 @@ impl FakeAgent {
     pub async fn recv(&mut self) -> Option<ServerMessage> {
         tokio::time::timeout(Duration::from_secs(10), async {
             loop {
-                if let Some(m) = self.decoder.next::<ServerMessage>().unwrap() {
+                if let Some(m) = self.decoder.next_message::<ServerMessage>().unwrap() {
                     return Some(m);
                 }
                 match self.body.frame().await {
