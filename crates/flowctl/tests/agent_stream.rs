@@ -1,6 +1,8 @@
 //! The agent protocol end to end: a scripted agent against the real server
 //! and the real embedded store.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::time::Duration;

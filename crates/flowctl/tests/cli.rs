@@ -1,6 +1,8 @@
 //! The `flowctl` binary: `serve` all-in-one, `node-token`, and the operator
 //! CLI against it; then a scripted agent with the printed token.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::path::Path;

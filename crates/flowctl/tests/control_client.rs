@@ -1,5 +1,7 @@
 //! vswitch-agent's control client against the real flowctl server.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::sync::atomic::Ordering;

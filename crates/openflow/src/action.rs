@@ -90,7 +90,10 @@ pub(crate) fn emit_action(out: &mut Vec<u8>, action: &Action) -> Result<()> {
             let start = start_nx(out, NXAST_CONTROLLER2);
             out.put_zeros(6);
             if *max_len != OFPCML_NO_BUFFER {
-                put_prop(out, NXAC2PT_MAX_LEN, &max_len.to_be_bytes())?;
+                // OpenFlow gives 16-bit properties 2 bytes of padding
+                // inside the length (OVS ofpprop_put_be16).
+                let [hi, lo] = max_len.to_be_bytes();
+                put_prop(out, NXAC2PT_MAX_LEN, &[hi, lo, 0, 0])?;
             }
             put_prop(out, NXAC2PT_USERDATA, userdata)?;
             finish_action(out, start)?;
@@ -115,8 +118,11 @@ pub(crate) fn emit_action(out: &mut Vec<u8>, action: &Action) -> Result<()> {
             out.put_u16(*n_bits);
             out.put_u16(*src_ofs);
             out.put_u16(*dst_ofs);
-            oxm::put_header(out, oxm::oxm_id(*src)?, false);
-            oxm::put_header(out, oxm::oxm_id(*dst)?, false);
+            // OVS writes legacy NXM headers here (NXM_OF_ETH_SRC, not
+            // OXM_OF_ETH_SRC); do the same so our bytes equal ovs-ofctl's.
+            let end = |ofs: u16| u32::from(ofs) + u32::from(*n_bits);
+            oxm::put_header(out, oxm::legacy_id(*src, end(*src_ofs))?, false);
+            oxm::put_header(out, oxm::legacy_id(*dst, end(*dst_ofs))?, false);
             finish_action(out, start)?;
         }
         Action::DecTtl => {

@@ -2,6 +2,8 @@
 //! codec and a small async connection driver.
 
 mod action;
+pub mod conn;
+pub mod driver;
 pub mod error;
 pub mod flow;
 pub mod message;
@@ -11,3 +13,5 @@ pub mod wire;
 pub use error::{Error, Result};
 pub use flow::{Action, Field, FieldMatch, Flow, FlowKey, Match};
 pub use message::{canonical, Message, OfpError};
+pub use conn::{Change, Config};
+pub use driver::{PacketIns, Switch};

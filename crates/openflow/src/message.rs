@@ -1012,6 +1012,33 @@ pub(crate) fn put_flow_mod_body(
     flow: &Flow,
     p: &FlowModParams,
 ) -> Result<()> {
+    let key = FlowParts {
+        table: flow.table,
+        priority: flow.priority,
+        cookie: flow.cookie,
+        matches: &flow.matches,
+        actions: &flow.actions,
+        goto_table: flow.goto_table,
+    };
+    put_flow_mod_parts(out, command, &key, p)
+}
+
+/// A borrowed flow (or flow key, with no actions).
+pub(crate) struct FlowParts<'a> {
+    pub table: u8,
+    pub priority: u16,
+    pub cookie: u64,
+    pub matches: &'a Match,
+    pub actions: &'a [Action],
+    pub goto_table: Option<u8>,
+}
+
+pub(crate) fn put_flow_mod_parts(
+    out: &mut Vec<u8>,
+    command: FlowModCommand,
+    flow: &FlowParts<'_>,
+    p: &FlowModParams,
+) -> Result<()> {
     out.put_u64(flow.cookie);
     out.put_u64(p.cookie_mask);
     out.put_u8(flow.table);
@@ -1024,12 +1051,12 @@ pub(crate) fn put_flow_mod_body(
     out.put_u32(p.out_group);
     out.put_u16(p.flags);
     out.put_u16(p.importance);
-    oxm::emit_match(out, &flow.matches)?;
+    oxm::emit_match(out, flow.matches)?;
     if !matches!(
         command,
         FlowModCommand::Delete | FlowModCommand::DeleteStrict
     ) {
-        action::emit_instructions(out, &flow.actions, flow.goto_table)?;
+        action::emit_instructions(out, flow.actions, flow.goto_table)?;
     }
     Ok(())
 }
@@ -1056,12 +1083,33 @@ pub fn emit_bundle_flow_mod(
     command: FlowModCommand,
     flow: &Flow,
 ) -> Result<()> {
-    let start = start_msg(out, msg_type::BUNDLE_ADD_MESSAGE, xid);
+    let parts = FlowParts {
+        table: flow.table,
+        priority: flow.priority,
+        cookie: flow.cookie,
+        matches: &flow.matches,
+        actions: &flow.actions,
+        goto_table: flow.goto_table,
+    };
+    emit_bundle_flow_mod_parts(out, xid, bundle_id, flags, command, &parts)
+}
+
+pub(crate) fn emit_bundle_flow_mod_parts(
+    out: &mut Vec<u8>,
+    xid: u32,
+    bundle_id: u32,
+    flags: u16,
+    command: FlowModCommand,
+    flow: &FlowParts<'_>,
+) -> Result<()> {
+    let outer = start_msg(out, msg_type::BUNDLE_ADD_MESSAGE, xid);
     out.put_u32(bundle_id);
     out.put_u16(0);
     out.put_u16(flags);
-    emit_flow_mod(out, xid, command, flow, &FlowModParams::default())?;
-    finish_msg(out, start)
+    let inner = start_msg(out, msg_type::FLOW_MOD, xid);
+    put_flow_mod_parts(out, command, flow, &FlowModParams::default())?;
+    finish_msg(out, inner)?;
+    finish_msg(out, outer)
 }
 
 fn parse_flow_mod(mut r: Reader<'_>) -> Result<FlowMod> {
@@ -1249,7 +1297,11 @@ fn emit_packet_in2(out: &mut Vec<u8>, p: &PacketIn) -> Result<()> {
     }
     put_prop(out, NXPINT_TABLE_ID, &[p.table_id])?;
     if p.cookie != u64::MAX {
-        put_prop(out, NXPINT_COOKIE, &p.cookie.to_be_bytes())?;
+        // 64-bit properties put the value on an 8-byte boundary.
+        let s = start_prop(out, NXPINT_COOKIE);
+        out.put_zeros(4);
+        out.put_u64(p.cookie);
+        end_prop(out, s)?;
     }
     put_prop(out, NXPINT_REASON, &[p.reason])?;
     let s = start_prop(out, NXPINT_METADATA);
@@ -1290,7 +1342,12 @@ fn parse_packet_in2(mut r: Reader<'_>) -> Result<PacketIn> {
             NXPINT_FULL_LEN => full_len = Some(vr.u32()?),
             NXPINT_BUFFER_ID => p.buffer_id = vr.u32()?,
             NXPINT_TABLE_ID => p.table_id = vr.u8()?,
-            NXPINT_COOKIE => p.cookie = vr.u64()?,
+            NXPINT_COOKIE => {
+                if v.len() == 12 {
+                    vr.skip(4)?;
+                }
+                p.cookie = vr.u64()?;
+            }
             NXPINT_REASON => p.reason = vr.u8()?,
             NXPINT_METADATA => p.matches = oxm::parse_oxm_fields(v)?,
             NXPINT_USERDATA => p.userdata = v.to_vec(),

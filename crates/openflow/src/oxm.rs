@@ -113,10 +113,56 @@ pub fn oxm_id(field: Field) -> Result<OxmId> {
     })
 }
 
-/// The field an OXM identity names; anything not modelled (or with an
-/// unexpected size) comes back as [`Field::Unknown`].
+/// Legacy NXM headers (OVS's "version 0" preference) for fields that have
+/// one: OVS writes these in reg_move and accepts them everywhere.
+const NXM_ALIASES: &[(u16, u8, u8, Field)] = &[
+    // NXM_OF_IN_PORT is the 16-bit OpenFlow 1.0 port number.
+    (OFPXMC_NXM_0, 0, 2, Field::InPort),
+    (OFPXMC_NXM_0, 1, 6, Field::EthDst),
+    (OFPXMC_NXM_0, 2, 6, Field::EthSrc),
+    (OFPXMC_NXM_0, 3, 2, Field::EthType),
+    (OFPXMC_NXM_0, 6, 1, Field::IpProto),
+    (OFPXMC_NXM_0, 7, 4, Field::Ipv4Src),
+    (OFPXMC_NXM_0, 8, 4, Field::Ipv4Dst),
+    (OFPXMC_NXM_0, 9, 2, Field::TcpSrc),
+    (OFPXMC_NXM_0, 10, 2, Field::TcpDst),
+    (OFPXMC_NXM_0, 11, 2, Field::UdpSrc),
+    (OFPXMC_NXM_0, 12, 2, Field::UdpDst),
+    (OFPXMC_NXM_0, 13, 1, Field::IcmpType),
+    (OFPXMC_NXM_0, 14, 1, Field::IcmpCode),
+    (OFPXMC_NXM_0, 15, 2, Field::ArpOp),
+    (OFPXMC_NXM_0, 16, 4, Field::ArpSpa),
+    (OFPXMC_NXM_0, 17, 4, Field::ArpTpa),
+    (OFPXMC_NXM_1, 16, 8, Field::TunnelId),
+    (OFPXMC_NXM_1, 17, 6, Field::ArpSha),
+    (OFPXMC_NXM_1, 18, 6, Field::ArpTha),
+];
+
+/// The header OVS uses for `field` in a reg_move touching bits
+/// `..end_bit`: the legacy NXM one when there is one wide enough, else OXM.
+pub fn legacy_id(field: Field, end_bit: u32) -> Result<OxmId> {
+    for &(class, f, len, named) in NXM_ALIASES {
+        if named == field && end_bit <= u32::from(len) * 8 {
+            return Ok(OxmId {
+                class,
+                field: f,
+                len,
+                experimenter: 0,
+            });
+        }
+    }
+    oxm_id(field)
+}
+
+/// The field an OXM (or legacy NXM) identity names; anything not modelled
+/// (or with an unexpected size) comes back as [`Field::Unknown`].
 pub fn field_from_oxm(id: OxmId) -> Field {
     use Field::*;
+    for &(class, f, len, named) in NXM_ALIASES {
+        if (class, f, len) == (id.class, id.field, id.len) && id.experimenter == 0 {
+            return named;
+        }
+    }
     let known = match (id.class, id.field) {
         (OFPXMC_OPENFLOW_BASIC, f) => match f {
             0 => Some(InPort),

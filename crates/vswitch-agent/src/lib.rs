@@ -2,5 +2,6 @@
 
 pub mod control;
 pub mod dhcp;
+pub mod local;
 pub mod pipeline;
 pub mod reconcile;

@@ -18,8 +18,14 @@
 //! | 10 | [`table::PORT_SECURITY`] | only the NIC's own MAC/IP (ARP sha/spa too), DHCP from 0.0.0.0; DHCP server replies from a VM dropped |
 //! | 20 | [`table::SERVICES`] | ARP responder for every known address of the VPC, DHCP punted to the agent |
 //! | 30 | [`table::ROUTER_MAC`] | IPv4 to a gateway MAC of the VPC → routing, anything else → L2 |
-//! | 31 | [`table::ROUTE`] | distributed router: ipv4_dst of a NIC of the VPC → MACs rewritten, TTL decremented |
+//! | 31 | [`table::ROUTE`] | distributed router: ipv4_dst of a NIC of the VPC → MACs rewritten, TTL decremented; pings to a gateway answered |
 //! | 40 | [`table::L2_LOOKUP`] | (VPC, eth_dst) → local port, or tunnel to the NIC's node (only for local senders) |
+//!
+//! The router forwards whatever a VM sends to a gateway MAC of its VPC toward
+//! the NIC owning ipv4_dst, whichever subnet it is in (same-subnet traffic
+//! sent to the gateway is routed too, as a router would). A NIC is known by
+//! the VPC-wide L2 and ARP tables, as the data-path design says: the
+//! receiving node needs only (VPC, MAC).
 //!
 //! Every lookup after classification is keyed by the metadata (the VNI), so
 //! two VPCs with the same CIDRs, IPs and MACs stay apart. Flows scale with the
@@ -81,6 +87,9 @@ pub mod priority {
     pub const OBJECT: u16 = 100;
     /// A NIC asking about its own address (gratuitous ARP) gets no answer.
     pub const ARP_SELF: u16 = 110;
+    /// Echo requests to a gateway IP, above the host routes (a NIC wrongly
+    /// holding the gateway's IP must not take its pings).
+    pub const GATEWAY_ECHO: u16 = 110;
     /// DHCP server traffic from a VM, above every allow rule.
     pub const DHCP_SERVER_DROP: u16 = 300;
 }
@@ -103,7 +112,10 @@ pub const COOKIE_OBJECT_MASK: u64 = 0x0000_0000_ffff_ffff;
 
 const ETH_TYPE_IPV4: u16 = 0x0800;
 const ETH_TYPE_ARP: u16 = 0x0806;
+const IP_PROTO_ICMP: u8 = 1;
 const IP_PROTO_UDP: u8 = 17;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
 const ARP_REQUEST: u16 = 1;
 const ARP_REPLY: u16 = 2;
 const DHCP_SERVER_PORT: u16 = 67;
@@ -174,6 +186,12 @@ pub fn cookie_generation(cookie: u64) -> u16 {
 pub fn cookie_object(cookie: u64) -> u32 {
     // The mask leaves 32 bits, the cast cannot truncate.
     (cookie & COOKIE_OBJECT_MASK) as u32
+}
+
+/// `(cookie, cookie_mask)` selecting every flow this agent owns, of any
+/// generation, for dumping only ours.
+pub fn owner_cookie_match() -> (u64, u64) {
+    (cookie(0, 0), COOKIE_OWNER_MASK)
 }
 
 /// `(cookie, cookie_mask)` selecting every flow of one object in any
@@ -459,11 +477,46 @@ fn vpc_flows(ctx: &Ctx<'_>, vpc: &Vpc, out: &mut Vec<Flow>) {
     );
 }
 
-/// The gateway of a subnet: ARP answer and router MAC.
+/// The gateway of a subnet: ARP answer, router MAC and echo reply.
 fn subnet_flows(ctx: &Ctx<'_>, vpc: &Vpc, subnet: &Subnet, out: &mut Vec<Flow>) {
     let vni = u64::from(vpc.vni);
     let c = ctx.cookie(ObjectKind::Subnet, &subnet.id);
     out.push(arp_responder(c, vni, subnet.gateway_ip, subnet.gateway_mac));
+    // Pinging the gateway is the first thing anyone checks; answer it here
+    // by turning the request around (OVS fixes the ICMP and IP checksums).
+    out.push(
+        flow(
+            table::ROUTE,
+            priority::GATEWAY_ECHO,
+            c,
+            Match::new()
+                .metadata(vni)
+                .eth_type(ETH_TYPE_IPV4)
+                .ip_proto(IP_PROTO_ICMP)
+                .set(Field::IcmpType, ICMP_ECHO_REQUEST.into())
+                .ipv4_dst(subnet.gateway_ip),
+        )
+        .actions(vec![
+            Action::Move {
+                src: Field::EthSrc,
+                src_ofs: 0,
+                dst: Field::EthDst,
+                dst_ofs: 0,
+                n_bits: 48,
+            },
+            set_field(Field::EthSrc, mac_value(subnet.gateway_mac)),
+            Action::Move {
+                src: Field::Ipv4Src,
+                src_ofs: 0,
+                dst: Field::Ipv4Dst,
+                dst_ofs: 0,
+                n_bits: 32,
+            },
+            set_field(Field::Ipv4Src, ip_value(subnet.gateway_ip)),
+            set_field(Field::IcmpType, ICMP_ECHO_REPLY.into()),
+            Action::Output(port::IN_PORT),
+        ]),
+    );
     out.push(
         flow(
             table::ROUTER_MAC,

@@ -505,6 +505,8 @@ struct Tables<'t> {
 }
 
 struct BatchOutcome {
+    /// False when the batch wrote nothing and was not committed.
+    committed: bool,
     answers: Vec<Result<Answer>>,
     published: Vec<Arc<RevEvents>>,
 }
@@ -574,6 +576,9 @@ impl Writer {
         let w = self.db.begin_write().map_err(db_err)?;
         let mut answers = Vec::with_capacity(cmds.len());
         let mut published = Vec::new();
+        let before = (self.revision, self.history_start, self.next_lease);
+        // Set by writes that move none of the counters above.
+        let mut leases_changed = false;
         {
             let mut t = Tables {
                 kv: w.open_table(KV).map_err(db_err)?,
@@ -592,6 +597,7 @@ impl Writer {
                 .collect();
             for id in expired {
                 tracing::info!(lease = id, "lease expired");
+                leases_changed = true;
                 if let Some(ev) = self.revoke(&mut t, id)? {
                     published.push(ev);
                 }
@@ -638,6 +644,7 @@ impl Writer {
                     Cmd::Revoke(id) => {
                         if self.leases.contains_key(&id) {
                             tracing::debug!(lease = id, "lease revoked");
+                            leases_changed = true;
                             published.extend(self.revoke(&mut t, id)?);
                             Ok(Answer::Done)
                         } else {
@@ -660,6 +667,15 @@ impl Writer {
                 self.drop_history(&mut t, target)?;
             }
         }
+        if !leases_changed && before == (self.revision, self.history_start, self.next_lease) {
+            // Reads, keep-alives and failed compares only: no fsync needed.
+            w.abort().map_err(db_err)?;
+            return Ok(BatchOutcome {
+                committed: false,
+                answers,
+                published,
+            });
+        }
         {
             let mut meta = w.open_table(META).map_err(db_err)?;
             meta.insert(META_REVISION, self.revision).map_err(db_err)?;
@@ -669,7 +685,11 @@ impl Writer {
                 .map_err(db_err)?;
         }
         w.commit().map_err(db_err)?;
-        Ok(BatchOutcome { answers, published })
+        Ok(BatchOutcome {
+            committed: true,
+            answers,
+            published,
+        })
     }
 
     fn drop_history(&mut self, t: &mut Tables<'_>, target: Revision) -> Result<()> {
@@ -963,8 +983,10 @@ async fn run_writer(
             };
             match outcome {
                 Ok(o) => {
-                    tracing::trace!(batch, revision = writer.revision, "batch committed");
-                    hub.commits.fetch_add(1, Ordering::Relaxed);
+                    tracing::trace!(batch, revision = writer.revision, o.committed, "batch done");
+                    if o.committed {
+                        hub.commits.fetch_add(1, Ordering::Relaxed);
+                    }
                     hub.requests.fetch_add(batch as u64, Ordering::Relaxed);
                     hub.publish(writer.revision, writer.history_start, o.published);
                     for (tx, answer) in responders.into_iter().zip(o.answers) {

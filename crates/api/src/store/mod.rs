@@ -10,6 +10,13 @@
 //!   order, or fails with [`StoreError::Compacted`] if R is older than the
 //!   retained history (the watcher then relists);
 //! - keys put with a lease are deleted when the lease expires or is revoked.
+//!
+//! Details both backends share (most checked by [`conformance`]): a fresh store
+//! is at revision 1, so the first write makes revision 2; a write
+//! transaction that changes nothing (a delete of an absent key, a failed
+//! compare with no failure ops) keeps the revision; `watch(prefix, 0)`
+//! means "from the next revision"; a value compare on an absent key never
+//! holds. [`embedded::EmbeddedStore`] is the default backend.
 
 pub mod conformance;
 pub mod embedded;

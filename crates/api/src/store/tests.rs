@@ -386,3 +386,29 @@ async fn watchers_under_concurrent_writes_see_no_gap_and_no_duplicate() {
     }
     assert_eq!(store.revision().await.unwrap(), last);
 }
+
+#[tokio::test]
+async fn batches_that_write_nothing_do_not_commit() {
+    let (_dir, path) = temp();
+    let store = EmbeddedStore::open(&path).unwrap();
+    store.put("/k", b"v".to_vec()).await.unwrap();
+    let lease = store.grant_lease(Duration::from_secs(60)).await.unwrap();
+    let before = store.stats();
+    store.keep_alive(lease).await.unwrap();
+    let r = store
+        .txn(Txn {
+            compare: vec![Compare::absent("/k")],
+            success: vec![Op::put("/k", "no")],
+            failure: vec![Op::Get { key: "/k".into() }],
+        })
+        .await
+        .unwrap();
+    assert!(!r.succeeded);
+    store.delete("/absent").await.unwrap();
+    let after = store.stats();
+    assert_eq!(after.requests, before.requests + 3);
+    assert_eq!(after.commits, before.commits, "nothing was written");
+    // And a revoke of a lease without keys is written.
+    store.revoke_lease(lease).await.unwrap();
+    assert_eq!(store.stats().commits, before.commits + 1);
+}

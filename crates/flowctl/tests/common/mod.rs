@@ -1,7 +1,7 @@
 //! Fixtures: an embedded store in a tempdir, the real flowctl service and
 //! agent server on 127.0.0.1:0, and a scripted agent speaking the real
 //! framing over a real HTTP/2 connection.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;

@@ -11,6 +11,8 @@ use proto::{Ipv4Prefix, Mac, Nic, NodeInfo, NodeState, Peer, Subnet, Vpc};
 
 use super::*;
 
+mod on_ovs;
+
 // ---------------------------------------------------------------- fixtures
 
 const NODE: &str = "n1";
@@ -429,6 +431,7 @@ fn small_state_renders_the_written_out_flows() {
         "table=20 priority=0 cookie=base => goto:30".into(),
         "table=30 priority=100 cookie=sub-a1 metadata=100 eth_dst=02:00:00:00:01:01 eth_type=0x0800 => goto:31".into(),
         "table=30 priority=0 cookie=base => goto:40".into(),
+        "table=31 priority=110 cookie=sub-a1 metadata=100 eth_type=0x0800 ip_proto=1 ipv4_dst=10.0.1.1 icmp_type=8 => move:eth_src->eth_dst/48,set:eth_src=02:00:00:00:01:01,move:ipv4_src->ipv4_dst/32,set:ipv4_src=10.0.1.1,set:icmp_type=0,output:in_port".into(),
         "table=31 priority=100 cookie=nic-a1 metadata=100 eth_type=0x0800 ipv4_dst=10.0.1.10 => set:eth_src=02:00:00:00:01:01,set:eth_dst=02:aa:00:00:00:01,dec_ttl,goto:40".into(),
         "table=31 priority=100 cookie=nic-a3 metadata=100 eth_type=0x0800 ipv4_dst=10.0.1.30 => set:eth_src=02:00:00:00:01:01,set:eth_dst=02:aa:00:00:00:03,dec_ttl,goto:40".into(),
         "table=31 priority=0 cookie=base => drop".into(),
@@ -651,6 +654,37 @@ fn routing_drops_unknown_destinations_and_expired_ttl() {
     // vpc-b has no 10.0.2.0/24: its VM cannot reach vpc-a's nic-a2 by IP.
     let t = trace(&flows, ipv4(7, A1_MAC, GW1_MAC, "10.0.1.10", "10.0.2.20"));
     assert!(t.dropped(), "{t:#?}");
+}
+
+#[test]
+fn gateways_answer_pings() {
+    let (state, ports) = lab();
+    let flows = render(&state, &ports, 1);
+    let ping = |port: u32, src_mac: &str, src: &str, gw_mac: &str, gw: &str| {
+        let mut p = ipv4(port, src_mac, gw_mac, src, gw);
+        p.insert(Field::IcmpType, 8);
+        p.insert(Field::IcmpCode, 0);
+        p
+    };
+    for (gw, gw_mac) in [("10.0.1.1", GW1_MAC), ("10.0.2.1", GW2_MAC)] {
+        let t = trace(&flows, ping(5, A1_MAC, "10.0.1.10", GW1_MAC, gw));
+        let (p, out) = t.single_output();
+        assert_eq!(p, 5);
+        assert_eq!(get(&out, Field::EthSrc), mac_value(mac(gw_mac)));
+        assert_eq!(get(&out, Field::EthDst), mac_value(mac(A1_MAC)));
+        assert_eq!(get(&out, Field::Ipv4Src), ip_value(ip(gw)));
+        assert_eq!(get(&out, Field::Ipv4Dst), ip_value(ip("10.0.1.10")));
+        assert_eq!(get(&out, Field::IcmpType), 0);
+    }
+    // Same gateway address in vpc-b: answered there, on its port.
+    let (p, _) = trace(&flows, ping(7, A1_MAC, "10.0.1.10", GW1_MAC, "10.0.1.1")).single_output();
+    assert_eq!(p, 7);
+    // Anything else to the gateway IP goes nowhere.
+    let mut reply = ping(5, A1_MAC, "10.0.1.10", GW1_MAC, "10.0.1.1");
+    reply.insert(Field::IcmpType, 0);
+    assert!(trace(&flows, reply).dropped());
+    let to_gw = udp(ipv4(5, A1_MAC, GW1_MAC, "10.0.1.10", "10.0.1.1"), 5000, 53);
+    assert!(trace(&flows, to_gw).dropped());
 }
 
 // ------------------------------------------------------------ L2 delivery
@@ -955,6 +989,9 @@ fn cookie_layout() {
     assert!(!is_ours(0x1234_beef_1234_5678));
     assert_eq!(cookie_generation(c), 0xbeef);
     assert_eq!(cookie_object(c), 0x1234_5678);
+    let (owner, mask) = owner_cookie_match();
+    assert_eq!(c & mask, owner);
+    assert_ne!(0x1234_beef_1234_5678 & mask, owner);
     assert_ne!(
         object_tag(ObjectKind::Nic, "x"),
         object_tag(ObjectKind::Subnet, "x")
@@ -988,6 +1025,45 @@ fn port_map_lookups() {
     assert_eq!(ports.tunnel("n2"), Some(9));
     ports.remove_tunnel("n2");
     assert_eq!(ports.tunnel("n2"), None);
+}
+
+/// Rendering and reconciliation together: a change to one object touches
+/// only that object's flows, and a new generation rewrites cookies only.
+#[test]
+fn one_nic_changes_only_its_own_flows() {
+    use crate::reconcile::{diff, FlowChange};
+    let (state, ports) = lab();
+    let before = render(&state, &ports, 1);
+    let mut added = state.clone();
+    added.nics.insert(
+        "nic-a5".into(),
+        nic(
+            "nic-a5",
+            "vpc-a",
+            "sub-a1",
+            "02:aa:00:00:00:05",
+            "10.0.1.50",
+            PEER,
+        ),
+    );
+    let changes = diff(&before, &render(&added, &ports, 1));
+    let tag = object_tag(ObjectKind::Nic, "nic-a5");
+    assert_eq!(changes.len(), 3, "{changes:#?}");
+    assert!(changes
+        .iter()
+        .all(|c| matches!(c, FlowChange::Add(f) if cookie_object(f.cookie) == tag)));
+
+    let mut removed = state.clone();
+    removed.nics.remove("nic-a2");
+    let changes = diff(&before, &render(&removed, &ports, 1));
+    assert_eq!(changes.len(), 8, "{changes:#?}");
+    assert!(changes.iter().all(|c| matches!(c, FlowChange::Delete(_))));
+
+    let changes = diff(&before, &render(&state, &ports, 2));
+    assert_eq!(changes.len(), before.len());
+    assert!(changes
+        .iter()
+        .all(|c| matches!(c, FlowChange::Modify(f) if cookie_generation(f.cookie) == 2)));
 }
 
 // ------------------------------------------------------------------ scale
@@ -1052,9 +1128,9 @@ fn ten_thousand_nics_render_fast_and_linearly() {
         "10,000 NICs: {} flows in {took:?} (debug build)",
         flows.len()
     );
-    // Per node: 3 flows per remote NIC, 8 per local NIC, 2 per subnet, 1 per
+    // Per node: 3 flows per remote NIC, 8 per local NIC, 3 per subnet, 1 per
     // peer, 1 per VPC, 10 shared.
-    assert_eq!(flows.len(), 9_950 * 3 + 50 * 8 + 40 * 2 + 44 + 1 + 10);
+    assert_eq!(flows.len(), 9_950 * 3 + 50 * 8 + 40 * 3 + 44 + 1 + 10);
     // Generous bound for an unoptimised build on a shared 2-core machine;
     // a release build takes a few milliseconds.
     assert!(took.as_secs_f64() < 5.0, "{took:?}");

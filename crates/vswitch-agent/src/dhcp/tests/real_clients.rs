@@ -8,8 +8,8 @@
 //! Lab rules: two namespaces with a per-run prefix, the veth pair created
 //! straight into them in one command, everything removed by a Drop guard.
 //! Hooks write only into the run's temp dir and never touch resolv.conf.
-//! Needs root, `ip`, `python3`, `dhclient` and `busybox`; without them the
-//! test says so and passes vacuously.
+//! Needs root, `ip`, `python3`, `dhclient` and `busybox`, and fails saying
+//! so without them (like the lab's tests).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -53,15 +53,21 @@ fn have(tool: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn lab_available() -> bool {
+fn require_lab() {
     let root = Command::new("id")
         .arg("-u")
         .output()
         .map(|o| o.stdout.trim_ascii() == b"0")
         .unwrap_or(false);
-    root && ["ip", "python3", "dhclient", "busybox"]
-        .iter()
-        .all(|t| have(t))
+    let missing: Vec<&str> = ["ip", "python3", "dhclient", "busybox"]
+        .into_iter()
+        .filter(|t| !have(t))
+        .collect();
+    assert!(
+        root && missing.is_empty(),
+        "needs root (namespaces) and these tools: {missing:?}; \
+         install: apt-get install iproute2 python3 isc-dhcp-client busybox"
+    );
 }
 
 fn run(args: &[&str]) {
@@ -297,10 +303,7 @@ fn find_call(events: &Path, key: &str, value: &str) -> Option<HashMap<String, St
 
 #[test]
 fn dhclient_gets_a_lease_then_reboots_into_it() {
-    if !lab_available() {
-        eprintln!("SKIPPED: needs root, ip, python3, dhclient and busybox");
-        return;
-    }
+    require_lab();
     let mut lab = Lab::new();
     let log = lab.serve();
     let events = lab.path("events");
@@ -384,10 +387,7 @@ fn dhclient_gets_a_lease_then_reboots_into_it() {
 
 #[test]
 fn udhcpc_checks_our_checksums_and_takes_the_lease() {
-    if !lab_available() {
-        eprintln!("SKIPPED: needs root, ip, python3, dhclient and busybox");
-        return;
-    }
+    require_lab();
     // Unicast replies (default) and broadcast replies (-B).
     for extra in [None, Some("-B")] {
         let mut lab = Lab::new();
