@@ -40,6 +40,13 @@ pub enum LabError {
     /// Output of a tool could not be understood.
     #[error("could not parse {what}: {output}")]
     Parse { what: &'static str, output: String },
+    /// The stacknet API could not be reached or answered unexpectedly.
+    #[error("API {method} {path}: {detail}")]
+    Api {
+        method: &'static str,
+        path: String,
+        detail: String,
+    },
     /// A data-path check ran but its result was wrong.
     #[error("check failed: {0}")]
     Check(String),

@@ -6,6 +6,7 @@
 //! (`sn<pid%10000><counter>`) and is removed on drop, also on panic.
 
 pub mod bins;
+pub mod cloud;
 pub mod error;
 pub mod lab;
 pub mod netns;
@@ -14,6 +15,7 @@ pub mod process;
 pub mod traffic;
 pub mod util;
 
+pub use cloud::{ApiClient, Answer, Cloud};
 pub use error::{LabError, Result};
 pub use lab::{Lab, LabConfig, Node, Vm, VmAddr, VmSpec};
 pub use netns::Netns;

@@ -32,7 +32,7 @@ async fn conformance_real_time() {
     let (_dir, path) = temp();
     let store = EmbeddedStore::open(&path).unwrap();
     let config = Config {
-        lease_ttl: Duration::from_millis(300),
+        lease_ttl: Duration::from_secs(1),
         cas_tasks: 16,
         cas_increments: 20,
         ..Config::default()

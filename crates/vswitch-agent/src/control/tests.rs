@@ -51,6 +51,8 @@ async fn read_stream(body: Incoming, streams: mpsc::Sender<Stream>, out: mpsc::S
     let mut body = body;
     let mut dec = FrameDecoder::new();
     let mut inbound: Option<mpsc::Sender<AgentMessage>> = None;
+    // Moved into the Stream: the test alone decides when the response ends.
+    let mut out = Some(out);
     while let Some(Ok(f)) = body.frame().await {
         let Ok(data) = f.into_data() else { continue };
         dec.push(&data);
@@ -63,7 +65,7 @@ async fn read_stream(body: Incoming, streams: mpsc::Sender<Stream>, out: mpsc::S
                         .send(Stream {
                             hello: m,
                             inbound: rx,
-                            out: out.clone(),
+                            out: out.take().unwrap(),
                         })
                         .await;
                 }
@@ -146,7 +148,10 @@ fn hello_revision(m: &AgentMessage) -> Option<Revision> {
             token,
             last_applied,
         } => {
-            assert_eq!((*version, node.as_str(), token.as_str()), (PROTOCOL_VERSION, "n1", "tok"));
+            assert_eq!(
+                (*version, node.as_str(), token.as_str()),
+                (PROTOCOL_VERSION, "n1", "tok")
+            );
             *last_applied
         }
         other => panic!("expected hello, got {other:?}"),
@@ -271,7 +276,9 @@ fn endpoints_are_checked() {
         "http://10.0.0.1:6653/agent/v1/stream"
     );
     assert_eq!(
-        stream_uri("http://flowctl.example:6653/").unwrap().to_string(),
+        stream_uri("http://flowctl.example:6653/")
+            .unwrap()
+            .to_string(),
         "http://flowctl.example:6653/agent/v1/stream"
     );
     for bad in ["", "10.0.0.1", "https://10.0.0.1:6653", "http://:80:80"] {

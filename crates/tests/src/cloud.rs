@@ -1,0 +1,208 @@
+//! stacknet running on a lab: flowctl (all-in-one, embedded store) in the
+//! root namespace, every node registered through the API with its agent
+//! running, and a small API client to ask for VPCs, subnets and NICs the way
+//! a tenant would.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use reqwest::blocking::Client;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::bins::{AgentSpec, FlowctlSpec};
+use crate::error::{LabError, Result};
+use crate::lab::{Lab, LabConfig, Vm, VmSpec};
+use crate::util::wait_until;
+
+/// A blocking client of the northbound API.
+#[derive(Clone, Debug)]
+pub struct ApiClient {
+    base: String,
+    http: Client,
+}
+
+/// An answer of the API: status and JSON body (`Null` when empty).
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The body of a 2xx answer, or the problem as an error.
+    pub fn ok(self, method: &'static str, path: &str) -> Result<Value> {
+        if self.status.is_success() {
+            Ok(self.body)
+        } else {
+            Err(LabError::Api {
+                method,
+                path: path.to_string(),
+                detail: format!("{}: {}", self.status, self.body),
+            })
+        }
+    }
+
+    /// `detail` of a problem+json body.
+    pub fn detail(&self) -> &str {
+        self.body["detail"].as_str().unwrap_or_default()
+    }
+}
+
+impl ApiClient {
+    pub fn new(base: impl Into<String>) -> Result<Self> {
+        let http = Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| LabError::Api { method: "-", path: String::new(), detail: e.to_string() })?;
+        Ok(ApiClient { base: base.into(), http })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn send(&self, method: &'static str, path: &str, body: Option<&Value>) -> Result<Answer> {
+        let url = format!("{}{path}", self.base);
+        let req = match method {
+            "GET" => self.http.get(&url),
+            "POST" => self.http.post(&url),
+            "PATCH" => self.http.patch(&url),
+            "DELETE" => self.http.delete(&url),
+            other => return Err(LabError::Invalid(format!("method {other}"))),
+        };
+        let req = match body {
+            Some(b) => req.json(b),
+            None => req,
+        };
+        let resp = req.send().map_err(|e| LabError::Api {
+            method,
+            path: path.to_string(),
+            detail: e.to_string(),
+        })?;
+        let status = resp.status();
+        let text = resp.text().unwrap_or_default();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok(Answer { status, body })
+    }
+
+    pub fn get(&self, path: &str) -> Result<Answer> {
+        self.send("GET", path, None)
+    }
+    pub fn post(&self, path: &str, body: &Value) -> Result<Answer> {
+        self.send("POST", path, Some(body))
+    }
+    pub fn patch(&self, path: &str, body: &Value) -> Result<Answer> {
+        self.send("PATCH", path, Some(body))
+    }
+    pub fn delete(&self, path: &str) -> Result<Answer> {
+        self.send("DELETE", path, None)
+    }
+
+    /// POST that must succeed; returns the created resource.
+    pub fn create(&self, path: &str, body: &Value) -> Result<Value> {
+        self.post(path, body)?.ok("POST", path)
+    }
+}
+
+/// A stacknet deployment on a lab.
+pub struct Cloud {
+    pub lab: Lab,
+    pub api: ApiClient,
+}
+
+impl Cloud {
+    /// A lab of `nodes` nodes, flowctl with the API, every node registered
+    /// and its agent started.
+    pub fn start(nodes: usize) -> Result<Cloud> {
+        let mut lab = Lab::new(LabConfig { nodes, ..LabConfig::default() })?;
+        lab.start_flowctl(&FlowctlSpec::default())?;
+        let api = ApiClient::new(lab.api_url()?)?;
+        for i in 0..nodes {
+            let node = lab.node(i)?;
+            api.create(
+                "/v1/nodes",
+                &json!({"name": node.name(), "underlay_ip": node.underlay_ip().to_string()}),
+            )?;
+        }
+        for i in 0..nodes {
+            lab.start_agent(i, &AgentSpec::default())?;
+        }
+        Ok(Cloud { lab, api })
+    }
+
+    pub fn vpc(&self, name: &str, cidr: &str) -> Result<Value> {
+        self.api.create("/v1/vpcs", &json!({"name": name, "cidrs": [cidr]}))
+    }
+
+    pub fn subnet(&self, vpc: &Value, name: &str, cidr: &str) -> Result<Value> {
+        self.api
+            .create("/v1/subnets", &json!({"vpc_id": vpc["id"], "name": name, "cidr": cidr}))
+    }
+
+    /// A NIC in `subnet` bound to lab node `node`, with `ip` if given.
+    pub fn nic(&self, subnet: &Value, node: usize, ip: Option<Ipv4Addr>) -> Result<Value> {
+        let mut body = json!({"subnet_id": subnet["id"], "node": self.lab.node(node)?.name()});
+        if let Some(ip) = ip {
+            body["ip"] = json!(ip.to_string());
+        }
+        self.api.create("/v1/nics", &body)
+    }
+
+    /// Plugs a VM for `nic` into its node with the NIC's address configured
+    /// statically (the gateway as default route), and waits for the NIC to
+    /// report up.
+    pub fn vm(&mut self, name: &str, nic: &Value, subnet: &Value) -> Result<&mut Vm> {
+        let node = self.node_index(nic)?;
+        let ip: Ipv4Addr = parse(&nic["ip"], "nic ip")?;
+        let gw: Ipv4Addr = parse(&subnet["gateway_ip"], "gateway_ip")?;
+        let len = prefix_len(subnet)?;
+        let spec = VmSpec::new(name, node, str_of(&nic["id"])?, str_of(&nic["mac"])?)
+            .with_ip(ip, len, Some(gw))
+            .with_mtu(subnet["mtu"].as_u64().unwrap_or(1450) as u32);
+        self.lab.add_vm(spec)?;
+        self.wait_nic_up(str_of(&nic["id"])?)?;
+        self.lab.vm_mut(name)
+    }
+
+    /// Which lab node a NIC is bound to.
+    pub fn node_index(&self, nic: &Value) -> Result<usize> {
+        let node = str_of(&nic["node"])?;
+        self.lab
+            .nodes()
+            .iter()
+            .position(|n| n.name() == node)
+            .ok_or_else(|| LabError::Invalid(format!("NIC bound to unknown node {node}")))
+    }
+
+    /// Waits until the API reports the NIC's flows installed on its node.
+    pub fn wait_nic_up(&self, nic_id: &str) -> Result<()> {
+        let path = format!("/v1/nics/{nic_id}");
+        wait_until(Duration::from_secs(30), &format!("{nic_id} up"), || {
+            self.api
+                .get(&path)
+                .is_ok_and(|a| a.status.is_success() && a.body["status"] == "up")
+        })
+    }
+}
+
+fn str_of(v: &Value) -> Result<&str> {
+    v.as_str().ok_or_else(|| LabError::Invalid(format!("expected a string, got {v}")))
+}
+
+fn parse<T: std::str::FromStr>(v: &Value, what: &'static str) -> Result<T> {
+    str_of(v)?
+        .parse()
+        .map_err(|_| LabError::Parse { what, output: v.to_string() })
+}
+
+fn prefix_len(subnet: &Value) -> Result<u8> {
+    let cidr = str_of(&subnet["cidr"])?;
+    cidr.split_once('/')
+        .and_then(|(_, l)| l.parse().ok())
+        .ok_or_else(|| LabError::Parse { what: "subnet cidr", output: cidr.to_string() })
+}
