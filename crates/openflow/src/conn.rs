@@ -10,10 +10,9 @@ use std::collections::{HashMap, VecDeque};
 use crate::error::{Error, Result};
 use crate::flow::{Flow, FlowKey};
 use crate::message::{
-    self, BundleControl, BundleCtrlType, FlowModCommand, FlowParts, FlowStats,
-    FlowStatsRequest, Hello, Message, MultipartReplyBody, MultipartRequest, MultipartRequestBody,
-    OfpError, PacketIn, SwitchConfig, NXPIF_NXT_PACKET_IN2, OFPBF_ATOMIC, OFPBF_ORDERED,
-    OFPMPF_MORE,
+    self, BundleControl, BundleCtrlType, FlowModCommand, FlowParts, FlowStats, FlowStatsRequest,
+    Hello, Message, MultipartReplyBody, MultipartRequest, MultipartRequestBody, OfpError, PacketIn,
+    SwitchConfig, NXPIF_NXT_PACKET_IN2, OFPBF_ATOMIC, OFPBF_ORDERED, OFPMPF_MORE,
 };
 use crate::wire::{frame_len, Packet};
 
@@ -105,11 +104,17 @@ pub enum Event {
     /// Hello exchange finished: OpenFlow 1.4 agreed.
     Connected,
     /// An operation finished.
-    Completed { op: OpId, result: Result<Output> },
+    Completed {
+        op: OpId,
+        result: Result<Output>,
+    },
     PacketIn(PacketIn),
     /// Anything else the switch sent on its own (port status, an error for
     /// a message nobody waits for, ...).
-    Unsolicited { xid: u32, msg: Message },
+    Unsolicited {
+        xid: u32,
+        msg: Message,
+    },
 }
 
 #[derive(Debug)]
@@ -367,7 +372,10 @@ impl Connection {
         let flags = OFPBF_ATOMIC | OFPBF_ORDERED;
         let start = self.tx.len();
         let open_xid = self.alloc_xid();
-        self.queue(&bundle_ctrl(bundle_id, BundleCtrlType::OpenRequest), open_xid);
+        self.queue(
+            &bundle_ctrl(bundle_id, BundleCtrlType::OpenRequest),
+            open_xid,
+        );
         let first_add = self.alloc_xid_range(n_adds);
         for (i, c) in changes.iter().enumerate() {
             let (command, parts) = c.parts();
@@ -387,7 +395,10 @@ impl Connection {
             }
         }
         let close_xid = self.alloc_xid();
-        self.queue(&bundle_ctrl(bundle_id, BundleCtrlType::CloseRequest), close_xid);
+        self.queue(
+            &bundle_ctrl(bundle_id, BundleCtrlType::CloseRequest),
+            close_xid,
+        );
         let op = self.new_op(Op::Bundle(BundleOp {
             bundle_id,
             close_xid,
@@ -504,10 +515,13 @@ impl Connection {
         if let Some(op) = self.by_xid.get(&xid) {
             return Some(*op);
         }
-        self.bundles.iter().copied().find(|op| match self.ops.get(op) {
-            Some(Op::Bundle(b)) => xid.wrapping_sub(b.first_add) < b.n_adds,
-            _ => false,
-        })
+        self.bundles
+            .iter()
+            .copied()
+            .find(|op| match self.ops.get(op) {
+                Some(Op::Bundle(b)) => xid.wrapping_sub(b.first_add) < b.n_adds,
+                _ => false,
+            })
     }
 
     fn finish(&mut self, op: OpId, result: Result<Output>) {

@@ -60,15 +60,27 @@ pub type PacketIns = mpsc::Receiver<PacketIn>;
 
 impl Switch {
     /// Connects to a Unix socket (OVS: `<OVS_RUNDIR>/<bridge>.mgmt`).
-    pub async fn connect_unix(path: impl AsRef<Path>, config: Config) -> Result<(Switch, PacketIns)> {
+    pub async fn connect_unix(
+        path: impl AsRef<Path>,
+        config: Config,
+    ) -> Result<(Switch, PacketIns)> {
         let path = path.as_ref();
         let stream = tokio::net::UnixStream::connect(path).await?;
-        Self::connect(stream, &path.display().to_string(), config, Timeouts::default()).await
+        Self::connect(
+            stream,
+            &path.display().to_string(),
+            config,
+            Timeouts::default(),
+        )
+        .await
     }
 
     /// Connects over TCP (`ovs-vsctl set-controller ... ptcp:PORT` style
     /// listeners).
-    pub async fn connect_tcp(addr: std::net::SocketAddr, config: Config) -> Result<(Switch, PacketIns)> {
+    pub async fn connect_tcp(
+        addr: std::net::SocketAddr,
+        config: Config,
+    ) -> Result<(Switch, PacketIns)> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         Self::connect(stream, &addr.to_string(), config, Timeouts::default()).await
@@ -155,7 +167,9 @@ impl Switch {
     /// nothing changed; [`Error::Bundle`] carries the switch's error and the
     /// index of the change it blamed.
     pub async fn apply_bundle(&self, changes: Vec<Change>) -> Result<()> {
-        self.op(Cmd::Bundle(changes), "bundle commit").await.map(|_| ())
+        self.op(Cmd::Bundle(changes), "bundle commit")
+            .await
+            .map(|_| ())
     }
 
     /// Dumps the flows `req` selects (`FlowStatsRequest::default()`: all;
@@ -176,7 +190,9 @@ impl Switch {
     /// Sends any message followed by a barrier (group mods, single flow
     /// mods); fails with the switch's error for it.
     pub async fn send_checked(&self, msg: Message) -> Result<()> {
-        self.op(Cmd::Checked(msg), "barrier reply").await.map(|_| ())
+        self.op(Cmd::Checked(msg), "barrier reply")
+            .await
+            .map(|_| ())
     }
 
     /// Sends a request and returns the reply with the same xid (features,
@@ -305,7 +321,9 @@ impl Task {
                     Message::Error(e) => {
                         tracing::warn!(switch = %self.name, xid, error = %e, "unsolicited error")
                     }
-                    m => tracing::trace!(switch = %self.name, xid, msg_type = m.msg_type(), "async message"),
+                    m => {
+                        tracing::trace!(switch = %self.name, xid, msg_type = m.msg_type(), "async message")
+                    }
                 },
             }
         }

@@ -10,8 +10,8 @@ pub mod message;
 pub mod oxm;
 pub mod wire;
 
+pub use conn::{Change, Config};
+pub use driver::{PacketIns, Switch};
 pub use error::{Error, Result};
 pub use flow::{Action, Field, FieldMatch, Flow, FlowKey, Match};
 pub use message::{canonical, Message, OfpError};
-pub use conn::{Change, Config};
-pub use driver::{PacketIns, Switch};

@@ -96,7 +96,10 @@ pub enum Message {
     },
     /// A message type this codec does not model (port status, flow
     /// removed, ...), body kept verbatim.
-    Unknown { msg_type: u8, body: Vec<u8> },
+    Unknown {
+        msg_type: u8,
+        body: Vec<u8>,
+    },
 }
 
 /// Hello, with the version bitmap element if present.
@@ -1412,7 +1415,10 @@ fn parse_group_mod(mut r: Reader<'_>) -> Result<GroupMod> {
     while !r.is_empty() {
         let len = usize::from(r.peek_u16(0)?);
         if len < 16 {
-            return Err(Error::BadLength { what: "bucket", len });
+            return Err(Error::BadLength {
+                what: "bucket",
+                len,
+            });
         }
         let mut b = Reader::new(r.bytes(len)?, "bucket");
         b.skip(2)?;

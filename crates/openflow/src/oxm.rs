@@ -253,7 +253,12 @@ fn emit_rank(field: Field) -> (u8, u32) {
             field,
             experimenter,
             ..
-        } => return (90, (u32::from(class) << 8 | u32::from(field)) ^ experimenter),
+        } => {
+            return (
+                90,
+                (u32::from(class) << 8 | u32::from(field)) ^ experimenter,
+            )
+        }
     };
     (r, 0)
 }
@@ -272,7 +277,9 @@ fn put_value(out: &mut Vec<u8>, v: u128, len: u8) {
 }
 
 fn value_from(bytes: &[u8]) -> u128 {
-    bytes.iter().fold(0u128, |acc, b| (acc << 8) | u128::from(*b))
+    bytes
+        .iter()
+        .fold(0u128, |acc, b| (acc << 8) | u128::from(*b))
 }
 
 /// Writes the OXM header for `id` (4 or 8 bytes).
@@ -373,11 +380,7 @@ pub(crate) fn parse_entry(r: &mut Reader<'_>) -> Result<FieldMatch> {
 /// wrapper (packet-in metadata uses them bare). Zero-masked fields match
 /// everything and are left out.
 pub(crate) fn put_oxm_fields(out: &mut Vec<u8>, m: &Match) -> Result<()> {
-    let mut fields: Vec<&FieldMatch> = m
-        .fields()
-        .iter()
-        .filter(|f| f.mask != Some(0))
-        .collect();
+    let mut fields: Vec<&FieldMatch> = m.fields().iter().filter(|f| f.mask != Some(0)).collect();
     fields.sort_by_key(|f| emit_rank(f.field));
     for f in fields {
         put_entry(out, f.field, f.value, f.mask)?;
@@ -486,10 +489,7 @@ mod tests {
         let mut out = Vec::new();
         emit_match(&mut out, &m).unwrap();
         // type, len=12, exact ipv4_src header, value, 4 pad
-        assert_eq!(
-            out,
-            [0, 1, 0, 12, 0x80, 0, 0x16, 4, 0, 0, 0, 1, 0, 0, 0, 0]
-        );
+        assert_eq!(out, [0, 1, 0, 12, 0x80, 0, 0x16, 4, 0, 0, 0, 1, 0, 0, 0, 0]);
         let mut r = Reader::new(&out, "t");
         assert_eq!(
             parse_match(&mut r).unwrap(),

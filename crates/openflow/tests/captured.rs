@@ -27,7 +27,11 @@ fn both_ways(hex: &str, xid: u32, expected: &Message) {
     let (got_xid, got) = Message::parse(&bytes).unwrap();
     assert_eq!(got_xid, xid);
     assert_eq!(&got, expected);
-    assert_eq!(expected.to_bytes(xid).unwrap(), bytes, "re-emitted bytes differ");
+    assert_eq!(
+        expected.to_bytes(xid).unwrap(),
+        bytes,
+        "re-emitted bytes differ"
+    );
 }
 
 fn mac(s: &str) -> Mac {
@@ -96,7 +100,10 @@ fn add_flow_with_nicira_fields_and_actions() {
         matches: Match::new()
             .in_port(5)
             .set_masked(Field::Reg(3), 0x10, Some(0xf0))
-            .set(Field::TunIpv4Src, u32::from(Ipv4Addr::new(192, 0, 2, 1)).into())
+            .set(
+                Field::TunIpv4Src,
+                u32::from(Ipv4Addr::new(192, 0, 2, 1)).into(),
+            )
             .tunnel_id(0x64)
             .set_masked(Field::CtState, 0x22, Some(0x22))
             .set(Field::CtZone, 7)
@@ -344,5 +351,165 @@ fn hello_with_version_bitmap() {
         "05000010000000010001000800000020",
         1,
         &Message::Hello(Hello::ours()),
+    );
+}
+
+// Switch → controller: what ovs-vswitchd 3.1 sent to our requests in the
+// OVS sandbox, printed by `cargo test -p openflow --test ovs_live --
+// --ignored --nocapture print_switch_bytes` (flows added there with
+// ovs-ofctl: "table=2,priority=300,cookie=0x77,ip,metadata=0x5,
+// nw_dst=10.0.0.0/8,actions=set_field:0x1->reg4,resubmit(,3),goto_table:9"
+// and "table=0,priority=9,cookie=0x99,arp,actions=set_field:0x42->reg2,
+// controller(userdata=07.07.07)"; an ARP frame was then sent with
+// packet-out in_port=CONTROLLER actions=TABLE).
+
+const ARP_FRAME: &str = "fffffffffffffa163e00000108060001080006040001fa163e0000010a000002\
+    0000000000000a000001000000000000000000000000000000000000";
+
+#[test]
+fn switch_hello_offers_1_0_to_1_5() {
+    let hello = Hello {
+        version: 6,
+        bitmap: Some(0x72),
+    };
+    assert!(hello.accepts_ours());
+    both_ways(
+        "06000010000000070001000800000072",
+        7,
+        &Message::Hello(hello),
+    );
+}
+
+#[test]
+fn switch_features_reply() {
+    both_ways(
+        "05060020000000040000eed37124c84600000000fe0000000000024f00000000",
+        4,
+        &Message::FeaturesReply(FeaturesReply {
+            datapath_id: 0xeed3_7124_c846,
+            n_buffers: 0,
+            n_tables: 254,
+            auxiliary_id: 0,
+            capabilities: 0x24f,
+            reserved: 0,
+        }),
+    );
+}
+
+#[test]
+fn switch_flow_stats_reply() {
+    let hex = "05130098000000050001000000000000008802000000000003ef1480012c0000\
+        0000000000000000000000000000007700000000000000000000000000000000\
+        0001002280000a020800800019080a000000ff00000080000408000000000000\
+        0005000000000000000400280000000000190010000108040000000100000000\
+        ffff001000002320000efff8030000000001000809000000";
+    let flow = Flow {
+        table: 2,
+        priority: 300,
+        cookie: 0x77,
+        matches: Match::new()
+            .eth_type(0x0800)
+            .ipv4_dst_prefix(Ipv4Addr::new(10, 0, 0, 0), 8)
+            .metadata(5),
+        actions: vec![
+            Action::SetField {
+                field: Field::Reg(4),
+                value: 1,
+            },
+            Action::Resubmit { table: 3 },
+        ],
+        goto_table: Some(9),
+    };
+    both_ways(
+        hex,
+        5,
+        &Message::MultipartReply(MultipartReply {
+            flags: 0,
+            body: MultipartReplyBody::Flow(vec![FlowStats {
+                flow,
+                duration_sec: 0,
+                duration_nsec: 0x03ef_1480,
+                idle_timeout: 0,
+                hard_timeout: 0,
+                flags: 0,
+                importance: 0,
+                packet_count: 0,
+                byte_count: 0,
+            }]),
+        }),
+    );
+}
+
+#[test]
+fn switch_error_quotes_the_request() {
+    // Reply to a flow mod in table 4 with goto_table:2 (backwards).
+    let hex = "0501004c0000000700030002050e004000000007000000000000000000000000\
+        000000000400000000000001ffffffffffffffffffffffff0000000000010004\
+        000000000001000802000000";
+    let bytes = unhex(hex);
+    let (xid, msg) = Message::parse(&bytes).unwrap();
+    let Message::Error(e) = &msg else {
+        panic!("{msg:?}")
+    };
+    assert_eq!(xid, 7);
+    assert_eq!(e.name(), Some("OFPBIC_BAD_TABLE_ID"));
+    assert_eq!(e.offending(), Some((msg_type::FLOW_MOD, 7)));
+    assert_eq!(e.data, bytes[12..].to_vec());
+    assert_eq!(
+        e.to_string(),
+        "OFPBIC_BAD_TABLE_ID (type 3, code 2) for message type 14 xid 0x7"
+    );
+    assert_eq!(msg.to_bytes(7).unwrap(), bytes);
+    both_ways("0515000800000008", 8, &Message::BarrierReply);
+}
+
+fn pin_metadata() -> Match {
+    Match::new().in_port(port::CONTROLLER).reg(2, 0x42)
+}
+
+#[test]
+fn switch_packet_in_standard() {
+    // Without NXT_SET_PACKET_IN_FORMAT: OFPT_PACKET_IN, userdata lost.
+    let hex = format!(
+        "050a006e00000000ffffffff003c010000000000000000990001001480000004\
+         fffffffd0001040400000042000000000000{ARP_FRAME}"
+    );
+    // (match padded to 8, then OpenFlow's 2 pad bytes before the frame)
+    both_ways(
+        &hex,
+        0,
+        &Message::PacketIn(PacketIn {
+            buffer_id: NO_BUFFER,
+            total_len: 60,
+            reason: 1,
+            table_id: 0,
+            cookie: 0x99,
+            matches: pin_metadata(),
+            userdata: vec![],
+            data: unhex(ARP_FRAME),
+        }),
+    );
+}
+
+#[test]
+fn switch_packet_in2_with_userdata() {
+    let hex = format!(
+        "0504009000000000000023200000001e00000040{ARP_FRAME}\
+         0003000500000000000400100000000000000000000000990005000501000000\
+         0006001480000004fffffffd0001040400000042000000000007000707070700"
+    );
+    both_ways(
+        &hex,
+        0,
+        &Message::NxPacketIn2(PacketIn {
+            buffer_id: NO_BUFFER,
+            total_len: 60,
+            reason: 1,
+            table_id: 0,
+            cookie: 0x99,
+            matches: pin_metadata(),
+            userdata: vec![7, 7, 7],
+            data: unhex(ARP_FRAME),
+        }),
     );
 }

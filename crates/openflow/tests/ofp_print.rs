@@ -84,7 +84,10 @@ fn flow_mod_nicira_fields_and_actions() {
             .reg(1, 0xabc)
             .set_masked(Field::CtState, 0x21, Some(0x21))
             .set(Field::CtMark, 5)
-            .set(Field::TunIpv4Dst, u32::from(Ipv4Addr::new(192, 0, 2, 9)).into())
+            .set(
+                Field::TunIpv4Dst,
+                u32::from(Ipv4Addr::new(192, 0, 2, 9)).into(),
+            )
             .eth_type(0x0806)
             .arp_op(1)
             .arp_tpa(Ipv4Addr::new(10, 0, 0, 1)),
@@ -112,7 +115,10 @@ fn flow_mod_nicira_fields_and_actions() {
         ],
         goto_table: Some(40),
     };
-    let text = ofp_print(&Message::FlowMod(FlowMod::new(FlowModCommand::Add, flow)), 1);
+    let text = ofp_print(
+        &Message::FlowMod(FlowMod::new(FlowModCommand::Add, flow)),
+        1,
+    );
     assert_eq!(
         text,
         "OFPT_FLOW_MOD (OF1.4) (xid=0x1): ADD \
@@ -155,8 +161,15 @@ fn flow_mod_strict_commands() {
 #[test]
 fn bundle_messages() {
     let mut out = Vec::new();
-    emit_bundle_flow_mod(&mut out, 4, 17, OFPBF_ATOMIC | OFPBF_ORDERED, FlowModCommand::Add, &l2_flow())
-        .unwrap();
+    emit_bundle_flow_mod(
+        &mut out,
+        4,
+        17,
+        OFPBF_ATOMIC | OFPBF_ORDERED,
+        FlowModCommand::Add,
+        &l2_flow(),
+    )
+    .unwrap();
     let (_, msg) = Message::parse(&out).unwrap();
     assert_eq!(
         ofp_print(&msg, 4),
@@ -210,10 +223,16 @@ fn group_mod_fast_failover() {
 
 #[test]
 fn packet_out_and_config() {
-    let po = PacketOut::new(port::CONTROLLER, vec![Action::Output(port::TABLE)], vec![0; 14]);
+    let po = PacketOut::new(
+        port::CONTROLLER,
+        vec![Action::Output(port::TABLE)],
+        vec![0; 14],
+    );
     let text = ofp_print(&Message::PacketOut(po), 7);
     assert!(
-        text.starts_with("OFPT_PACKET_OUT (OF1.4) (xid=0x7): in_port=CONTROLLER actions=TABLE data_len=14"),
+        text.starts_with(
+            "OFPT_PACKET_OUT (OF1.4) (xid=0x7): in_port=CONTROLLER actions=TABLE data_len=14"
+        ),
         "{text}"
     );
     let cfg = Message::SetConfig(SwitchConfig {

@@ -138,7 +138,10 @@ fn flows() -> Vec<Flow> {
             cookie: 0xb0,
             matches: Match::new()
                 .tunnel_id(0x64)
-                .set(Field::TunIpv4Src, u32::from(Ipv4Addr::new(192, 0, 2, 1)).into())
+                .set(
+                    Field::TunIpv4Src,
+                    u32::from(Ipv4Addr::new(192, 0, 2, 1)).into(),
+                )
                 .eth_type(0x0800)
                 .ip_proto(17)
                 .udp_dst(67),
@@ -247,7 +250,9 @@ async fn bundle_installs_exactly_and_dump_reads_back() {
         table: 20,
         priority: 40,
         cookie: 0xb1,
-        matches: Match::new().eth_type(0x0800).ipv4_src(Ipv4Addr::new(10, 0, 0, 9)),
+        matches: Match::new()
+            .eth_type(0x0800)
+            .ipv4_src(Ipv4Addr::new(10, 0, 0, 9)),
         actions: vec![Action::Output(port::IN_PORT)],
         goto_table: None,
     };
@@ -264,9 +269,7 @@ async fn bundle_installs_exactly_and_dump_reads_back() {
         "cookie=0xb0, table=20, priority=50,udp,tun_id=0x64,tun_src=192.0.2.1,tp_dst=67 actions=LOCAL"
             .to_string(),
     );
-    want.push(
-        "cookie=0xb1, table=20, priority=40,ip,nw_src=10.0.0.9 actions=IN_PORT".to_string(),
-    );
+    want.push("cookie=0xb1, table=20, priority=40,ip,nw_src=10.0.0.9 actions=IN_PORT".to_string());
     want.sort();
     assert_eq!(ofctl_flows(&sb), want);
 }
@@ -291,7 +294,8 @@ async fn ofctl_flows_dumped_by_driver_in_many_parts() {
     text.push_str("table=0,priority=1,cookie=0x1,arp,arp_tpa=10.0.0.1,actions=controller(userdata=aa.bb),output:CONTROLLER\n");
     let file = sb.dir().join("flows.txt");
     std::fs::write(&file, text).unwrap();
-    sb.ofctl(&["add-flows", BR, file.to_str().unwrap()]).unwrap();
+    sb.ofctl(&["add-flows", BR, file.to_str().unwrap()])
+        .unwrap();
 
     let (sw, _pins) = connect(&sb).await;
     let dumped = sorted(
@@ -392,7 +396,10 @@ async fn bad_flow_fails_the_whole_bundle() {
             assert_eq!(*change, Some(2), "{err}");
             assert_eq!(error.name(), Some("OFPBIC_BAD_TABLE_ID"), "{err}");
             // The error quotes the offending bundle-add message.
-            assert_eq!(error.offending().map(|(t, _)| t), Some(msg_type::BUNDLE_ADD_MESSAGE));
+            assert_eq!(
+                error.offending().map(|(t, _)| t),
+                Some(msg_type::BUNDLE_ADD_MESSAGE)
+            );
         }
         e => panic!("unexpected {e}"),
     }
@@ -514,7 +521,10 @@ async fn packet_out_comes_back_as_packet_in() {
     assert_eq!(pin.cookie, 0xc0ffef);
     assert_eq!(pin.reason, 1, "OFPR_ACTION");
     assert_eq!(pin.matches.get(Field::Reg(2)).map(|f| f.value), Some(0x42));
-    assert_eq!(pin.matches.get(Field::Metadata).map(|f| f.value), Some(0x99));
+    assert_eq!(
+        pin.matches.get(Field::Metadata).map(|f| f.value),
+        Some(0x99)
+    );
     assert_eq!(
         pin.matches.get(Field::InPort).map(|f| f.value),
         Some(port::CONTROLLER.into())
@@ -525,9 +535,13 @@ async fn packet_out_comes_back_as_packet_in() {
     // (connmgr_send_async_msg never looks at it).
     let mut ip = frame.clone();
     ip[12..14].copy_from_slice(&[0x08, 0x00]);
-    sw.packet_out(PacketOut::new(port::CONTROLLER, vec![Action::Output(port::TABLE)], ip.clone()))
-        .await
-        .unwrap();
+    sw.packet_out(PacketOut::new(
+        port::CONTROLLER,
+        vec![Action::Output(port::TABLE)],
+        ip.clone(),
+    ))
+    .await
+    .unwrap();
     let pin = tokio::time::timeout(Duration::from_secs(10), pins.recv())
         .await
         .unwrap()
@@ -539,7 +553,11 @@ async fn packet_out_comes_back_as_packet_in() {
 
     // A packet-out the switch refuses reports the error.
     let err = sw
-        .packet_out(PacketOut::new(port::CONTROLLER, vec![Action::Output(port::ANY)], ip))
+        .packet_out(PacketOut::new(
+            port::CONTROLLER,
+            vec![Action::Output(port::ANY)],
+            ip,
+        ))
         .await
         .unwrap_err();
     match err {
@@ -596,5 +614,98 @@ async fn features_request() {
             assert_eq!(f.n_tables, 254);
         }
         m => panic!("unexpected {m:?}"),
+    }
+}
+
+/// Prints what ovs-vswitchd sends for a few requests, as hex, for the
+/// captured-bytes tests (`cargo test -p openflow --test ovs_live --
+/// --ignored --nocapture print_switch_bytes`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn print_switch_bytes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sb = sandbox("ofx");
+    sb.ofctl(&[
+        "add-flow",
+        BR,
+        "table=2,priority=300,cookie=0x77,ip,metadata=0x5,nw_dst=10.0.0.0/8,\
+         actions=set_field:0x1->reg4,resubmit(,3),goto_table:9",
+    ])
+    .unwrap();
+    sb.ofctl(&[
+        "add-flow",
+        BR,
+        "table=0,priority=9,cookie=0x99,arp,actions=set_field:0x42->reg2,controller(userdata=07.07.07)",
+    ])
+    .unwrap();
+    for pin2 in [false, true] {
+        let mut s = tokio::net::UnixStream::connect(sb.mgmt_socket(BR))
+            .await
+            .unwrap();
+        let mut reqs = vec![(1, Message::Hello(Hello::ours()))];
+        if pin2 {
+            reqs.push((2, Message::NxSetPacketInFormat(NXPIF_NXT_PACKET_IN2)));
+        }
+        reqs.extend([
+            (
+                3,
+                Message::SetConfig(SwitchConfig {
+                    flags: 0,
+                    miss_send_len: 0xffff,
+                }),
+            ),
+            (4, Message::FeaturesRequest),
+            (
+                5,
+                Message::MultipartRequest(MultipartRequest {
+                    flags: 0,
+                    body: MultipartRequestBody::Flow(FlowStatsRequest {
+                        table_id: 2,
+                        ..FlowStatsRequest::default()
+                    }),
+                }),
+            ),
+            (
+                6,
+                Message::PacketOut(PacketOut::new(
+                    port::CONTROLLER,
+                    vec![Action::Output(port::TABLE)],
+                    arp_request(),
+                )),
+            ),
+            (
+                7,
+                Message::FlowMod(FlowMod::new(
+                    FlowModCommand::Add,
+                    Flow {
+                        table: 4,
+                        priority: 1,
+                        cookie: 0,
+                        matches: Match::new(),
+                        actions: vec![],
+                        goto_table: Some(2),
+                    },
+                )),
+            ),
+            (8, Message::BarrierRequest),
+        ]);
+        for (xid, m) in reqs {
+            s.write_all(&m.to_bytes(xid).unwrap()).await.unwrap();
+        }
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 65536];
+        loop {
+            match tokio::time::timeout(Duration::from_millis(500), s.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => break,
+            }
+        }
+        println!("--- packet_in2={pin2}");
+        let mut rest = &buf[..];
+        while let Ok(Some(len)) = openflow::wire::frame_len(rest) {
+            let hex: String = rest[..len].iter().map(|b| format!("{b:02x}")).collect();
+            println!("{hex}");
+            rest = &rest[len..];
+        }
     }
 }

@@ -880,7 +880,8 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         } else if self.rate_per_sec <= 0.0 {
             Duration::MAX
         } else {
-            Duration::from_secs_f64((1.0 - tokens) / self.rate_per_sec)
+            // A tiny rate gives more seconds than a Duration holds.
+            Duration::try_from_secs_f64((1.0 - tokens) / self.rate_per_sec).unwrap_or(Duration::MAX)
         }
     }
 }

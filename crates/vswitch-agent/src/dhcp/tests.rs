@@ -734,4 +734,7 @@ fn rate_limiter_keys_are_independent_and_pruned() {
     assert!(never.check(&"x", t0));
     assert!(!never.check(&"x", t0 + Duration::from_secs(3600)));
     assert_eq!(never.retry_after(&"x", t0), Duration::MAX);
+    let mut glacial = RateLimiter::new(1e-300, 1);
+    assert!(glacial.check(&"x", t0));
+    assert_eq!(glacial.retry_after(&"x", t0), Duration::MAX);
 }
