@@ -620,18 +620,22 @@ impl Compiler {
                     None => self.model.nodes.remove(name),
                 };
                 dirty.entry(name.to_string()).or_default().node_info = true;
-                // Its peers entries and its NICs as others see them.
+                // Its peer entry and its NICs, as the nodes sharing a VPC
+                // with it see them.
                 let m = &self.model;
-                let vpcs = m.node_vpcs.get(name).into_iter().flatten();
-                for vpc in vpcs {
+                for vpc in m.node_vpcs.get(name).into_iter().flatten() {
                     for host in m.hosts(vpc) {
                         let d = dirty.entry(host.clone()).or_default();
                         d.keys.insert(ObjectKey::Peer(name.to_string()));
-                        for nic in m.vpc_nics.get(vpc).into_iter().flatten() {
-                            if m.nics.get(nic).and_then(|e| e.nic.node.as_deref()) == Some(name) {
-                                d.keys.insert(ObjectKey::Nic(nic.clone()));
-                            }
-                        }
+                    }
+                }
+                for nic in m.node_nics.get(name).into_iter().flatten() {
+                    let Some(e) = m.nics.get(nic) else {
+                        continue;
+                    };
+                    for host in m.hosts(&e.nic.vpc_id) {
+                        let d = dirty.entry(host.clone()).or_default();
+                        d.keys.insert(ObjectKey::Nic(nic.clone()));
                     }
                 }
             }

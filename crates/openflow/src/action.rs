@@ -176,7 +176,7 @@ pub(crate) fn emit_actions(out: &mut Vec<u8>, actions: &[Action]) -> Result<()> 
 /// left.
 fn action_len(r: &Reader<'_>) -> Result<usize> {
     let len = usize::from(r.peek_u16(2)?);
-    if len < 8 || len % 8 != 0 || len > r.remaining() {
+    if len < 8 || len & 7 != 0 || len > r.remaining() {
         return Err(Error::BadLength {
             what: "action",
             len,
@@ -347,7 +347,7 @@ pub(crate) fn parse_instructions(bytes: &[u8]) -> Result<(Vec<Action>, Option<u8
     while !r.is_empty() {
         let kind = r.peek_u16(0)?;
         let len = usize::from(r.peek_u16(2)?);
-        if len < 8 || len % 8 != 0 || len > r.remaining() {
+        if len < 8 || len & 7 != 0 || len > r.remaining() {
             return Err(Error::BadLength {
                 what: "instruction",
                 len,

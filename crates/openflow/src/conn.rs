@@ -679,3 +679,302 @@ fn clone_kind(e: &Error) -> Error {
         _ => Error::Closed,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::{Action, Match};
+    use crate::message::{
+        FlowStats, MultipartReply, MultipartReplyBody, OFPMPF_MORE, OFPT_ERR_BUNDLE_MSG_FAILED,
+    };
+    use crate::wire::frame_len;
+
+    /// Everything the connection wants to send, parsed.
+    fn sent(c: &mut Connection) -> Vec<(u32, Message)> {
+        let mut out = Vec::new();
+        c.drain_transmit_into(&mut out);
+        let mut msgs = Vec::new();
+        let mut rest = &out[..];
+        while let Some(len) = frame_len(rest).unwrap() {
+            msgs.push(Message::parse(&rest[..len]).unwrap());
+            rest = &rest[len..];
+        }
+        assert!(rest.is_empty());
+        msgs
+    }
+
+    fn feed(c: &mut Connection, xid: u32, m: Message) {
+        c.handle_input(&m.to_bytes(xid).unwrap()).unwrap();
+    }
+
+    fn events(c: &mut Connection) -> Vec<Event> {
+        std::iter::from_fn(|| c.poll_event()).collect()
+    }
+
+    fn ready() -> Connection {
+        let mut c = Connection::new(Config::default());
+        let hello = sent(&mut c);
+        assert_eq!(hello.len(), 1);
+        assert!(matches!(hello[0].1, Message::Hello(_)));
+        feed(
+            &mut c,
+            1,
+            Message::Hello(Hello {
+                version: 6,
+                bitmap: Some(0x72),
+            }),
+        );
+        assert!(matches!(events(&mut c)[..], [Event::Connected]));
+        let setup = sent(&mut c);
+        assert!(matches!(
+            setup[..],
+            [
+                (_, Message::NxSetPacketInFormat(NXPIF_NXT_PACKET_IN2)),
+                (
+                    _,
+                    Message::SetConfig(SwitchConfig {
+                        miss_send_len: 0xffff,
+                        ..
+                    })
+                )
+            ]
+        ));
+        c
+    }
+
+    fn flow(p: u16) -> Flow {
+        Flow {
+            table: 0,
+            priority: p,
+            cookie: 1,
+            matches: Match::new().reg(0, p.into()),
+            actions: vec![Action::Output(1)],
+            goto_table: None,
+        }
+    }
+
+    fn ctrl_reply(id: u32, t: BundleCtrlType) -> Message {
+        Message::BundleControl(BundleControl {
+            bundle_id: id,
+            ctrl_type: t,
+            flags: OFPBF_ATOMIC | OFPBF_ORDERED,
+            properties: vec![],
+        })
+    }
+
+    fn err(t: u16, code: u16) -> Message {
+        Message::Error(OfpError {
+            err_type: t,
+            code,
+            experimenter: None,
+            data: vec![],
+        })
+    }
+
+    fn completed(c: &mut Connection) -> (OpId, Result<Output>) {
+        let ev = events(c);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        match ev.into_iter().next() {
+            Some(Event::Completed { op, result }) => (op, result),
+            e => panic!("{e:?}"),
+        }
+    }
+
+    /// Sends a bundle of 3 and checks the pipelined messages; returns the
+    /// op, bundle id and the xids of open, adds and close.
+    fn start_bundle(c: &mut Connection) -> (OpId, u32, Vec<u32>) {
+        let op = c
+            .apply_bundle(&[
+                Change::Add(flow(1)),
+                Change::ModifyStrict(flow(2)),
+                Change::DeleteStrict(flow(3).key()),
+            ])
+            .unwrap();
+        let msgs = sent(c);
+        assert_eq!(msgs.len(), 5);
+        let Message::BundleControl(open) = &msgs[0].1 else {
+            panic!()
+        };
+        assert_eq!(open.ctrl_type, BundleCtrlType::OpenRequest);
+        for (i, (xid, m)) in msgs[1..4].iter().enumerate() {
+            let Message::BundleAdd(a) = m else { panic!() };
+            assert_eq!(a.bundle_id, open.bundle_id);
+            assert_eq!(*xid, msgs[1].0 + i as u32);
+            assert!(matches!(*a.message, Message::FlowMod(_)));
+        }
+        assert!(matches!(
+            msgs[4].1,
+            Message::BundleControl(BundleControl {
+                ctrl_type: BundleCtrlType::CloseRequest,
+                ..
+            })
+        ));
+        (op, open.bundle_id, msgs.iter().map(|m| m.0).collect())
+    }
+
+    #[test]
+    fn echo_is_answered() {
+        let mut c = ready();
+        feed(&mut c, 77, Message::EchoRequest(vec![1, 2]));
+        assert_eq!(sent(&mut c), vec![(77, Message::EchoReply(vec![1, 2]))]);
+    }
+
+    #[test]
+    fn bundle_commits_when_clean() {
+        let mut c = ready();
+        let (op, id, x) = start_bundle(&mut c);
+        feed(&mut c, x[0], ctrl_reply(id, BundleCtrlType::OpenReply));
+        assert!(sent(&mut c).is_empty());
+        feed(&mut c, x[4], ctrl_reply(id, BundleCtrlType::CloseReply));
+        let commit = sent(&mut c);
+        assert!(matches!(
+            commit[..],
+            [(
+                _,
+                Message::BundleControl(BundleControl {
+                    ctrl_type: BundleCtrlType::CommitRequest,
+                    ..
+                })
+            )]
+        ));
+        assert!(events(&mut c).is_empty());
+        feed(&mut c, commit[0].0, ctrl_reply(id, BundleCtrlType::CommitReply));
+        let (done, r) = completed(&mut c);
+        assert_eq!(done, op);
+        assert!(matches!(r, Ok(Output::Done)));
+    }
+
+    #[test]
+    fn failed_add_discards_the_bundle() {
+        let mut c = ready();
+        let (op, id, x) = start_bundle(&mut c);
+        feed(&mut c, x[0], ctrl_reply(id, BundleCtrlType::OpenReply));
+        feed(&mut c, x[2], err(4, 9));
+        feed(&mut c, x[4], ctrl_reply(id, BundleCtrlType::CloseReply));
+        let discard = sent(&mut c);
+        assert!(matches!(
+            discard[..],
+            [(
+                _,
+                Message::BundleControl(BundleControl {
+                    ctrl_type: BundleCtrlType::DiscardRequest,
+                    ..
+                })
+            )]
+        ));
+        feed(&mut c, discard[0].0, ctrl_reply(id, BundleCtrlType::DiscardReply));
+        let (done, r) = completed(&mut c);
+        assert_eq!(done, op);
+        match r {
+            Err(Error::Bundle { error, change }) => {
+                assert_eq!(change, Some(1));
+                assert_eq!(error.name(), Some("OFPBMC_BAD_PREREQ"));
+            }
+            r => panic!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn commit_failure_blames_the_change() {
+        let mut c = ready();
+        let (_, id, x) = start_bundle(&mut c);
+        feed(&mut c, x[4], ctrl_reply(id, BundleCtrlType::CloseReply));
+        let commit = sent(&mut c);
+        // OVS: the failing message's error, then the commit's.
+        feed(&mut c, x[3], err(5, 1));
+        feed(&mut c, commit[0].0, err(17, OFPT_ERR_BUNDLE_MSG_FAILED));
+        match completed(&mut c).1 {
+            Err(Error::Bundle { error, change }) => {
+                assert_eq!(change, Some(2));
+                assert_eq!(error.name(), Some("OFPFMFC_TABLE_FULL"));
+            }
+            r => panic!("{r:?}"),
+        }
+        assert!(sent(&mut c).is_empty(), "no discard after a failed commit");
+    }
+
+    #[test]
+    fn dump_collects_every_part() {
+        let mut c = ready();
+        c.dump_flows(FlowStatsRequest::default()).unwrap();
+        let xid = sent(&mut c)[0].0;
+        let stats = |p: u16| FlowStats {
+            flow: flow(p),
+            duration_sec: 1,
+            duration_nsec: 2,
+            idle_timeout: 0,
+            hard_timeout: 0,
+            flags: 0,
+            importance: 0,
+            packet_count: 3,
+            byte_count: 4,
+        };
+        let part = |flags, f: Vec<FlowStats>| {
+            Message::MultipartReply(MultipartReply {
+                flags,
+                body: MultipartReplyBody::Flow(f),
+            })
+        };
+        feed(&mut c, xid, part(OFPMPF_MORE, vec![stats(1), stats(2)]));
+        assert!(events(&mut c).is_empty());
+        feed(&mut c, xid, part(0, vec![stats(3)]));
+        match completed(&mut c).1 {
+            Ok(Output::Flows(f)) => {
+                assert_eq!(f, vec![stats(1), stats(2), stats(3)]);
+            }
+            r => panic!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn checked_send_reports_its_error_at_the_barrier() {
+        let mut c = ready();
+        c.send_checked(&Message::GetConfigRequest).unwrap();
+        let m = sent(&mut c);
+        assert!(matches!(m[1].1, Message::BarrierRequest));
+        feed(&mut c, m[0].0, err(1, 1));
+        assert!(events(&mut c).is_empty());
+        feed(&mut c, m[1].0, Message::BarrierReply);
+        assert!(matches!(completed(&mut c).1, Err(Error::Switch(e)) if e.code == 1));
+    }
+
+    #[test]
+    fn close_fails_pending_operations() {
+        let mut c = ready();
+        c.barrier().unwrap();
+        c.close(&Error::Closed);
+        assert!(matches!(completed(&mut c).1, Err(Error::Closed)));
+        assert!(matches!(c.barrier(), Err(Error::Closed)));
+    }
+
+    #[test]
+    fn refuses_peers_without_1_4() {
+        let mut c = Connection::new(Config::default());
+        sent(&mut c);
+        let hello = Message::Hello(Hello {
+            version: 4,
+            bitmap: Some(0x12),
+        });
+        let e = c.handle_input(&hello.to_bytes(1).unwrap()).unwrap_err();
+        assert!(matches!(e, Error::VersionNegotiation { peer_bitmap: 0x12 }));
+        assert!(matches!(sent(&mut c)[..], [(_, Message::Error(_))]));
+    }
+
+    #[test]
+    fn split_and_garbled_input() {
+        let mut c = ready();
+        c.barrier().unwrap();
+        let xid = sent(&mut c)[0].0;
+        // One byte at a time still frames correctly.
+        for b in Message::BarrierReply.to_bytes(xid).unwrap() {
+            c.handle_input(&[b]).unwrap();
+        }
+        assert!(matches!(completed(&mut c).1, Ok(Output::Reply(_))));
+        // An undecodable message is skipped, the stream goes on.
+        c.handle_input(&[5, 14, 0, 9, 0, 0, 0, 1, 0xff]).unwrap();
+        assert!(events(&mut c).is_empty());
+        // Impossible framing closes the connection.
+        assert!(c.handle_input(&[5, 0, 0, 2, 0, 0, 0, 0]).is_err());
+        assert!(matches!(c.barrier(), Err(Error::Closed)));
+    }
+}

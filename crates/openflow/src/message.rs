@@ -49,6 +49,9 @@ pub const OFPTT_ALL: u8 = 0xff;
 pub const OFPBF_ATOMIC: u16 = 1;
 pub const OFPBF_ORDERED: u16 = 2;
 
+/// `OFPBFC_MSG_FAILED`: a bundle commit failed on one of its messages.
+pub const OFPT_ERR_BUNDLE_MSG_FAILED: u16 = 13;
+
 /// Multipart flag: more parts follow.
 pub const OFPMPF_MORE: u16 = 1;
 

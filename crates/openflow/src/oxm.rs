@@ -331,7 +331,7 @@ pub(crate) fn parse_header(r: &mut Reader<'_>) -> Result<(OxmId, bool)> {
             len: payload,
         })?;
     }
-    if masked && payload % 2 != 0 {
+    if masked && payload & 1 != 0 {
         return Err(Error::BadLength {
             what: "masked OXM",
             len: payload,

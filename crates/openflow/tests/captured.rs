@@ -6,6 +6,9 @@
 //! command. Every capture is parsed to the expected value and emitted back
 //! to the same bytes.
 
+// Test helpers outside #[test] fns: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::net::Ipv4Addr;
 
 use openflow::flow::port;

@@ -1,6 +1,9 @@
 //! Our encodings decoded by the real peer: `ovs-ofctl ofp-print <hex>`
 //! must print the flow we meant. Needs `ovs-ofctl` on PATH (no switch).
 
+// Test helpers outside #[test] fns: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::net::Ipv4Addr;
 use std::process::Command;
 

@@ -54,7 +54,7 @@ fn ofctl_flows(sb: &OvsSandbox) -> Vec<String> {
 }
 
 fn sorted(mut v: Vec<Flow>) -> Vec<Flow> {
-    v.sort_by(|a, b| a.key().cmp(&b.key()));
+    v.sort_by_key(Flow::key);
     v
 }
 

@@ -225,9 +225,6 @@ async fn drive(
             stream.write_all(&bytes).await?;
         }
         while let Some(ev) = session.poll_event() {
-            if Session::is_probe_reply(&ev) {
-                continue;
-            }
             match ev {
                 Event::Reply { id, result, .. } => {
                     if let Some(tx) = waiting.remove(&id) {

@@ -393,11 +393,7 @@ impl Datum {
 pub type Row = BTreeMap<String, Datum>;
 
 pub fn row_to_json(row: &Row) -> Value {
-    Value::Object(
-        row.iter()
-            .map(|(k, v)| (k.clone(), v.to_json()))
-            .collect(),
-    )
+    Value::Object(row.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
 }
 
 pub fn row_from_json(v: &Value) -> Result<Row> {
@@ -423,9 +419,15 @@ mod tests {
         let s = "36bd6d1a-6f3f-4b11-8e2b-0c4f0c35e7a9";
         let u: Uuid = s.parse().unwrap();
         assert_eq!(u.to_string(), s);
-        assert!("36bd6d1a-6f3f-4b11-8e2b-0c4f0c35e7a".parse::<Uuid>().is_err());
-        assert!("36bd6d1a+6f3f-4b11-8e2b-0c4f0c35e7a9".parse::<Uuid>().is_err());
-        assert!("36bd6d1a-6f3f-4b11-8e2b-0c4f0c35e7ag".parse::<Uuid>().is_err());
+        assert!("36bd6d1a-6f3f-4b11-8e2b-0c4f0c35e7a"
+            .parse::<Uuid>()
+            .is_err());
+        assert!("36bd6d1a+6f3f-4b11-8e2b-0c4f0c35e7a9"
+            .parse::<Uuid>()
+            .is_err());
+        assert!("36bd6d1a-6f3f-4b11-8e2b-0c4f0c35e7ag"
+            .parse::<Uuid>()
+            .is_err());
         // Upper case is accepted on input, written lower case.
         let up: Uuid = s.to_uppercase().parse().unwrap();
         assert_eq!(up, u);

@@ -160,7 +160,11 @@ mod tests {
 
     fn reparse(msgs: &[String]) -> Vec<String> {
         msgs.iter()
-            .map(|m| serde_json::from_str::<serde_json::Value>(m).unwrap().to_string())
+            .map(|m| {
+                serde_json::from_str::<serde_json::Value>(m)
+                    .unwrap()
+                    .to_string()
+            })
             .collect()
     }
 
@@ -207,7 +211,9 @@ mod tests {
             let mut msgs = Vec::new();
             let mut i = 0;
             while i < bytes.len() {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let n = 1 + (seed >> 33) as usize % 17;
                 let end = (i + n).min(bytes.len());
                 s.push(&bytes[i..end]);

@@ -82,7 +82,10 @@ impl Message {
 pub fn unknown_method_error(method: &str) -> Value {
     let mut m = Map::new();
     m.insert("error".into(), json!("unknown method"));
-    m.insert("details".into(), json!(format!("{method} is not supported by this client")));
+    m.insert(
+        "details".into(),
+        json!(format!("{method} is not supported by this client")),
+    );
     Value::Object(m)
 }
 

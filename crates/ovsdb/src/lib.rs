@@ -20,11 +20,11 @@ pub mod ops;
 pub mod session;
 pub mod vswitch;
 
+pub use client::{Client, Notification};
 pub use data::{Atom, Datum, Row, Uuid};
 pub use error::{Error, Result, TransactionError};
 pub use monitor::{MonitorRequest, Replica, RowUpdate, TableUpdates};
 pub use ops::{Condition, Function, Mutation, Mutator, OpResult, Operation, Until};
-pub use client::{Client, Notification};
 pub use vswitch::{
     BridgeConfig, OfportMap, TunnelPort, TunnelSpec, Vswitch, VswitchEvent, VswitchOptions,
     VswitchdState,

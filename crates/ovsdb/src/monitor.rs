@@ -336,10 +336,10 @@ mod tests {
         assert!(TableUpdates::from_json(&json!([])).is_err());
         assert!(TableUpdates::from_json(&json!({"T": []})).is_err());
         assert!(TableUpdates::from_json(&json!({"T": {"not-a-uuid": {}}})).is_err());
-        assert!(
-            TableUpdates::from_json(&json!({"T": {"00000000-0000-0000-0000-000000000001": 3}}))
-                .is_err()
-        );
+        assert!(TableUpdates::from_json(
+            &json!({"T": {"00000000-0000-0000-0000-000000000001": 3}})
+        )
+        .is_err());
         assert!(parse_update_params(&json!([1])).is_err());
     }
 }

@@ -256,7 +256,8 @@ impl Operation {
                 conditions,
                 columns,
             } => {
-                let mut v = json!({"op": "select", "table": table, "where": conds_json(conditions)});
+                let mut v =
+                    json!({"op": "select", "table": table, "where": conds_json(conditions)});
                 if let (Some(c), Value::Object(o)) = (columns, &mut v) {
                     o.insert("columns".into(), json!(c));
                 }
@@ -342,7 +343,10 @@ impl Operation {
             "insert" => Operation::Insert {
                 table: s("table")?,
                 row: row("row")?,
-                uuid_name: o.get("uuid-name").and_then(Value::as_str).map(str::to_string),
+                uuid_name: o
+                    .get("uuid-name")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
             },
             "select" => Operation::Select {
                 table: s("table")?,
@@ -485,11 +489,11 @@ fn op_error(index: Option<usize>, operation: String, v: &Value) -> Option<Transa
     Some(TransactionError {
         index,
         operation,
-        error: e.as_str().map(str::to_string).unwrap_or_else(|| e.to_string()),
-        details: v
-            .get("details")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        error: e
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| e.to_string()),
+        details: v.get("details").and_then(Value::as_str).map(str::to_string),
     })
 }
 
@@ -553,7 +557,10 @@ mod tests {
                 row: row([
                     ("name", Datum::string("vx-b")),
                     ("type", Datum::string("vxlan")),
-                    ("options", Datum::map([("key", "flow"), ("remote_ip", "192.0.2.2")])),
+                    (
+                        "options",
+                        Datum::map([("key", "flow"), ("remote_ip", "192.0.2.2")]),
+                    ),
                 ]),
                 uuid_name: Some("iface".into()),
             },
@@ -568,7 +575,11 @@ mod tests {
             Operation::Mutate {
                 table: "Bridge".into(),
                 conditions: vec![Condition::eq("name", Datum::string("br-int"))],
-                mutations: vec![Mutation::new("ports", Mutator::Insert, Datum::named_uuid("port"))],
+                mutations: vec![Mutation::new(
+                    "ports",
+                    Mutator::Insert,
+                    Datum::named_uuid("port"),
+                )],
             },
             Operation::Update {
                 table: "Bridge".into(),

@@ -66,6 +66,8 @@ pub struct Session {
     last_heard: Instant,
     /// Set while our own probe is outstanding.
     probe_sent: Option<Instant>,
+    /// Ids of our own probes; their replies are not reported.
+    probe_ids: std::collections::HashSet<u64>,
     echoes_answered: u64,
 }
 
@@ -80,6 +82,7 @@ impl Session {
             probe_interval: config.probe_interval,
             last_heard: now,
             probe_sent: None,
+            probe_ids: Default::default(),
             echoes_answered: 0,
         }
     }
@@ -154,7 +157,8 @@ impl Session {
                         updates,
                     });
                 } else {
-                    self.events.push_back(Event::Notification { method, params });
+                    self.events
+                        .push_back(Event::Notification { method, params });
                 }
             }
             Message::Response { id, result } => self.reply(id, Ok(result)),
@@ -168,6 +172,10 @@ impl Session {
             tracing::warn!(%id, "reply with an id we never use");
             return;
         };
+        if self.probe_ids.remove(&n) {
+            self.pending.remove(&n);
+            return;
+        }
         match self.pending.remove(&n) {
             Some(method) => self.events.push_back(Event::Reply {
                 id: n,
@@ -211,18 +219,13 @@ impl Session {
                 Err(Error::Disconnected)
             }
             None if now >= self.last_heard + p => {
-                self.send_request("echo", json!([]));
+                let id = self.send_request("echo", json!([]));
+                self.probe_ids.insert(id);
                 self.probe_sent = Some(now);
                 Ok(())
             }
             _ => Ok(()),
         }
-    }
-
-    /// Removes replies to our own probes from the event stream; drivers call
-    /// this instead of matching on the method themselves.
-    pub fn is_probe_reply(event: &Event) -> bool {
-        matches!(event, Event::Reply { method, .. } if method == "echo")
     }
 }
 
@@ -253,7 +256,10 @@ mod tests {
         assert_ne!(a, b);
         let out = sent(&mut s);
         assert_eq!(out[0], json!({"id": a, "method": "list_dbs", "params": []}));
-        assert_eq!(out[1]["params"], json!(["Open_vSwitch", {"op": "comment", "comment": "hi"}]));
+        assert_eq!(
+            out[1]["params"],
+            json!(["Open_vSwitch", {"op": "comment", "comment": "hi"}])
+        );
         assert_eq!(s.pending(), 2);
 
         // Replies out of order, split across reads.
@@ -268,7 +274,10 @@ mod tests {
             panic!()
         };
         assert_eq!((id, method.as_str()), (b, "transact"));
-        assert_eq!(decode_transact_reply(&ops, &result.unwrap()).unwrap().len(), 1);
+        assert_eq!(
+            decode_transact_reply(&ops, &result.unwrap()).unwrap().len(),
+            1
+        );
         assert_eq!(
             s.poll_event(),
             Some(Event::Reply {
@@ -384,13 +393,30 @@ mod tests {
         assert_eq!(out[0]["method"], json!("echo"));
         let id = out[0]["id"].as_u64().unwrap();
 
-        // Its reply resets the clock and is recognisable as a probe reply.
+        // Its reply resets the clock and is not reported; a user's own echo
+        // request still gets its reply.
+        let user = s.send_request("echo", json!(["mine"]));
         let t1 = t0 + p + Duration::from_secs(1);
-        s.handle_input(t1, format!(r#"{{"id":{id},"result":[],"error":null}}"#).as_bytes())
-            .unwrap();
-        let ev = s.poll_event().unwrap();
-        assert!(Session::is_probe_reply(&ev));
+        s.handle_input(
+            t1,
+            format!(
+                r#"{{"id":{id},"result":[],"error":null}}{{"id":{user},"result":["mine"],"error":null}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.poll_event(),
+            Some(Event::Reply {
+                id: user,
+                method: "echo".into(),
+                result: Ok(json!(["mine"]))
+            })
+        );
+        assert_eq!(s.poll_event(), None);
+        assert_eq!(s.pending(), 0);
         assert_eq!(s.poll_timeout(), Some(t1 + p));
+        sent(&mut s);
 
         // Unanswered probe: disconnect.
         s.handle_timeout(t1 + p).unwrap();

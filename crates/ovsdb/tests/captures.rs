@@ -213,7 +213,11 @@ fn transact_mixed() {
         Operation::Mutate {
             table: "Open_vSwitch".into(),
             conditions: vec![],
-            mutations: vec![Mutation::new("bridges", Mutator::Insert, Datum::named_uuid("b"))],
+            mutations: vec![Mutation::new(
+                "bridges",
+                Mutator::Insert,
+                Datum::named_uuid("b"),
+            )],
         },
         Operation::Update {
             table: "Bridge".into(),
@@ -256,7 +260,11 @@ fn transact_mixed() {
         Operation::Mutate {
             table: "Open_vSwitch".into(),
             conditions: vec![],
-            mutations: vec![Mutation::new("bridges", Mutator::Delete, Datum::named_uuid("b"))],
+            mutations: vec![Mutation::new(
+                "bridges",
+                Mutator::Delete,
+                Datum::named_uuid("b"),
+            )],
         },
     ];
     assert_eq!(ops, want);
@@ -314,7 +322,10 @@ fn monitor_initial_modify_delete() {
     assert_eq!(server.len(), 6);
     let (_, events) = replay(c2s, s2c);
     assert_eq!(events.len(), 6);
-    assert_eq!(reply_result(&events[0]), &json!(["Open_vSwitch", "_Server"]));
+    assert_eq!(
+        reply_result(&events[0]),
+        &json!(["Open_vSwitch", "_Server"])
+    );
     assert_eq!(reply_result(&events[1])["name"], json!("Open_vSwitch"));
 
     let uuid: Uuid = "8d3f61e9-fcf4-4d81-823e-57975a725065".parse().unwrap();
@@ -339,10 +350,7 @@ fn monitor_initial_modify_delete() {
     };
     assert_eq!(monitor_id, &Value::Null);
     let ru = &updates.0["Bridge"][&uuid];
-    assert_eq!(
-        ru.old,
-        Some(row([("fail_mode", Datum::string("secure"))]))
-    );
+    assert_eq!(ru.old, Some(row([("fail_mode", Datum::string("secure"))])));
     assert_eq!(server[4].1["params"][1], updates.to_json());
     replica.apply(updates);
     assert_eq!(
@@ -406,4 +414,49 @@ fn server_echo_and_the_answer() {
         sent.push(Message::from_slice(&b).unwrap());
     }
     assert_eq!(sent.iter().collect::<Vec<_>>(), answers);
+}
+
+/// Untrusted bytes never panic the session: every truncation of every
+/// captured server stream, and many copies with bytes flipped, either parse
+/// or fail with an error.
+#[test]
+fn mangled_server_bytes_never_panic() {
+    let streams: [&[u8]; 5] = [
+        include_bytes!("captures/transact_insert.s2c"),
+        include_bytes!("captures/transact_wait_failed.s2c"),
+        include_bytes!("captures/transact_mixed.s2c"),
+        include_bytes!("captures/monitor.s2c"),
+        include_bytes!("captures/echo.s2c"),
+    ];
+    let t = Instant::now();
+    let feed = |bytes: &[u8]| {
+        let mut s = Session::new(SessionConfig::default(), t);
+        for i in 0..4 {
+            s.send_request("x", json!([i]));
+        }
+        let _ = s.handle_input(t, bytes);
+        while s.poll_event().is_some() {}
+        while s.poll_transmit().is_some() {}
+    };
+    let mut seed: u64 = 7;
+    let mut next = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as usize
+    };
+    for s in streams {
+        let step = (s.len() / 300).max(1);
+        for cut in (0..s.len()).step_by(step) {
+            feed(&s[..cut]);
+        }
+        for _ in 0..300 {
+            let mut m = s.to_vec();
+            for _ in 0..1 + next() % 4 {
+                let i = next() % m.len();
+                m[i] = b"{}[]\",:\\0aZ- \xff"[next() % 15];
+            }
+            feed(&m);
+        }
+    }
 }

@@ -20,6 +20,13 @@ use serde_json::json;
 
 const T: Duration = Duration::from_secs(10);
 
+/// Every await on the server is bounded: a test must fail, never hang.
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(T, f)
+        .await
+        .expect("server did not answer in time")
+}
+
 fn no_probe() -> SessionConfig {
     SessionConfig {
         probe_interval: None,
@@ -31,8 +38,11 @@ fn no_probe() -> SessionConfig {
 async fn transact_results_and_typed_errors() {
     let db = BareOvsdb::start();
     let (c, _notes) = Client::connect(&db.target(), no_probe()).await.unwrap();
-    assert_eq!(c.list_dbs().await.unwrap(), ["Open_vSwitch", "_Server"]);
-    c.echo().await.unwrap();
+    assert_eq!(
+        within(c.list_dbs()).await.unwrap(),
+        ["Open_vSwitch", "_Server"]
+    );
+    within(c.echo()).await.unwrap();
 
     let insert = |name: &str| Operation::Insert {
         table: "Bridge".into(),
@@ -44,49 +54,46 @@ async fn transact_results_and_typed_errors() {
         row: row([("bridges", Datum::named_uuid("b"))]),
         uuid_name: None,
     };
-    let r = c
-        .transact("Open_vSwitch", &[insert("br0"), root.clone()])
+    let r = within(c.transact("Open_vSwitch", &[insert("br0"), root.clone()]))
         .await
         .unwrap();
     let OpResult::Insert(br0) = r[0] else {
         panic!("{r:?}")
     };
 
-    let r = c
-        .transact(
-            "Open_vSwitch",
-            &[Operation::Select {
-                table: "Bridge".into(),
-                conditions: vec![Condition::uuid(br0)],
-                columns: Some(vec!["name".into()]),
-            }],
-        )
-        .await
-        .unwrap();
+    let r = within(c.transact(
+        "Open_vSwitch",
+        &[Operation::Select {
+            table: "Bridge".into(),
+            conditions: vec![Condition::uuid(br0)],
+            columns: Some(vec!["name".into()]),
+        }],
+    ))
+    .await
+    .unwrap();
     assert_eq!(
         r,
         vec![OpResult::Rows(vec![row([("name", Datum::string("br0"))])])]
     );
 
     // The Bridge name index: a second "br0" fails at commit.
-    let err = c
-        .transact(
-            "Open_vSwitch",
-            &[
-                insert("br0"),
-                Operation::Mutate {
-                    table: "Open_vSwitch".into(),
-                    conditions: vec![],
-                    mutations: vec![ovsdb::Mutation::new(
-                        "bridges",
-                        ovsdb::Mutator::Insert,
-                        Datum::named_uuid("b"),
-                    )],
-                },
-            ],
-        )
-        .await
-        .unwrap_err();
+    let err = within(c.transact(
+        "Open_vSwitch",
+        &[
+            insert("br0"),
+            Operation::Mutate {
+                table: "Open_vSwitch".into(),
+                conditions: vec![],
+                mutations: vec![ovsdb::Mutation::new(
+                    "bridges",
+                    ovsdb::Mutator::Insert,
+                    Datum::named_uuid("b"),
+                )],
+            },
+        ],
+    ))
+    .await
+    .unwrap_err();
     let Error::Transaction(e) = err else {
         panic!("{err}")
     };
@@ -94,31 +101,34 @@ async fn transact_results_and_typed_errors() {
     assert_eq!(e.index, None, "index violations are commit errors: {e}");
 
     // An operation-level error names the operation.
-    let err = c
-        .transact(
-            "Open_vSwitch",
-            &[
-                Operation::Comment("first".into()),
-                Operation::Update {
-                    table: "Bridge".into(),
-                    conditions: vec![Condition::uuid(br0)],
-                    row: row([("no_such_column", Datum::integer(1))]),
-                },
-            ],
-        )
-        .await
-        .unwrap_err();
+    let err = within(c.transact(
+        "Open_vSwitch",
+        &[
+            Operation::Comment("first".into()),
+            Operation::Update {
+                table: "Bridge".into(),
+                conditions: vec![Condition::uuid(br0)],
+                row: row([("no_such_column", Datum::integer(1))]),
+            },
+        ],
+    ))
+    .await
+    .unwrap_err();
     let Error::Transaction(e) = err else {
         panic!("{err}")
     };
     assert_eq!(e.index, Some(1));
     assert_eq!(e.operation, "update Bridge");
-    assert!(e.to_string().starts_with("operation 1 (update Bridge) failed: "), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("operation 1 (update Bridge) failed: "),
+        "{e}"
+    );
 
     // JSON-RPC level errors.
-    let err = c.get_schema("Nope").await.unwrap_err();
+    let err = within(c.get_schema("Nope")).await.unwrap_err();
     assert!(matches!(err, Error::Rpc { .. }), "{err}");
-    let err = c.transact("Nope", &[]).await.unwrap_err();
+    let err = within(c.transact("Nope", &[])).await.unwrap_err();
     assert!(matches!(err, Error::Rpc { .. }), "{err}");
 }
 
@@ -136,11 +146,22 @@ async fn monitor_keeps_a_replica() {
     replica.apply(&c.monitor("Open_vSwitch", json!(7), &reqs).await.unwrap());
     assert!(replica.find_by("Bridge", "name", "br0").is_some());
 
-    db.vsctl(&["add-br", "br1", "--", "set", "Bridge", "br1", "fail_mode=secure"]);
+    db.vsctl(&[
+        "add-br",
+        "br1",
+        "--",
+        "set",
+        "Bridge",
+        "br1",
+        "fail_mode=secure",
+    ]);
     db.vsctl(&["set", "Bridge", "br0", "fail_mode=standalone"]);
     db.vsctl(&["del-br", "br1"]);
     for _ in 0..3 {
-        let n = tokio::time::timeout(T, notes.recv()).await.unwrap().unwrap();
+        let n = tokio::time::timeout(T, notes.recv())
+            .await
+            .unwrap()
+            .unwrap();
         let Notification::Update {
             monitor_id,
             updates,
@@ -168,7 +189,10 @@ async fn fresh_database_gets_a_root_row_and_the_bridge() {
     let roots = common::parse_vsctl_list(&db.vsctl(&["--format=json", "list", "Open_vSwitch"]));
     assert_eq!(roots.len(), 1);
     assert_eq!(db.vsctl(&["list-br"]).trim(), "br-int");
-    assert_eq!(db.vsctl(&["get", "Bridge", "br-int", "fail_mode"]).trim(), "secure");
+    assert_eq!(
+        db.vsctl(&["get", "Bridge", "br-int", "fail_mode"]).trim(),
+        "secure"
+    );
 }
 
 /// A transaction planned from a view that has since changed is refused as a
@@ -203,7 +227,9 @@ async fn stale_plans_are_refused_by_their_guards() {
     while vs.replica().find_by("Bridge", "name", "br-int").is_none() {
         let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
     }
-    let ops = plan::plan_tunnel(&vs.replica(), &cfg, &spec).unwrap().unwrap();
+    let ops = plan::plan_tunnel(&vs.replica(), &cfg, &spec)
+        .unwrap()
+        .unwrap();
     vs.transact(&ops).await.unwrap();
     let Error::Transaction(e) = vs.transact(&ops).await.unwrap_err() else {
         panic!()
@@ -221,7 +247,15 @@ async fn answering_echo_keeps_the_session_alive() {
     let target = format!("punix:{}", probe_sock.display());
     db.vsctl(&["init"]);
     // A remote on which the server probes idle clients every second.
-    db.vsctl(&["set-manager", &target, "--", "set", "Manager", ".", "inactivity_probe=1000"]);
+    db.vsctl(&[
+        "set-manager",
+        &target,
+        "--",
+        "set",
+        "Manager",
+        ".",
+        "inactivity_probe=1000",
+    ]);
     common::wait_until(T, || probe_sock.exists());
 
     // Our probes off, so only the server's echo keeps traffic flowing.
@@ -262,10 +296,16 @@ async fn server_going_away_is_noticed_and_survived() {
     db.kill();
     tokio::time::timeout(T, c.closed()).await.unwrap();
     assert!(!c.is_connected());
-    assert!(tokio::time::timeout(T, notes.recv()).await.unwrap().is_none());
+    assert!(tokio::time::timeout(T, notes.recv())
+        .await
+        .unwrap()
+        .is_none());
     assert!(matches!(c.list_dbs().await, Err(Error::Disconnected)));
 
-    let ev = tokio::time::timeout(T, events.recv()).await.unwrap().unwrap();
+    let ev = tokio::time::timeout(T, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ev, VswitchEvent::Disconnected);
     assert!(matches!(
         vs.ensure_tunnel(&TunnelSpec {
@@ -280,7 +320,10 @@ async fn server_going_away_is_noticed_and_survived() {
     // The database survives on disk; the Vswitch reconnects by itself.
     db.restart();
     loop {
-        let ev = tokio::time::timeout(T, events.recv()).await.unwrap().unwrap();
+        let ev = tokio::time::timeout(T, events.recv())
+            .await
+            .unwrap()
+            .unwrap();
         if ev == VswitchEvent::Reconnected {
             break;
         }

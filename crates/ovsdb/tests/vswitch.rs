@@ -56,7 +56,10 @@ async fn ensure_bridge_creates_what_vsctl_shows_and_is_idempotent() {
     assert_eq!(br["datapath_type"], Datum::string("netdev"));
     assert_eq!(br["fail_mode"], Datum::string("secure"));
     assert_eq!(br["protocols"], Datum::set(PROTOCOLS));
-    assert_eq!(br["other_config"], Datum::map([("disable-in-band", "true")]));
+    assert_eq!(
+        br["other_config"],
+        Datum::map([("disable-in-band", "true")])
+    );
     assert_eq!(br["external_ids"], Datum::map([(OWNER_KEY, "stacknet")]));
     assert_eq!(sb.vsctl(&["list-ports", "br-int"]).unwrap().trim(), "");
     // ovs-vswitchd took it up: the bridge's own port got an ofport.
@@ -84,7 +87,11 @@ async fn ensure_bridge_creates_what_vsctl_shows_and_is_idempotent() {
     let mut ofports = vs.ofports();
     tokio::time::timeout(T, async {
         // Wait until our replica saw the drift.
-        while vs.replica().find_by("Bridge", "fail_mode", "standalone").is_none() {
+        while vs
+            .replica()
+            .find_by("Bridge", "fail_mode", "standalone")
+            .is_none()
+        {
             let _ = tokio::time::timeout(Duration::from_millis(50), ofports.changed()).await;
         }
     })
@@ -135,12 +142,11 @@ async fn racing_agents_create_one_of_everything() {
         agents.push(Vswitch::connect(&sb.db_remote(), cfg()).await.unwrap());
     }
     // All plan "create" from the same empty view; guards let one win.
-    let results =
-        futures_join(agents.iter().map(|a| {
-            let a = a.clone();
-            tokio::spawn(async move { a.ensure_bridge().await })
-        }))
-        .await;
+    let results = futures_join(agents.iter().map(|a| {
+        let a = a.clone();
+        tokio::spawn(async move { a.ensure_bridge().await })
+    }))
+    .await;
     let created = results.iter().filter(|r| *r.as_ref().unwrap()).count();
     assert_eq!(created, 1, "{results:?}");
     assert_eq!(bridges(&sb).len(), 1);
@@ -155,9 +161,8 @@ async fn racing_agents_create_one_of_everything() {
     }
     let ports = sb.vsctl(&["list-ports", "br-int"]).unwrap();
     assert_eq!(ports.trim(), "vx-node-2");
-    let ifaces = common::parse_vsctl_list(
-        &sb.vsctl(&["--format=json", "list", "Interface"]).unwrap(),
-    );
+    let ifaces =
+        common::parse_vsctl_list(&sb.vsctl(&["--format=json", "list", "Interface"]).unwrap());
     assert_eq!(ifaces.len(), 2, "br-int and one tunnel interface");
 }
 
@@ -177,7 +182,10 @@ async fn tunnel_ports_appear_change_and_go() {
     let vs = Vswitch::connect(&sb.db_remote(), cfg()).await.unwrap();
     vs.ensure_bridge().await.unwrap();
 
-    let name = vs.ensure_tunnel(&spec("node-2", "192.0.2.2")).await.unwrap();
+    let name = vs
+        .ensure_tunnel(&spec("node-2", "192.0.2.2"))
+        .await
+        .unwrap();
     assert_eq!(name, "vx-node-2");
     assert_eq!(get(&sb, &["Interface", &name, "type"]), "vxlan");
     assert_eq!(
@@ -201,7 +209,9 @@ async fn tunnel_ports_appear_change_and_go() {
 
     // Same spec again: nothing written, same row.
     let uuid = get(&sb, &["Interface", &name, "_uuid"]);
-    vs.ensure_tunnel(&spec("node-2", "192.0.2.2")).await.unwrap();
+    vs.ensure_tunnel(&spec("node-2", "192.0.2.2"))
+        .await
+        .unwrap();
     assert_eq!(get(&sb, &["Interface", &name, "_uuid"]), uuid);
 
     // The peer's address changed: updated in place, ofport kept.
@@ -235,9 +245,14 @@ async fn tunnel_ports_appear_change_and_go() {
         "vx-node-4"
     );
     let ifaces = sb.vsctl(&["--columns=name", "list", "Interface"]).unwrap();
-    assert!(!ifaces.contains("vx-node-2"), "rows are garbage-collected: {ifaces}");
+    assert!(
+        !ifaces.contains("vx-node-2"),
+        "rows are garbage-collected: {ifaces}"
+    );
     let m = vs
-        .wait_ofports(T, |m| m.port("vx-node-2").is_none() && m.port("vx-node-4").is_some())
+        .wait_ofports(T, |m| {
+            m.port("vx-node-2").is_none() && m.port("vx-node-4").is_some()
+        })
         .await
         .unwrap();
     assert!(m.port(&long).is_none());
@@ -249,8 +264,15 @@ async fn tunnel_ports_appear_change_and_go() {
 
     // A port by that name that is not ours is refused, and left alone.
     sb.vsctl(&[
-        "add-port", "br-int", "vx-node-5", "--", "set", "Interface", "vx-node-5",
-        "type=vxlan", "options:remote_ip=192.0.2.5",
+        "add-port",
+        "br-int",
+        "vx-node-5",
+        "--",
+        "set",
+        "Interface",
+        "vx-node-5",
+        "type=vxlan",
+        "options:remote_ip=192.0.2.5",
     ])
     .unwrap();
     let err = vs
@@ -274,7 +296,14 @@ async fn ofport_map_follows_interfaces() {
     let mut rx = vs.ofports();
 
     sb.vsctl(&[
-        "add-port", "br-int", "p1", "--", "set", "Interface", "p1", "type=internal",
+        "add-port",
+        "br-int",
+        "p1",
+        "--",
+        "set",
+        "Interface",
+        "p1",
+        "type=internal",
         "external_ids:iface-id=nic-1",
     ])
     .unwrap();
@@ -298,7 +327,14 @@ async fn ofport_map_follows_interfaces() {
     // Ports on another bridge are not in br-int's map.
     sb.add_bridge("br-phy").unwrap();
     sb.vsctl(&[
-        "add-port", "br-phy", "p9", "--", "set", "Interface", "p9", "type=internal",
+        "add-port",
+        "br-phy",
+        "p9",
+        "--",
+        "set",
+        "Interface",
+        "p9",
+        "type=internal",
         "external_ids:iface-id=nic-9",
     ])
     .unwrap();
@@ -326,7 +362,10 @@ async fn vswitchd_restart_is_noticed() {
     let mut events = vs.events();
 
     sb.kill_vswitchd().unwrap();
-    let ev = tokio::time::timeout(T, events.recv()).await.unwrap().unwrap();
+    let ev = tokio::time::timeout(T, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ev, VswitchEvent::VswitchdDown);
     assert_eq!(*vs.vswitchd_state().borrow(), VswitchdState::Down);
 
@@ -336,7 +375,10 @@ async fn vswitchd_restart_is_noticed() {
     })
     .await
     .unwrap();
-    let ev = tokio::time::timeout(T, events.recv()).await.unwrap().unwrap();
+    let ev = tokio::time::timeout(T, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ev, VswitchEvent::VswitchdUp);
     // The restarted ovs-vswitchd configured itself (it held its lock, so
     // our probing did not get in its way).
@@ -350,9 +392,15 @@ async fn vswitchd_restart_is_noticed() {
     })
     .await
     .unwrap();
-    let ev = tokio::time::timeout(T, events.recv()).await.unwrap().unwrap();
+    let ev = tokio::time::timeout(T, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ev, VswitchEvent::VswitchdDown);
-    let ev = tokio::time::timeout(T, events.recv()).await.unwrap().unwrap();
+    let ev = tokio::time::timeout(T, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ev, VswitchEvent::VswitchdUp);
     drop(sb);
 }

@@ -54,8 +54,15 @@ impl ApiClient {
         let http = Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| LabError::Api { method: "-", path: String::new(), detail: e.to_string() })?;
-        Ok(ApiClient { base: base.into(), http })
+            .map_err(|e| LabError::Api {
+                method: "-",
+                path: String::new(),
+                detail: e.to_string(),
+            })?;
+        Ok(ApiClient {
+            base: base.into(),
+            http,
+        })
     }
 
     pub fn base(&self) -> &str {
@@ -119,7 +126,10 @@ impl Cloud {
     /// A lab of `nodes` nodes, flowctl with the API, every node registered
     /// and its agent started.
     pub fn start(nodes: usize) -> Result<Cloud> {
-        let mut lab = Lab::new(LabConfig { nodes, ..LabConfig::default() })?;
+        let mut lab = Lab::new(LabConfig {
+            nodes,
+            ..LabConfig::default()
+        })?;
         lab.start_flowctl(&FlowctlSpec::default())?;
         let api = ApiClient::new(lab.api_url()?)?;
         for i in 0..nodes {
@@ -136,12 +146,15 @@ impl Cloud {
     }
 
     pub fn vpc(&self, name: &str, cidr: &str) -> Result<Value> {
-        self.api.create("/v1/vpcs", &json!({"name": name, "cidrs": [cidr]}))
+        self.api
+            .create("/v1/vpcs", &json!({"name": name, "cidrs": [cidr]}))
     }
 
     pub fn subnet(&self, vpc: &Value, name: &str, cidr: &str) -> Result<Value> {
-        self.api
-            .create("/v1/subnets", &json!({"vpc_id": vpc["id"], "name": name, "cidr": cidr}))
+        self.api.create(
+            "/v1/subnets",
+            &json!({"vpc_id": vpc["id"], "name": name, "cidr": cidr}),
+        )
     }
 
     /// A NIC in `subnet` bound to lab node `node`, with `ip` if given.
@@ -191,18 +204,23 @@ impl Cloud {
 }
 
 fn str_of(v: &Value) -> Result<&str> {
-    v.as_str().ok_or_else(|| LabError::Invalid(format!("expected a string, got {v}")))
+    v.as_str()
+        .ok_or_else(|| LabError::Invalid(format!("expected a string, got {v}")))
 }
 
 fn parse<T: std::str::FromStr>(v: &Value, what: &'static str) -> Result<T> {
-    str_of(v)?
-        .parse()
-        .map_err(|_| LabError::Parse { what, output: v.to_string() })
+    str_of(v)?.parse().map_err(|_| LabError::Parse {
+        what,
+        output: v.to_string(),
+    })
 }
 
 fn prefix_len(subnet: &Value) -> Result<u8> {
     let cidr = str_of(&subnet["cidr"])?;
     cidr.split_once('/')
         .and_then(|(_, l)| l.parse().ok())
-        .ok_or_else(|| LabError::Parse { what: "subnet cidr", output: cidr.to_string() })
+        .ok_or_else(|| LabError::Parse {
+            what: "subnet cidr",
+            output: cidr.to_string(),
+        })
 }

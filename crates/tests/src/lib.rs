@@ -15,7 +15,7 @@ pub mod process;
 pub mod traffic;
 pub mod util;
 
-pub use cloud::{ApiClient, Answer, Cloud};
+pub use cloud::{Answer, ApiClient, Cloud};
 pub use error::{LabError, Result};
 pub use lab::{Lab, LabConfig, Node, Vm, VmAddr, VmSpec};
 pub use netns::Netns;

@@ -85,13 +85,20 @@ fn routed_between_subnets_on_the_source_node() {
         .collect();
     assert!(requests.len() >= 3, "echo requests seen at b: {requests:?}");
     for f in &requests {
-        assert_eq!(f.src_mac, gw2_mac, "routed frames come from the gateway MAC");
+        assert_eq!(
+            f.src_mac, gw2_mac,
+            "routed frames come from the gateway MAC"
+        );
         assert_eq!(f.dst_mac, b_mac);
         assert_eq!(f.ttl, 63, "TTL decremented exactly once (ping sends 64)");
     }
 
     let lab = &cloud.lab;
-    let t = lab.vm("b").unwrap().tcp_to(lab.vm("a").unwrap(), ip_a, 5003, 1 << 20).unwrap();
+    let t = lab
+        .vm("b")
+        .unwrap()
+        .tcp_to(lab.vm("a").unwrap(), ip_a, 5003, 1 << 20)
+        .unwrap();
     assert_eq!(t.bytes, 1 << 20);
 }
 
@@ -104,31 +111,61 @@ fn overlapping_vpcs_stay_apart() {
     for tenant in ["red", "blue"] {
         let vpc = cloud.vpc(tenant, "10.30.0.0/16").unwrap();
         let sn = cloud.subnet(&vpc, "s", "10.30.1.0/24").unwrap();
-        let x = cloud.nic(&sn, 0, Some(Ipv4Addr::new(10, 30, 1, 10))).unwrap();
-        let y = cloud.nic(&sn, 1, Some(Ipv4Addr::new(10, 30, 1, 20))).unwrap();
+        let x = cloud
+            .nic(&sn, 0, Some(Ipv4Addr::new(10, 30, 1, 10)))
+            .unwrap();
+        let y = cloud
+            .nic(&sn, 1, Some(Ipv4Addr::new(10, 30, 1, 20)))
+            .unwrap();
         cloud.vm(&format!("{tenant}x"), &x, &sn).unwrap();
         cloud.vm(&format!("{tenant}y"), &y, &sn).unwrap();
         pairs.push((vpc, x, y));
     }
     let target = Ipv4Addr::new(10, 30, 1, 20);
-    cloud.lab.vm("redx").unwrap().wait_ping(target, SETTLE).unwrap();
-    cloud.lab.vm("bluex").unwrap().wait_ping(target, SETTLE).unwrap();
+    cloud
+        .lab
+        .vm("redx")
+        .unwrap()
+        .wait_ping(target, SETTLE)
+        .unwrap();
+    cloud
+        .lab
+        .vm("bluex")
+        .unwrap()
+        .wait_ping(target, SETTLE)
+        .unwrap();
 
     // While red pings 10.30.1.20, blue's VM with that address sees nothing.
-    let blue_y = cloud.lab.vm_mut("bluey").unwrap().capture("icmp or arp").unwrap();
+    let blue_y = cloud
+        .lab
+        .vm_mut("bluey")
+        .unwrap()
+        .capture("icmp or arp")
+        .unwrap();
     let red = cloud.lab.ping("redx", target, 5).unwrap();
     assert!(red.all_received(), "{red:?}");
     let leaked = cap_stop(blue_y);
-    assert!(leaked.is_empty(), "blue saw red's traffic: {} frames", leaked.len());
+    assert!(
+        leaked.is_empty(),
+        "blue saw red's traffic: {} frames",
+        leaked.len()
+    );
 
     let (_, _, red_y) = &pairs[0];
     let (_, _, blue_y) = &pairs[1];
-    assert_ne!(red_y["mac"], blue_y["mac"], "test premise: the two VMs differ by MAC only");
+    assert_ne!(
+        red_y["mac"], blue_y["mac"],
+        "test premise: the two VMs differ by MAC only"
+    );
     let red_y_cap = cloud.lab.vm_mut("redy").unwrap().capture("icmp").unwrap();
     let blue = cloud.lab.ping("bluex", target, 5).unwrap();
     assert!(blue.all_received(), "{blue:?}");
     let leaked = cap_stop(red_y_cap);
-    assert!(leaked.is_empty(), "red saw blue's traffic: {} frames", leaked.len());
+    assert!(
+        leaked.is_empty(),
+        "red saw blue's traffic: {} frames",
+        leaked.len()
+    );
 }
 
 /// Scenario 4: ARP for an address nobody owns is not flooded to other nodes;
@@ -143,7 +180,12 @@ fn arp_is_answered_locally_and_never_flooded() {
     let b = cloud.nic(&sn, 1, None).unwrap();
     cloud.vm("a", &a, &sn).unwrap();
     cloud.vm("b", &b, &sn).unwrap();
-    cloud.lab.vm("a").unwrap().wait_ping(ip(&b["ip"]), SETTLE).unwrap();
+    cloud
+        .lab
+        .vm("a")
+        .unwrap()
+        .wait_ping(ip(&b["ip"]), SETTLE)
+        .unwrap();
 
     let underlay = cloud.lab.underlay_bridge().to_string();
     let tunnel = cloud
@@ -156,10 +198,22 @@ fn arp_is_answered_locally_and_never_flooded() {
     let unknown = va.arping(Ipv4Addr::new(10, 40, 1, 200)).unwrap();
     let crossed = cap_stop(tunnel);
 
-    assert_eq!(known.as_deref(), b["mac"].as_str(), "remote VM's MAC answered");
-    assert_eq!(gateway.as_deref(), sn["gateway_mac"].as_str(), "gateway answered");
+    assert_eq!(
+        known.as_deref(),
+        b["mac"].as_str(),
+        "remote VM's MAC answered"
+    );
+    assert_eq!(
+        gateway.as_deref(),
+        sn["gateway_mac"].as_str(),
+        "gateway answered"
+    );
     assert_eq!(unknown, None, "nobody owns 10.40.1.200");
-    assert!(crossed.is_empty(), "ARP crossed the underlay: {} VXLAN frames", crossed.len());
+    assert!(
+        crossed.is_empty(),
+        "ARP crossed the underlay: {} VXLAN frames",
+        crossed.len()
+    );
 }
 
 /// Scenario 5: a real DHCP client gets the address the API allocated, the
@@ -193,7 +247,12 @@ fn dhcp_gives_the_allocated_address() {
     assert_eq!(lease.server_id, Some(ip(&sn["gateway_ip"])));
 
     // The lease is usable: the VM talks to the other node with it.
-    cloud.lab.vm("a").unwrap().wait_ping(ip(&b["ip"]), SETTLE).unwrap();
+    cloud
+        .lab
+        .vm("a")
+        .unwrap()
+        .wait_ping(ip(&b["ip"]), SETTLE)
+        .unwrap();
 }
 
 /// Scenario 6: deleting a NIC stops its traffic and removes its flows on
@@ -213,14 +272,19 @@ fn deleting_a_nic_removes_it_everywhere() {
     let b_mac = b["mac"].as_str().unwrap().to_string();
     for node in cloud.lab.nodes() {
         let flows = node.flows("br-int").unwrap();
-        assert!(flows.contains(&b_mac), "{} should know b before: {flows}", node.name());
+        assert!(
+            flows.contains(&b_mac),
+            "{} should know b before: {flows}",
+            node.name()
+        );
     }
 
     let gone = cloud.api.delete(&format!("/v1/nics/{}", id(&b))).unwrap();
     assert_eq!(gone.status, 204, "{:?}", gone.body);
     for node in cloud.lab.nodes() {
         wait_until(SETTLE, &format!("{} to forget b", node.name()), || {
-            node.flows("br-int").is_ok_and(|f| !f.contains(&b_mac) && !f.contains(&ip_b.to_string()))
+            node.flows("br-int")
+                .is_ok_and(|f| !f.contains(&b_mac) && !f.contains(&ip_b.to_string()))
         })
         .unwrap();
     }
@@ -235,7 +299,10 @@ fn deleting_a_nic_removes_it_everywhere() {
     })
     .unwrap();
     let n0 = cloud.lab.node(0).unwrap().flows("br-int").unwrap();
-    assert!(n0.contains(&vni_hex), "node0 still carries the VPC (a is there): {n0}");
+    assert!(
+        n0.contains(&vni_hex),
+        "node0 still carries the VPC (a is there): {n0}"
+    );
 }
 
 /// Scenario 7: bad input through the API gets the right 4xx with a clear
@@ -245,7 +312,9 @@ fn bad_input_changes_nothing() {
     let mut cloud = start(2);
     let vpc = cloud.vpc("strict", "10.70.0.0/16").unwrap();
     let sn = cloud.subnet(&vpc, "s", "10.70.1.0/24").unwrap();
-    let a = cloud.nic(&sn, 0, Some(Ipv4Addr::new(10, 70, 1, 10))).unwrap();
+    let a = cloud
+        .nic(&sn, 0, Some(Ipv4Addr::new(10, 70, 1, 10)))
+        .unwrap();
     cloud.vm("a", &a, &sn).unwrap();
 
     let api = &cloud.api;
@@ -265,41 +334,90 @@ fn bad_input_changes_nothing() {
     let before = snapshot(&cloud);
 
     let cases: Vec<(&str, Value, u16, &str)> = vec![
-        ("/v1/subnets", json!({"vpc_id": vpc["id"], "name": "o", "cidr": "10.70.1.128/25"}), 409, "overlap"),
-        ("/v1/subnets", json!({"vpc_id": vpc["id"], "name": "x", "cidr": "10.70.300.0/24"}), 400, "cidr"),
-        ("/v1/nics", json!({"subnet_id": sn["id"], "ip": "10.99.0.5"}), 422, "ip"),
-        ("/v1/nics", json!({"subnet_id": sn["id"], "ip": "10.70.1.10"}), 409, "10.70.1.10"),
-        ("/v1/vpcs", json!({"name": "bad", "cidrs": ["10.0.0.0/33"]}), 400, "cidr"),
-        ("/v1/nics", json!({"subnet_id": sn["id"], "colour": "blue"}), 400, "colour"),
+        (
+            "/v1/subnets",
+            json!({"vpc_id": vpc["id"], "name": "o", "cidr": "10.70.1.128/25"}),
+            409,
+            "overlap",
+        ),
+        (
+            "/v1/subnets",
+            json!({"vpc_id": vpc["id"], "name": "x", "cidr": "10.70.300.0/24"}),
+            400,
+            "cidr",
+        ),
+        (
+            "/v1/nics",
+            json!({"subnet_id": sn["id"], "ip": "10.99.0.5"}),
+            422,
+            "ip",
+        ),
+        (
+            "/v1/nics",
+            json!({"subnet_id": sn["id"], "ip": "10.70.1.10"}),
+            409,
+            "10.70.1.10",
+        ),
+        (
+            "/v1/vpcs",
+            json!({"name": "bad", "cidrs": ["10.0.0.0/33"]}),
+            400,
+            "cidr",
+        ),
+        (
+            "/v1/nics",
+            json!({"subnet_id": sn["id"], "colour": "blue"}),
+            400,
+            "colour",
+        ),
     ];
     for (path, body, status, needle) in &cases {
         let got = api.post(path, body).unwrap();
         assert!(
-            got.status.as_u16() == *status
-                || (*status == 400 && got.status.as_u16() == 422),
+            got.status.as_u16() == *status || (*status == 400 && got.status.as_u16() == 422),
             "POST {path} {body}: want {status}, got {} {}",
             got.status,
             got.body
         );
         assert!(
-            got.body.to_string().to_lowercase().contains(&needle.to_lowercase()),
+            got.body
+                .to_string()
+                .to_lowercase()
+                .contains(&needle.to_lowercase()),
             "POST {path}: message should name {needle:?}: {}",
             got.body
         );
     }
-    assert_eq!(before, snapshot(&cloud), "a rejected request changed something");
+    assert_eq!(
+        before,
+        snapshot(&cloud),
+        "a rejected request changed something"
+    );
 
     // A Set holds at most 45 nodes: two are in already, 43 more fit.
     for i in 0..43u8 {
-        api.create("/v1/nodes", &json!({"name": format!("extra{i}"), "underlay_ip": format!("198.18.0.{}", i + 1)}))
-            .unwrap();
+        api.create(
+            "/v1/nodes",
+            &json!({"name": format!("extra{i}"), "underlay_ip": format!("198.18.0.{}", i + 1)}),
+        )
+        .unwrap();
     }
     let full = api
-        .post("/v1/nodes", &json!({"name": "extra-last", "underlay_ip": "198.18.1.1"}))
+        .post(
+            "/v1/nodes",
+            &json!({"name": "extra-last", "underlay_ip": "198.18.1.1"}),
+        )
         .unwrap();
     assert_eq!(full.status, 409, "{}", full.body);
-    assert!(full.detail().contains("default"), "names the Set: {}", full.body);
-    assert_eq!(api.get("/v1/nodes").unwrap().body.as_array().unwrap().len(), 45);
+    assert!(
+        full.detail().contains("default"),
+        "names the Set: {}",
+        full.body
+    );
+    assert_eq!(
+        api.get("/v1/nodes").unwrap().body.as_array().unwrap().len(),
+        45
+    );
 }
 
 /// An ICMP frame's addressing, as seen on the wire.

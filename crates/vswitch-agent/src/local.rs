@@ -64,7 +64,10 @@ impl LocalState {
     /// Writes the record atomically: a crash leaves the old or the new one.
     pub fn store(&self, record: &Persisted) -> Result<(), LocalStateError> {
         let path = self.path();
-        let io = |source| LocalStateError::Io { path: path.clone(), source };
+        let io = |source| LocalStateError::Io {
+            path: path.clone(),
+            source,
+        };
         std::fs::create_dir_all(&self.dir).map_err(io)?;
         let tmp = self.dir.join(format!("{FILE}.tmp"));
         let bytes = serde_json::to_vec(record).map_err(|source| LocalStateError::Corrupt {
@@ -94,7 +97,10 @@ mod tests {
         assert_eq!(local.load().unwrap(), Persisted::default());
         let record = Persisted {
             generation: 7,
-            state: Some(NodeState { revision: 42, ..NodeState::default() }),
+            state: Some(NodeState {
+                revision: 42,
+                ..NodeState::default()
+            }),
         };
         local.store(&record).unwrap();
         assert_eq!(local.load().unwrap(), record);

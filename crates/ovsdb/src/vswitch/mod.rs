@@ -172,14 +172,7 @@ fn monitor_requests() -> BTreeMap<String, MonitorRequest> {
         ),
         (
             "Interface".to_string(),
-            MonitorRequest::columns([
-                "name",
-                "type",
-                "options",
-                "external_ids",
-                "ofport",
-                "error",
-            ]),
+            MonitorRequest::columns(["name", "type", "options", "external_ids", "ofport", "error"]),
         ),
     ])
 }
@@ -339,9 +332,7 @@ impl Vswitch {
     }
 
     fn client(&self) -> Result<Client> {
-        lock(&self.inner.client)
-            .clone()
-            .ok_or(Error::Disconnected)
+        lock(&self.inner.client).clone().ok_or(Error::Disconnected)
     }
 
     /// The write loop: plan from the replica, send, and repeat until the
@@ -438,7 +429,11 @@ impl Inner {
             if *m == map {
                 return false;
             }
-            tracing::debug!(ports = map.by_name.len(), nics = map.by_iface_id.len(), "ofport map changed");
+            tracing::debug!(
+                ports = map.by_name.len(),
+                nics = map.by_iface_id.len(),
+                "ofport map changed"
+            );
             *m = map;
             true
         });

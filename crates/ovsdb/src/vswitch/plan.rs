@@ -221,7 +221,10 @@ fn create_bridge(replica: &Replica, cfg: &BridgeConfig) -> Vec<Operation> {
                 ("fail_mode", Datum::string("secure")),
                 ("protocols", Datum::set(PROTOCOLS)),
                 ("other_config", Datum::map([("disable-in-band", "true")])),
-                ("external_ids", Datum::map([(OWNER_KEY, cfg.owner.as_str())])),
+                (
+                    "external_ids",
+                    Datum::map([(OWNER_KEY, cfg.owner.as_str())]),
+                ),
                 ("ports", Datum::named_uuid("port")),
             ]),
             uuid_name: Some("bridge".into()),
@@ -280,7 +283,10 @@ pub fn plan_tunnel(
     let (br_uuid, br) = bridge_or_err(replica, cfg)?;
     let name = tunnel_port_name(&spec.peer);
     let options = tunnel_options(spec);
-    let ids = [(OWNER_KEY, cfg.owner.as_str()), (PEER_KEY, spec.peer.as_str())];
+    let ids = [
+        (OWNER_KEY, cfg.owner.as_str()),
+        (PEER_KEY, spec.peer.as_str()),
+    ];
 
     let Some((port_uuid, port)) = replica.find_by("Port", "name", &name) else {
         return Ok(Some(vec![
@@ -417,7 +423,9 @@ pub fn tunnels(replica: &Replica, cfg: &BridgeConfig) -> Vec<TunnelPort> {
             local_ip: iface
                 .and_then(|i| map_get(i, "options", "local_ip"))
                 .map(str::to_string),
-            ofport: iface.and_then(|i| i.get("ofport")).and_then(Datum::as_integer),
+            ofport: iface
+                .and_then(|i| i.get("ofport"))
+                .and_then(Datum::as_integer),
         });
     }
     out.sort_by(|a, b| a.peer.cmp(&b.peer));
@@ -457,11 +465,7 @@ pub fn plan_remove_tunnels(
         vec![Operation::Mutate {
             table: "Bridge".into(),
             conditions: vec![Condition::uuid(br_uuid)],
-            mutations: vec![Mutation::new(
-                "ports",
-                Mutator::Delete,
-                Datum::set(gone),
-            )],
+            mutations: vec![Mutation::new("ports", Mutator::Delete, Datum::set(gone))],
         }],
         names,
     ))
@@ -534,7 +538,11 @@ mod tests {
 
     #[test]
     fn creates_bridge_with_guard() {
-        let rep = replica_with(vec![("Open_vSwitch", u(1), row([("bridges", Datum::empty())]))]);
+        let rep = replica_with(vec![(
+            "Open_vSwitch",
+            u(1),
+            row([("bridges", Datum::empty())]),
+        )]);
         let ops = plan_bridge(&rep, &cfg()).unwrap().unwrap();
         assert!(matches!(&ops[0], Operation::Wait { table, .. } if table == "Bridge"));
         let Operation::Insert { row: br, .. } = &ops[3] else {
@@ -545,14 +553,18 @@ mod tests {
         assert_eq!(br["other_config"].map_get("disable-in-band"), Some("true"));
         assert_eq!(br["external_ids"].map_get(OWNER_KEY), Some("stacknet"));
         assert_eq!(br["protocols"].strings().count(), 4);
-        assert!(matches!(&ops[4], Operation::Mutate { table, conditions, .. }
-            if table == "Open_vSwitch" && conditions == &vec![Condition::uuid(u(1))]));
+        assert!(
+            matches!(&ops[4], Operation::Mutate { table, conditions, .. }
+            if table == "Open_vSwitch" && conditions == &vec![Condition::uuid(u(1))])
+        );
     }
 
     #[test]
     fn creates_root_row_in_a_fresh_database() {
         let ops = plan_bridge(&Replica::new(), &cfg()).unwrap().unwrap();
-        assert!(matches!(ops.last(), Some(Operation::Insert { table, .. }) if table == "Open_vSwitch"));
+        assert!(
+            matches!(ops.last(), Some(Operation::Insert { table, .. }) if table == "Open_vSwitch")
+        );
     }
 
     #[test]
@@ -570,7 +582,10 @@ mod tests {
         let rep = replica_with(vec![("Bridge", u(2), br)]);
         let ops = plan_bridge(&rep, &cfg()).unwrap().unwrap();
         assert_eq!(ops.len(), 2);
-        let Operation::Update { row, conditions, .. } = &ops[0] else {
+        let Operation::Update {
+            row, conditions, ..
+        } = &ops[0]
+        else {
             panic!()
         };
         assert_eq!(conditions, &vec![Condition::uuid(u(2))]);
@@ -580,9 +595,13 @@ mod tests {
         };
         // Only our keys, set by delete+insert so others' keys survive.
         assert_eq!(mutations.len(), 4);
-        assert!(mutations.iter().all(|m| matches!(m.mutator, Mutator::Delete | Mutator::Insert)));
+        assert!(mutations
+            .iter()
+            .all(|m| matches!(m.mutator, Mutator::Delete | Mutator::Insert)));
         // Nothing deletes or re-creates the bridge.
-        assert!(!ops.iter().any(|o| matches!(o, Operation::Delete { .. } | Operation::Insert { .. })));
+        assert!(!ops
+            .iter()
+            .any(|o| matches!(o, Operation::Delete { .. } | Operation::Insert { .. })));
     }
 
     #[test]
@@ -602,7 +621,10 @@ mod tests {
         let mut br = good_bridge();
         br.insert("external_ids".into(), Datum::map([(OWNER_KEY, "other")]));
         let rep = replica_with(vec![("Bridge", u(2), br)]);
-        assert!(matches!(plan_bridge(&rep, &cfg()), Err(Error::NotOwned { .. })));
+        assert!(matches!(
+            plan_bridge(&rep, &cfg()),
+            Err(Error::NotOwned { .. })
+        ));
     }
 
     fn spec() -> TunnelSpec {
@@ -657,7 +679,10 @@ mod tests {
             ("key", "flow"),
             ("local_ip", "192.0.2.1"),
         ]);
-        assert_eq!(plan_tunnel(&with_tunnel(exact, "stacknet"), &cfg(), &spec()).unwrap(), None);
+        assert_eq!(
+            plan_tunnel(&with_tunnel(exact, "stacknet"), &cfg(), &spec()).unwrap(),
+            None
+        );
 
         // The peer moved: only the interface's options change.
         let old = Datum::map([("remote_ip", "192.0.2.99"), ("key", "flow")]);
@@ -668,7 +693,10 @@ mod tests {
         assert!(matches!(&ops[0], Operation::Update { table, .. } if table == "Interface"));
 
         let foreign = with_tunnel(Datum::map([("remote_ip", "192.0.2.2")]), "someone");
-        assert!(matches!(plan_tunnel(&foreign, &cfg(), &spec()), Err(Error::NotOwned { .. })));
+        assert!(matches!(
+            plan_tunnel(&foreign, &cfg(), &spec()),
+            Err(Error::NotOwned { .. })
+        ));
         assert!(plan_tunnel(&Replica::new(), &cfg(), &spec()).is_err());
     }
 

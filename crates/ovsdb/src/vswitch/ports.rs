@@ -43,7 +43,9 @@ impl OfportMap {
                 Some(n) if n > 0 => {
                     let Ok(n) = u32::try_from(n) else { continue };
                     m.by_name.insert(name.to_string(), n);
-                    if let Some(id) = iface.get("external_ids").and_then(|d| d.map_get("iface-id"))
+                    if let Some(id) = iface
+                        .get("external_ids")
+                        .and_then(|d| d.map_get("iface-id"))
                     {
                         m.by_iface_id.insert(id.to_string(), n);
                     }

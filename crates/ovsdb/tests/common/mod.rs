@@ -20,7 +20,10 @@ pub struct BareOvsdb {
 
 impl BareOvsdb {
     pub fn start() -> BareOvsdb {
-        let dir = tempfile::Builder::new().prefix("snovsdb").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("snovsdb")
+            .tempdir()
+            .unwrap();
         let st = Command::new("ovsdb-tool")
             .arg("create")
             .arg(dir.path().join("conf.db"))
@@ -35,13 +38,25 @@ impl BareOvsdb {
 
     fn spawn(&mut self) {
         let d = self.dir.path();
-        let child = Command::new("ovsdb-server")
+        // setpriv execs ovsdb-server with a parent-death signal, so it goes
+        // away with the test thread even if the test process is killed
+        // before Drop runs.
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "ovsdb-server"])
             .arg(d.join("conf.db"))
             .arg(format!("--remote=punix:{}", self.socket().display()))
             // Lets a Manager row configure a probing remote (echo test).
             .arg("--remote=db:Open_vSwitch,Open_vSwitch,manager_options")
-            .arg(format!("--unixctl={}", d.join("ovsdb-server.ctl").display()))
-            .arg(format!("--log-file={}", d.join("ovsdb-server.log").display()))
+            .arg(format!(
+                "--unixctl={}",
+                d.join("ovsdb-server.ctl").display()
+            ))
+            .arg(format!(
+                "--log-file={}",
+                d.join("ovsdb-server.log").display()
+            ))
+            // Every message in the log, shown when a test fails.
+            .arg("-vjsonrpc:file:dbg")
             .env("OVS_RUNDIR", d)
             .env("OVS_DBDIR", d)
             .env("OVS_LOGDIR", d)
@@ -102,6 +117,15 @@ impl BareOvsdb {
 
 impl Drop for BareOvsdb {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self.dir().join("ovsdb-server.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "ovsdb-server log (tail):\n{}",
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
         self.kill();
     }
 }
@@ -109,7 +133,10 @@ impl Drop for BareOvsdb {
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) {
     let end = std::time::Instant::now() + timeout;
     while !cond() {
-        assert!(std::time::Instant::now() < end, "condition not met in {timeout:?}");
+        assert!(
+            std::time::Instant::now() < end,
+            "condition not met in {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -127,7 +154,12 @@ pub fn parse_vsctl_list(json_text: &str) -> Vec<Row> {
             headings
                 .iter()
                 .cloned()
-                .zip(r.as_array().unwrap().iter().map(|c| Datum::from_json(c).unwrap()))
+                .zip(
+                    r.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|c| Datum::from_json(c).unwrap()),
+                )
                 .collect::<BTreeMap<_, _>>()
         })
         .collect()

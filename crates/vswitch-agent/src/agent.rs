@@ -1,0 +1,419 @@
+//! The node loop: desired state in (from flowctl or the local copy), flows
+//! and tunnel ports out, acks back.
+//!
+//! Every input — an update from flowctl, an ofport change, an ovs-vswitchd
+//! restart — only marks the node dirty; one `sync` then renders the whole
+//! pipeline, diffs it against what is installed and applies the difference
+//! in one atomic bundle. Bursts coalesce into one sync.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use openflow::Flow;
+use ovsdb::vswitch::{BridgeConfig, TunnelSpec, Vswitch, VswitchEvent};
+use proto::{NodeState, Revision};
+use tokio::sync::mpsc;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::control::{ControlClient, ControlConfig, Update};
+use crate::dhcp;
+use crate::local::{LocalState, Persisted};
+use crate::pipeline::{self, PortMap};
+use crate::reconcile;
+use crate::switch::Switch;
+
+/// How the agent reaches everything.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub node: String,
+    pub token: String,
+    /// flowctl agent endpoints, tried in turn.
+    pub flowctl: Vec<String>,
+    /// OVSDB target, `unix:/path/db.sock`.
+    pub ovsdb: String,
+    pub bridge: String,
+    /// `netdev` (userspace) or `system` (kernel) datapath.
+    pub datapath_type: String,
+    /// OpenFlow target of the bridge, `unix:/path/br-int.mgmt`.
+    pub openflow: String,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("local state")]
+    Local(#[from] crate::local::LocalStateError),
+    #[error("OVSDB")]
+    Ovsdb(#[from] ovsdb::Error),
+    #[error("OpenFlow")]
+    OpenFlow(#[from] crate::switch::SwitchError),
+}
+
+/// After a failed apply, try again this soon.
+const RETRY: Duration = Duration::from_secs(1);
+/// Packet-ins a NIC may trigger per second (and burst): tenants control them.
+const PACKET_IN_RATE: f64 = 20.0;
+const PACKET_IN_BURST: u32 = 40;
+
+/// Runs the agent until `shutdown` resolves. Flows stay installed when it
+/// returns: the data path must outlive the agent.
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let span = info_span!("agent", node = %cfg.node);
+    async move {
+        let local = LocalState::new(&cfg.state_dir);
+        let persisted = local.load()?;
+        let generation = persisted.generation.wrapping_add(1).max(1);
+        // Claim the generation before writing any flow with it.
+        local.store(&Persisted {
+            generation,
+            state: persisted.state.clone(),
+        })?;
+        info!(generation, resumed = ?persisted.state.as_ref().map(|s| s.revision), "starting");
+
+        let vswitch = Vswitch::connect(
+            &cfg.ovsdb,
+            BridgeConfig::new(&cfg.bridge, &cfg.datapath_type),
+        )
+        .await?;
+        vswitch.ensure_bridge().await?;
+        let switch = Switch::connect(&cfg.openflow).await?;
+
+        let (updates, acks) = spawn_control(&cfg, persisted.state.as_ref().map(|s| s.revision));
+        let mut node = Node {
+            vswitch,
+            switch,
+            local,
+            generation,
+            desired: persisted.state,
+            installed: Vec::new(),
+            persisted_revision: None,
+            last_ack: None,
+            acks,
+            packet_in_limit: dhcp::RateLimiter::new(PACKET_IN_RATE, PACKET_IN_BURST),
+        };
+        node.installed = node.switch.dump_ours().await?;
+        node.persisted_revision = node.desired.as_ref().map(|s| s.revision);
+        node.event_loop(updates, shutdown).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// What the control task sends back: acks and nacks.
+enum Report {
+    Ack {
+        revision: Revision,
+        ready: Vec<String>,
+    },
+    Nack {
+        revision: Revision,
+        error: String,
+    },
+}
+
+/// Runs the flowctl client in its own task so a slow or dead control plane
+/// never holds up the data path.
+fn spawn_control(
+    cfg: &AgentConfig,
+    last_applied: Option<Revision>,
+) -> (mpsc::Receiver<Update>, mpsc::Sender<Report>) {
+    let (update_tx, update_rx) = mpsc::channel(64);
+    let (report_tx, mut report_rx) = mpsc::channel::<Report>(64);
+    let control = ControlConfig::new(cfg.flowctl.clone(), cfg.node.clone(), cfg.token.clone())
+        .resume_from(last_applied);
+    let mut client = ControlClient::new(control);
+    tokio::spawn(
+        async move {
+            loop {
+                tokio::select! {
+                    update = client.next() => {
+                        if update_tx.send(update).await.is_err() {
+                            return;
+                        }
+                    }
+                    report = report_rx.recv() => match report {
+                        Some(Report::Ack { revision, ready }) => client.ack(revision, ready).await,
+                        Some(Report::Nack { revision, error }) => client.nack(revision, error).await,
+                        None => return,
+                    },
+                }
+            }
+        }
+        .in_current_span(),
+    );
+    (update_rx, report_tx)
+}
+
+struct Node {
+    vswitch: Vswitch,
+    switch: Switch,
+    local: LocalState,
+    generation: u16,
+    /// The state to install; `None` until flowctl or the local copy gives one.
+    desired: Option<NodeState>,
+    /// What this agent believes is in the switch (ours only).
+    installed: Vec<Flow>,
+    persisted_revision: Option<Revision>,
+    /// The last (revision, ready NICs) reported, to report only changes.
+    last_ack: Option<(Revision, Vec<String>)>,
+    acks: mpsc::Sender<Report>,
+    packet_in_limit: dhcp::RateLimiter<u32>,
+}
+
+impl Node {
+    async fn event_loop(
+        &mut self,
+        mut updates: mpsc::Receiver<Update>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), AgentError> {
+        let mut ofports = self.vswitch.ofports();
+        let mut events = self.vswitch.events();
+        tokio::pin!(shutdown);
+        let mut dirty = self.desired.is_some();
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        loop {
+            if dirty {
+                dirty = false;
+                match self.sync().await {
+                    Ok(()) => retry_at = None,
+                    Err(e) => {
+                        warn!(error = %error_chain(&e), "sync failed; retrying");
+                        retry_at = Some(tokio::time::Instant::now() + RETRY);
+                    }
+                }
+            }
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => {
+                    info!("stopping; flows stay installed");
+                    return Ok(());
+                }
+                Some(update) = updates.recv() => {
+                    self.take(update);
+                    // Coalesce whatever else is already queued.
+                    while let Ok(more) = updates.try_recv() {
+                        self.take(more);
+                    }
+                    dirty = true;
+                }
+                Ok(()) = ofports.changed() => dirty = true,
+                event = events.recv() => match event {
+                    Ok(VswitchEvent::VswitchdUp | VswitchEvent::DatapathIdChanged { .. }) => {
+                        info!("ovs-vswitchd restarted; replaying flows");
+                        self.reconnect_switch().await;
+                        dirty = true;
+                    }
+                    Ok(VswitchEvent::BridgeRemoved) => {
+                        warn!("bridge removed from OVSDB; recreating");
+                        dirty = true;
+                    }
+                    Ok(other) => debug!(?other, "OVSDB event"),
+                    Err(e) => debug!(error = %e, "OVSDB events lagged"),
+                },
+                packet_in = self.switch.packet_in() => match packet_in {
+                    Some(p) => self.on_packet_in(p).await,
+                    None => {
+                        warn!("OpenFlow connection lost; reconnecting");
+                        self.reconnect_switch().await;
+                        dirty = true;
+                    }
+                },
+                _ = retry => dirty = true,
+            }
+        }
+    }
+
+    fn take(&mut self, update: Update) {
+        match update {
+            Update::Snapshot(state) => {
+                debug!(revision = state.revision, "snapshot");
+                self.desired = Some(state);
+            }
+            Update::Delta {
+                base,
+                revision,
+                changes,
+            } => {
+                let Some(state) = self.desired.as_mut() else {
+                    warn!(
+                        base,
+                        revision, "delta without a state; waiting for a snapshot"
+                    );
+                    return;
+                };
+                for change in &changes {
+                    state.apply(change);
+                }
+                state.revision = revision;
+                debug!(base, revision, changes = changes.len(), "delta");
+            }
+        }
+    }
+
+    /// Brings the switch to the desired state and reports it.
+    async fn sync(&mut self) -> Result<(), AgentError> {
+        let Some(state) = self.desired.clone() else {
+            return Ok(());
+        };
+        let span = info_span!("sync", revision = state.revision);
+        async {
+            self.vswitch.ensure_bridge().await?;
+            self.sync_tunnels(&state).await?;
+            let ports = self.port_map();
+            let desired = pipeline::render(&state, &ports, self.generation);
+            let changes = reconcile::diff(&self.installed, &desired);
+            if !changes.is_empty() {
+                let started = std::time::Instant::now();
+                if let Err(e) = self.switch.apply(&changes).await {
+                    let error = error_chain(&e);
+                    let _ = self
+                        .acks
+                        .send(Report::Nack {
+                            revision: state.revision,
+                            error,
+                        })
+                        .await;
+                    return Err(e.into());
+                }
+                info!(
+                    changes = changes.len(),
+                    flows = desired.len(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "flows applied"
+                );
+                self.installed = desired;
+            }
+            if self.persisted_revision != Some(state.revision) {
+                self.local.store(&Persisted {
+                    generation: self.generation,
+                    state: Some(state.clone()),
+                })?;
+                self.persisted_revision = Some(state.revision);
+            }
+            let ready: Vec<String> = state
+                .local_nics()
+                .filter(|nic| ports.nic(&nic.id).is_some())
+                .map(|nic| nic.id.clone())
+                .collect();
+            let ack = (state.revision, ready);
+            if self.last_ack.as_ref() != Some(&ack) {
+                let _ = self
+                    .acks
+                    .send(Report::Ack {
+                        revision: ack.0,
+                        ready: ack.1.clone(),
+                    })
+                    .await;
+                self.last_ack = Some(ack);
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// One VXLAN port per peer node; ports of peers no longer needed go.
+    async fn sync_tunnels(&self, state: &NodeState) -> Result<(), AgentError> {
+        let desired: Vec<TunnelSpec> = state
+            .peers
+            .values()
+            .map(|p| TunnelSpec {
+                peer: p.node.clone(),
+                remote_ip: p.underlay_ip.into(),
+                local_ip: state.node.underlay_ip.map(Into::into),
+            })
+            .collect();
+        let have: BTreeSet<(String, Option<String>)> = self
+            .vswitch
+            .tunnels()
+            .into_iter()
+            .map(|t| (t.peer, t.remote_ip))
+            .collect();
+        let want: BTreeSet<(String, Option<String>)> = desired
+            .iter()
+            .map(|t| (t.peer.clone(), Some(t.remote_ip.to_string())))
+            .collect();
+        if have != want {
+            self.vswitch.sync_tunnels(&desired).await?;
+        }
+        Ok(())
+    }
+
+    fn port_map(&self) -> PortMap {
+        let ofports = self.vswitch.ofports().borrow().clone();
+        let mut ports = PortMap::new();
+        for (iface, ofport) in &ofports.by_iface_id {
+            ports.set_nic(iface, *ofport);
+        }
+        for tunnel in self.vswitch.tunnels() {
+            if let Some(ofport) = ofports.port(&tunnel.port) {
+                ports.set_tunnel(&tunnel.peer, ofport);
+            }
+        }
+        ports
+    }
+
+    /// A fresh OpenFlow connection after ovs-vswitchd restarted or the
+    /// connection broke: the switch may have lost every flow, so what is
+    /// installed is read back, not assumed.
+    async fn reconnect_switch(&mut self) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.switch.reconnect().await {
+                Ok(()) => match self.switch.dump_ours().await {
+                    Ok(flows) => {
+                        self.installed = flows;
+                        return;
+                    }
+                    Err(e) => warn!(error = %error_chain(&e), "dumping flows failed"),
+                },
+                Err(e) => debug!(error = %error_chain(&e), "OpenFlow reconnect failed"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn on_packet_in(&mut self, packet: crate::switch::PacketIn) {
+        let Some(state) = self.desired.as_ref() else {
+            return;
+        };
+        if !self
+            .packet_in_limit
+            .check(&packet.in_port, tokio::time::Instant::now().into_std())
+        {
+            return;
+        }
+        let ports = self.port_map();
+        match dhcp::respond_on_port(state, &ports, packet.in_port, &packet.data) {
+            Ok(dhcp::Outcome::Reply { frame, .. }) => {
+                if let Err(e) = self.switch.send_out(packet.in_port, frame).await {
+                    warn!(error = %error_chain(&e), port = packet.in_port, "DHCP reply not sent");
+                }
+            }
+            Ok(dhcp::Outcome::Ignored(_)) => {}
+            Err(e) => debug!(error = %e, port = packet.in_port, "packet-in not handled"),
+        }
+    }
+}
+
+/// An error with its sources, for one log line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,100 @@
+//! The agent's OpenFlow session with its bridge: reconnectable, and speaking
+//! in the agent's terms (its flows, its changes, its packet-ins).
+
+use openflow::flow::port;
+use openflow::message::{FlowStatsRequest, PacketIn as OfPacketIn, PacketOut};
+use openflow::{Action, Change, Config, Field, Flow, PacketIns};
+
+use crate::pipeline::{COOKIE_OWNER, COOKIE_OWNER_MASK};
+use crate::reconcile::FlowChange;
+
+pub type SwitchError = openflow::Error;
+
+/// A packet the pipeline sent up (DHCP today).
+#[derive(Debug)]
+pub struct PacketIn {
+    pub in_port: u32,
+    pub data: Vec<u8>,
+}
+
+/// The OpenFlow connection to br-int.
+pub struct Switch {
+    target: String,
+    conn: openflow::Switch,
+    packet_ins: PacketIns,
+}
+
+impl Switch {
+    /// Connects to `unix:/path/br-int.mgmt` (or a bare path).
+    pub async fn connect(target: &str) -> Result<Self, SwitchError> {
+        let (conn, packet_ins) = open(target).await?;
+        Ok(Switch {
+            target: target.to_string(),
+            conn,
+            packet_ins,
+        })
+    }
+
+    /// A new connection after the old one broke or ovs-vswitchd restarted.
+    pub async fn reconnect(&mut self) -> Result<(), SwitchError> {
+        let (conn, packet_ins) = open(&self.target).await?;
+        self.conn = conn;
+        self.packet_ins = packet_ins;
+        Ok(())
+    }
+
+    /// The flows of ours installed now (by cookie owner tag), whatever
+    /// generation wrote them.
+    pub async fn dump_ours(&self) -> Result<Vec<Flow>, SwitchError> {
+        let req = FlowStatsRequest {
+            cookie: u64::from(COOKIE_OWNER) << 48,
+            cookie_mask: COOKIE_OWNER_MASK,
+            ..FlowStatsRequest::default()
+        };
+        Ok(self
+            .conn
+            .dump_flows(req)
+            .await?
+            .into_iter()
+            .map(|s| s.flow)
+            .collect())
+    }
+
+    /// Applies the changes in one atomic bundle: all or nothing.
+    pub async fn apply(&self, changes: &[FlowChange]) -> Result<(), SwitchError> {
+        let changes = changes
+            .iter()
+            .map(|c| match c {
+                // An add replaces an entry with the same key, cookie included.
+                FlowChange::Add(f) | FlowChange::Modify(f) => Change::Add(f.clone()),
+                FlowChange::Delete(k) => Change::DeleteStrict(k.clone()),
+            })
+            .collect();
+        self.conn.apply_bundle(changes).await
+    }
+
+    /// The next packet-in; `None` when the connection is gone.
+    pub async fn packet_in(&mut self) -> Option<PacketIn> {
+        let p: OfPacketIn = self.packet_ins.recv().await?;
+        let in_port = p
+            .matches
+            .get(Field::InPort)
+            .map(|f| f.value as u32)
+            .unwrap_or(port::ANY);
+        Some(PacketIn {
+            in_port,
+            data: p.data,
+        })
+    }
+
+    /// Sends `frame` out of `port`.
+    pub async fn send_out(&self, out_port: u32, frame: Vec<u8>) -> Result<(), SwitchError> {
+        let po = PacketOut::new(port::CONTROLLER, vec![Action::Output(out_port)], frame);
+        self.conn.packet_out(po).await
+    }
+}
+
+async fn open(target: &str) -> Result<(openflow::Switch, PacketIns), SwitchError> {
+    let path = target.strip_prefix("unix:").unwrap_or(target);
+    openflow::Switch::connect_unix(path, Config::default()).await
+}
