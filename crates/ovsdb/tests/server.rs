@@ -2,6 +2,9 @@
 //! tests can stop and start: transactions and their errors, monitors, the
 //! write guards, echo probes, and the server going away.
 
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

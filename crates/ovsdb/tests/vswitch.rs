@@ -2,6 +2,9 @@
 //! (netdev datapath) in a private namespace and directory
 //! (`tests::OvsSandbox`). Results are checked with `ovs-vsctl`.
 
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

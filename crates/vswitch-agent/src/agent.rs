@@ -80,7 +80,7 @@ pub async fn run(
         )
         .await?;
         vswitch.ensure_bridge().await?;
-        let switch = Switch::connect(&cfg.openflow).await?;
+        let switch = Switch::connect_when_ready(&cfg.openflow).await;
 
         let (updates, acks) = spawn_control(&cfg, persisted.state.as_ref().map(|s| s.revision));
         let mut node = Node {
@@ -366,20 +366,15 @@ impl Node {
     /// connection broke: the switch may have lost every flow, so what is
     /// installed is read back, not assumed.
     async fn reconnect_switch(&mut self) {
-        let mut backoff = Duration::from_millis(50);
         loop {
-            match self.switch.reconnect().await {
-                Ok(()) => match self.switch.dump_ours().await {
-                    Ok(flows) => {
-                        self.installed = flows;
-                        return;
-                    }
-                    Err(e) => warn!(error = %error_chain(&e), "dumping flows failed"),
-                },
-                Err(e) => debug!(error = %error_chain(&e), "OpenFlow reconnect failed"),
+            self.switch.reconnect().await;
+            match self.switch.dump_ours().await {
+                Ok(flows) => {
+                    self.installed = flows;
+                    return;
+                }
+                Err(e) => warn!(error = %error_chain(&e), "dumping flows failed"),
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 

@@ -1,6 +1,8 @@
 //! The agent's OpenFlow session with its bridge: reconnectable, and speaking
 //! in the agent's terms (its flows, its changes, its packet-ins).
 
+use std::time::Duration;
+
 use openflow::flow::port;
 use openflow::message::{FlowStatsRequest, PacketIn as OfPacketIn, PacketOut};
 use openflow::{Action, Change, Config, Field, Flow, PacketIns};
@@ -25,22 +27,23 @@ pub struct Switch {
 }
 
 impl Switch {
-    /// Connects to `unix:/path/br-int.mgmt` (or a bare path).
-    pub async fn connect(target: &str) -> Result<Self, SwitchError> {
-        let (conn, packet_ins) = open(target).await?;
-        Ok(Switch {
+    /// Connects to `unix:/path/br-int.mgmt` (or a bare path), waiting as
+    /// long as it takes: the socket appears only once ovs-vswitchd has
+    /// created the bridge, and it vanishes while ovs-vswitchd restarts.
+    pub async fn connect_when_ready(target: &str) -> Self {
+        let (conn, packet_ins) = open_retrying(target).await;
+        Switch {
             target: target.to_string(),
             conn,
             packet_ins,
-        })
+        }
     }
 
     /// A new connection after the old one broke or ovs-vswitchd restarted.
-    pub async fn reconnect(&mut self) -> Result<(), SwitchError> {
-        let (conn, packet_ins) = open(&self.target).await?;
+    pub async fn reconnect(&mut self) {
+        let (conn, packet_ins) = open_retrying(&self.target).await;
         self.conn = conn;
         self.packet_ins = packet_ins;
-        Ok(())
     }
 
     /// The flows of ours installed now (by cookie owner tag), whatever
@@ -91,6 +94,18 @@ impl Switch {
     pub async fn send_out(&self, out_port: u32, frame: Vec<u8>) -> Result<(), SwitchError> {
         let po = PacketOut::new(port::CONTROLLER, vec![Action::Output(out_port)], frame);
         self.conn.packet_out(po).await
+    }
+}
+
+async fn open_retrying(target: &str) -> (openflow::Switch, PacketIns) {
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        match open(target).await {
+            Ok(session) => return session,
+            Err(e) => tracing::debug!(target, error = %e, "OpenFlow connect failed; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 
