@@ -838,7 +838,11 @@ mod tests {
             )]
         ));
         assert!(events(&mut c).is_empty());
-        feed(&mut c, commit[0].0, ctrl_reply(id, BundleCtrlType::CommitReply));
+        feed(
+            &mut c,
+            commit[0].0,
+            ctrl_reply(id, BundleCtrlType::CommitReply),
+        );
         let (done, r) = completed(&mut c);
         assert_eq!(done, op);
         assert!(matches!(r, Ok(Output::Done)));
@@ -862,7 +866,11 @@ mod tests {
                 })
             )]
         ));
-        feed(&mut c, discard[0].0, ctrl_reply(id, BundleCtrlType::DiscardReply));
+        feed(
+            &mut c,
+            discard[0].0,
+            ctrl_reply(id, BundleCtrlType::DiscardReply),
+        );
         let (done, r) = completed(&mut c);
         assert_eq!(done, op);
         match r {

@@ -345,3 +345,29 @@ async fn server_going_away_is_noticed_and_survived() {
     );
     assert_eq!(db.vsctl(&["list-ports", "br-int"]).trim(), "vx-n2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_deleted_behind_our_back_is_reported() {
+    let db = BareOvsdb::start();
+    db.vsctl(&["init"]);
+    let vs = within(Vswitch::connect(
+        &db.target(),
+        BridgeConfig::new("br-int", "netdev"),
+    ))
+    .await
+    .unwrap();
+    assert!(within(vs.ensure_bridge()).await.unwrap());
+    // With no ovs-vswitchd, the lock probe finds it down.
+    let mut st = vs.vswitchd_state();
+    within(st.wait_for(|s| *s == ovsdb::VswitchdState::Down))
+        .await
+        .unwrap();
+    let mut events = vs.events();
+    db.vsctl(&["del-br", "br-int"]);
+    assert_eq!(
+        within(events.recv()).await.unwrap(),
+        VswitchEvent::BridgeRemoved
+    );
+    assert!(within(vs.ensure_bridge()).await.unwrap(), "recreated");
+    assert_eq!(db.vsctl(&["list-br"]).trim(), "br-int");
+}

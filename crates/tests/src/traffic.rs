@@ -216,8 +216,22 @@ impl Capture {
         let mut cmd = ns.command("tcpdump");
         // -Z root: tcpdump would otherwise drop to its own user and could not
         // write into the root-owned run directory. -U: write each packet now.
-        cmd.args(["-i", iface, "-U", "-n", "-Z", "root", "-s", "0", "-w"])
-            .arg(&file);
+        // --immediate-mode: without it packets wait in the kernel ring for a
+        // buffer timeout and a quick stop loses them ("received by filter"
+        // but never written).
+        cmd.args([
+            "-i",
+            iface,
+            "--immediate-mode",
+            "-U",
+            "-n",
+            "-Z",
+            "root",
+            "-s",
+            "0",
+            "-w",
+        ])
+        .arg(&file);
         if !filter.trim().is_empty() {
             cmd.arg(filter);
         }
