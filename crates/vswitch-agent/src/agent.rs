@@ -74,11 +74,7 @@ pub async fn run(
         })?;
         info!(generation, resumed = ?persisted.state.as_ref().map(|s| s.revision), "starting");
 
-        let vswitch = Vswitch::connect(
-            &cfg.ovsdb,
-            BridgeConfig::new(&cfg.bridge, &cfg.datapath_type),
-        )
-        .await?;
+        let vswitch = connect_ovsdb(&cfg).await;
         vswitch.ensure_bridge().await?;
         let switch = Switch::connect_when_ready(&cfg.openflow).await;
 
@@ -269,7 +265,11 @@ impl Node {
             self.vswitch.ensure_bridge().await?;
             self.sync_tunnels(&state).await?;
             let ports = self.port_map();
-            let desired = pipeline::render(&state, &ports, self.generation);
+            // In the form the switch reports flows back, so a dump diffs exactly.
+            let desired: Vec<Flow> = pipeline::render(&state, &ports, self.generation)
+                .iter()
+                .map(openflow::canonical)
+                .collect();
             let changes = reconcile::diff(&self.installed, &desired);
             if !changes.is_empty() {
                 let started = std::time::Instant::now();
@@ -398,6 +398,23 @@ impl Node {
             Ok(dhcp::Outcome::Ignored(_)) => {}
             Err(e) => debug!(error = %e, port = packet.in_port, "packet-in not handled"),
         }
+    }
+}
+
+/// Connects to OVSDB, waiting for ovsdb-server as long as it takes (it may
+/// start after the agent); reconnects later are the client's own business.
+async fn connect_ovsdb(cfg: &AgentConfig) -> Vswitch {
+    let bridge = BridgeConfig::new(&cfg.bridge, &cfg.datapath_type);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match Vswitch::connect(&cfg.ovsdb, bridge.clone()).await {
+            Ok(v) => return v,
+            Err(e) => {
+                warn!(target = %cfg.ovsdb, error = %error_chain(&e), "OVSDB not reachable; retrying")
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
