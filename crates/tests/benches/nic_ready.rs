@@ -46,6 +46,7 @@ fn main() {
         present = target;
         let lat = measure(&mut cloud, &measure_subnet, target);
         report(target, &lat);
+        agent_breakdown(&cloud, SAMPLES);
     }
 }
 
@@ -142,5 +143,37 @@ fn report(present: usize, lat: &[Duration]) {
         pct(0.99),
         ms[ms.len() - 1],
         ms.len()
+    );
+}
+
+/// Medians of the agent's own phase timings over its last `n` syncs on
+/// node0 (from its log), to see where a NIC's time goes.
+fn agent_breakdown(cloud: &Cloud, n: usize) {
+    let log = cloud.lab.node(0).unwrap().dir().join("agent/agent.log");
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("flows applied"))
+        .collect();
+    let recent = &lines[lines.len().saturating_sub(n)..];
+    let field = |name: &str| {
+        let mut v: Vec<u64> = recent
+            .iter()
+            .filter_map(|l| {
+                let rest = &l[l.find(&format!("{name}="))? + name.len() + 1..];
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
+            })
+            .collect();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or(0) as f64 / 1e3
+    };
+    println!(
+        "    agent node0, median of last {} syncs: render {:.2} ms, diff {:.2} ms, apply {:.2} ms, {} flows",
+        recent.len(),
+        field("render_us"),
+        field("diff_us"),
+        field("apply_us"),
+        field("flows") * 1e3,
     );
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openflow::Flow;
 use ovsdb::vswitch::{BridgeConfig, TunnelSpec, Vswitch, VswitchEvent};
@@ -18,7 +18,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::control::{ControlClient, ControlConfig, Update};
 use crate::dhcp;
-use crate::local::{LocalState, Persisted};
+use crate::local::{LocalState, Persisted, Persister};
 use crate::pipeline::{self, PortMap};
 use crate::reconcile;
 use crate::switch::Switch;
@@ -82,7 +82,7 @@ pub async fn run(
         let mut node = Node {
             vswitch,
             switch,
-            local,
+            persister: Persister::spawn(local),
             generation,
             desired: persisted.state,
             installed: Vec::new(),
@@ -147,7 +147,7 @@ fn spawn_control(
 struct Node {
     vswitch: Vswitch,
     switch: Switch,
-    local: LocalState,
+    persister: Persister,
     generation: u16,
     /// The state to install; `None` until flowctl or the local copy gives one.
     desired: Option<NodeState>,
@@ -257,68 +257,68 @@ impl Node {
 
     /// Brings the switch to the desired state and reports it.
     async fn sync(&mut self) -> Result<(), AgentError> {
-        let Some(state) = self.desired.clone() else {
+        // Taken out (not cloned: it holds every NIC of the node's VPCs) and
+        // put back whatever happens.
+        let Some(state) = self.desired.take() else {
             return Ok(());
         };
         let span = info_span!("sync", revision = state.revision);
-        async {
-            self.vswitch.ensure_bridge().await?;
-            self.sync_tunnels(&state).await?;
-            let ports = self.port_map();
-            // In the form the switch reports flows back, so a dump diffs exactly.
-            let desired: Vec<Flow> = pipeline::render(&state, &ports, self.generation)
-                .iter()
-                .map(openflow::canonical)
-                .collect();
-            let changes = reconcile::diff(&self.installed, &desired);
-            if !changes.is_empty() {
-                let started = std::time::Instant::now();
-                if let Err(e) = self.switch.apply(&changes).await {
-                    let error = error_chain(&e);
-                    let _ = self
-                        .acks
-                        .send(Report::Nack {
-                            revision: state.revision,
-                            error,
-                        })
-                        .await;
-                    return Err(e.into());
-                }
-                info!(
-                    changes = changes.len(),
-                    flows = desired.len(),
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "flows applied"
-                );
-                self.installed = desired;
+        let result = self.sync_to(&state).instrument(span).await;
+        self.desired = Some(state);
+        result
+    }
+
+    async fn sync_to(&mut self, state: &NodeState) -> Result<(), AgentError> {
+        let started = Instant::now();
+        self.vswitch.ensure_bridge().await?;
+        self.sync_tunnels(state).await?;
+        let ports = self.port_map();
+        // In the form the switch reports flows back, so a dump diffs exactly.
+        let desired: Vec<Flow> = pipeline::render(state, &ports, self.generation)
+            .iter()
+            .map(openflow::canonical)
+            .collect();
+        let rendered = started.elapsed();
+        let changes = reconcile::diff(&self.installed, &desired);
+        let diffed = started.elapsed();
+        if !changes.is_empty() {
+            if let Err(e) = self.switch.apply(&changes).await {
+                let error = error_chain(&e);
+                let revision = state.revision;
+                let _ = self.acks.send(Report::Nack { revision, error }).await;
+                return Err(e.into());
             }
-            if self.persisted_revision != Some(state.revision) {
-                self.local.store(&Persisted {
-                    generation: self.generation,
-                    state: Some(state.clone()),
-                })?;
-                self.persisted_revision = Some(state.revision);
-            }
-            let ready: Vec<String> = state
-                .local_nics()
-                .filter(|nic| ports.nic(&nic.id).is_some())
-                .map(|nic| nic.id.clone())
-                .collect();
-            let ack = (state.revision, ready);
-            if self.last_ack.as_ref() != Some(&ack) {
-                let _ = self
-                    .acks
-                    .send(Report::Ack {
-                        revision: ack.0,
-                        ready: ack.1.clone(),
-                    })
-                    .await;
-                self.last_ack = Some(ack);
-            }
-            Ok(())
+            info!(
+                changes = changes.len(),
+                flows = desired.len(),
+                render_us = rendered.as_micros() as u64,
+                diff_us = (diffed - rendered).as_micros() as u64,
+                apply_us = (started.elapsed() - diffed).as_micros() as u64,
+                "flows applied"
+            );
+            self.installed = desired;
         }
-        .instrument(span)
-        .await
+        let ready: Vec<String> = state
+            .local_nics()
+            .filter(|nic| ports.nic(&nic.id).is_some())
+            .map(|nic| nic.id.clone())
+            .collect();
+        let ack = (state.revision, ready);
+        if self.last_ack.as_ref() != Some(&ack) {
+            let (revision, ready) = ack.clone();
+            let _ = self.acks.send(Report::Ack { revision, ready }).await;
+            self.last_ack = Some(ack);
+        }
+        // After the ack: the local copy is for restarts, not on the path of
+        // a NIC becoming ready. It may lag the switch by one write.
+        if self.persisted_revision != Some(state.revision) {
+            self.persister.save(Persisted {
+                generation: self.generation,
+                state: Some(state.clone()),
+            });
+            self.persisted_revision = Some(state.revision);
+        }
+        Ok(())
     }
 
     /// One VXLAN port per peer node; ports of peers no longer needed go.

@@ -82,6 +82,50 @@ impl LocalState {
     }
 }
 
+/// Writes the local copy on its own thread, keeping only the newest record
+/// when writes fall behind: the node loop never waits on the disk.
+pub struct Persister {
+    latest: Option<std::sync::mpsc::Sender<Persisted>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Persister {
+    pub fn spawn(local: LocalState) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Persisted>();
+        let writer = std::thread::spawn(move || {
+            while let Ok(mut record) = rx.recv() {
+                while let Ok(newer) = rx.try_recv() {
+                    record = newer;
+                }
+                if let Err(e) = local.store(&record) {
+                    tracing::warn!(error = %e, "local state not saved");
+                }
+            }
+        });
+        Persister {
+            latest: Some(tx),
+            writer: Some(writer),
+        }
+    }
+
+    /// Queues `record` to be written.
+    pub fn save(&self, record: Persisted) {
+        if let Some(tx) = &self.latest {
+            let _ = tx.send(record);
+        }
+    }
+}
+
+impl Drop for Persister {
+    /// Finishes the queued write, so a clean stop leaves the newest record.
+    fn drop(&mut self) {
+        self.latest.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
@@ -104,6 +148,24 @@ mod tests {
         };
         local.store(&record).unwrap();
         assert_eq!(local.load().unwrap(), record);
+    }
+
+    #[test]
+    fn persister_writes_the_newest_record_before_it_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let persister = Persister::spawn(LocalState::new(dir.path()));
+        for revision in 1..=50 {
+            persister.save(Persisted {
+                generation: 3,
+                state: Some(NodeState {
+                    revision,
+                    ..NodeState::default()
+                }),
+            });
+        }
+        drop(persister);
+        let saved = LocalState::new(dir.path()).load().unwrap();
+        assert_eq!(saved.state.map(|s| s.revision), Some(50));
     }
 
     #[test]
