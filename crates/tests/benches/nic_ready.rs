@@ -169,11 +169,10 @@ fn agent_breakdown(cloud: &Cloud, n: usize) {
         v.get(v.len() / 2).copied().unwrap_or(0) as f64 / 1e3
     };
     println!(
-        "    agent node0, median of last {} syncs: render {:.2} ms, diff {:.2} ms, apply {:.2} ms, {} flows",
+        "    agent node0, median of last {} syncs: render+diff {:.2} ms, apply {:.2} ms, {} flow changes",
         recent.len(),
         field("render_us"),
-        field("diff_us"),
         field("apply_us"),
-        field("flows") * 1e3,
+        field("changes") * 1e3,
     );
 }

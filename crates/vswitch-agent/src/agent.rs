@@ -19,7 +19,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::control::{ControlClient, ControlConfig, Update};
 use crate::dhcp;
 use crate::local::{LocalState, Persisted, Persister};
-use crate::pipeline::{self, PortMap};
+use crate::pipeline::{IncrementalRenderer, PortMap};
 use crate::reconcile;
 use crate::switch::Switch;
 
@@ -85,13 +85,14 @@ pub async fn run(
             persister: Persister::spawn(local),
             generation,
             desired: persisted.state,
-            installed: Vec::new(),
+            renderer: IncrementalRenderer::new(generation),
+            dumped: None,
             persisted_revision: None,
             last_ack: None,
             acks,
             packet_in_limit: dhcp::RateLimiter::new(PACKET_IN_RATE, PACKET_IN_BURST),
         };
-        node.installed = node.switch.dump_ours().await?;
+        node.dumped = Some(node.switch.dump_ours().await?);
         node.persisted_revision = node.desired.as_ref().map(|s| s.revision);
         node.event_loop(updates, shutdown).await
     }
@@ -151,8 +152,12 @@ struct Node {
     generation: u16,
     /// The state to install; `None` until flowctl or the local copy gives one.
     desired: Option<NodeState>,
-    /// What this agent believes is in the switch (ours only).
-    installed: Vec<Flow>,
+    /// The flows of the last render, and so of the switch while in step.
+    renderer: IncrementalRenderer,
+    /// What a dump found in the switch when the renderer is not known to
+    /// be in step with it (start, reconnect, failed apply): the next sync
+    /// reconciles against this in full, then goes incremental.
+    dumped: Option<Vec<Flow>>,
     persisted_revision: Option<Revision>,
     /// The last (revision, ready NICs) reported, to report only changes.
     last_ack: Option<(Revision, Vec<String>)>,
@@ -273,16 +278,22 @@ impl Node {
         self.vswitch.ensure_bridge().await?;
         self.sync_tunnels(state).await?;
         let ports = self.port_map();
-        // In the form the switch reports flows back, so a dump diffs exactly.
-        let desired: Vec<Flow> = pipeline::render(state, &ports, self.generation)
-            .iter()
-            .map(openflow::canonical)
-            .collect();
+        let (changes, flows) = match self.dumped.take() {
+            // Out of step: render everything, diff against the dump.
+            Some(dumped) => {
+                self.renderer = IncrementalRenderer::new(self.generation);
+                self.renderer.update(state, &ports);
+                let desired = self.renderer.flows();
+                (reconcile::diff(&dumped, &desired), desired.len())
+            }
+            None => (self.renderer.update(state, &ports), 0),
+        };
         let rendered = started.elapsed();
-        let changes = reconcile::diff(&self.installed, &desired);
-        let diffed = started.elapsed();
         if !changes.is_empty() {
             if let Err(e) = self.switch.apply(&changes).await {
+                // The bundle left the switch as it was; the renderer moved
+                // on. Read the switch back and reconcile in full next time.
+                self.dumped = Some(self.switch.dump_ours().await.unwrap_or_default());
                 let error = error_chain(&e);
                 let revision = state.revision;
                 let _ = self.acks.send(Report::Nack { revision, error }).await;
@@ -290,13 +301,11 @@ impl Node {
             }
             info!(
                 changes = changes.len(),
-                flows = desired.len(),
+                full_reconcile_of = flows,
                 render_us = rendered.as_micros() as u64,
-                diff_us = (diffed - rendered).as_micros() as u64,
-                apply_us = (started.elapsed() - diffed).as_micros() as u64,
+                apply_us = (started.elapsed() - rendered).as_micros() as u64,
                 "flows applied"
             );
-            self.installed = desired;
         }
         let ready: Vec<String> = state
             .local_nics()
@@ -370,7 +379,7 @@ impl Node {
             self.switch.reconnect().await;
             match self.switch.dump_ours().await {
                 Ok(flows) => {
-                    self.installed = flows;
+                    self.dumped = Some(flows);
                     return;
                 }
                 Err(e) => warn!(error = %error_chain(&e), "dumping flows failed"),

@@ -43,6 +43,10 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+mod incremental;
+
+pub use incremental::IncrementalRenderer;
+
 use openflow::flow::{port, Action, Field, Flow, Match};
 use proto::{Mac, Nic, NodeState, Subnet, Vpc};
 
@@ -298,22 +302,7 @@ pub fn render(state: &NodeState, ports: &PortMap, generation: u16) -> Vec<Flow> 
     if ctx.local_vpcs.is_empty() {
         return out;
     }
-    base_flows(generation, &mut out);
-    for vpc in ctx.local_vpcs.values() {
-        vpc_flows(&ctx, vpc, &mut out);
-    }
-    // Gateways before NICs: if a NIC claims a gateway's IP, the gateway's
-    // ARP entry is the one that survives deduplication.
-    for subnet in state.subnets.values() {
-        if let Some(vpc) = ctx.local_vpcs.get(subnet.vpc_id.as_str()) {
-            subnet_flows(&ctx, vpc, subnet, &mut out);
-        }
-    }
-    for peer in state.peers.values() {
-        if peer.node != state.node.name {
-            peer_flows(&ctx, &peer.node, &mut out);
-        }
-    }
+    shared_flows(&ctx, &mut out);
     for nic in state.nics.values() {
         if let Some(vpc) = ctx.local_vpcs.get(nic.vpc_id.as_str()) {
             nic_flows(&ctx, vpc, nic, &mut out);
@@ -322,9 +311,29 @@ pub fn render(state: &NodeState, ports: &PortMap, generation: u16) -> Vec<Flow> 
     finish(out)
 }
 
-/// The flows [`render`] gives for one NIC (local or remote), in the same
-/// order; empty if the NIC is unknown or its VPC has no local NIC. These are
-/// the flows whose cookie carries `object_tag(ObjectKind::Nic, nic_id)`.
+/// Every flow that is not one NIC's: the fixed tables, and the flows of the
+/// node's VPCs, their subnets and the peers. Small: it grows with subnets
+/// and nodes, not with NICs.
+fn shared_flows(ctx: &Ctx<'_>, out: &mut Vec<Flow>) {
+    let state = ctx.state;
+    base_flows(ctx.generation, out);
+    for vpc in ctx.local_vpcs.values() {
+        vpc_flows(ctx, vpc, out);
+    }
+    // Gateways before NICs: if a NIC claims a gateway's IP, the gateway's
+    // ARP entry is the one that survives deduplication.
+    for subnet in state.subnets.values() {
+        if let Some(vpc) = ctx.local_vpcs.get(subnet.vpc_id.as_str()) {
+            subnet_flows(ctx, vpc, subnet, out);
+        }
+    }
+    for peer in state.peers.values() {
+        if peer.node != state.node.name {
+            peer_flows(ctx, &peer.node, out);
+        }
+    }
+}
+
 pub fn render_nic(state: &NodeState, ports: &PortMap, generation: u16, nic_id: &str) -> Vec<Flow> {
     let ctx = Ctx::new(state, ports, generation);
     let mut out = Vec::new();
