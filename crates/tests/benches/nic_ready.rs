@@ -81,6 +81,7 @@ fn preload(cloud: &Cloud, subnets: &[Value], from: usize, to: usize) {
 
 /// Create → plugged → up, `SAMPLES` times, one at a time.
 fn measure(cloud: &mut Cloud, subnet: &Value, present: usize) -> Vec<Duration> {
+    let mut phases: Vec<(f64, f64)> = Vec::new();
     let node0 = cloud.lab.node(0).unwrap().name().to_string();
     let mut out = Vec::with_capacity(SAMPLES);
     for k in 0..SAMPLES + 5 {
@@ -93,6 +94,7 @@ fn measure(cloud: &mut Cloud, subnet: &Value, present: usize) -> Vec<Duration> {
             )
             .unwrap();
         let id = nic["id"].as_str().unwrap();
+        let created = t0.elapsed();
         let port = format!("b{present}x{k}");
         let port = &port[..port.len().min(15)];
         cloud
@@ -113,6 +115,7 @@ fn measure(cloud: &mut Cloud, subnet: &Value, present: usize) -> Vec<Duration> {
                 &format!("external_ids:iface-id={id}"),
             ])
             .unwrap();
+        let plugged = t0.elapsed();
         let path = format!("/v1/nics/{id}");
         loop {
             let got = cloud.api.get(&path).unwrap();
@@ -128,8 +131,21 @@ fn measure(cloud: &mut Cloud, subnet: &Value, present: usize) -> Vec<Duration> {
         // The first few warm up caches and connections.
         if k >= 5 {
             out.push(t0.elapsed());
+            phases.push((
+                created.as_secs_f64() * 1e3,
+                (plugged - created).as_secs_f64() * 1e3,
+            ));
         }
     }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "    medians: API create {:.2} ms, VIF plug {:.2} ms (the rest is flowctl + agent + status)",
+        median(phases.iter().map(|p| p.0).collect()),
+        median(phases.iter().map(|p| p.1).collect()),
+    );
     out
 }
 

@@ -42,6 +42,9 @@ fn the_nic() -> Nic {
         mac: CLIENT_MAC,
         ip: ip("10.0.1.10"),
         node: "n1".into(),
+        port_security: true,
+        security_groups: vec![],
+        allowed_address_pairs: vec![],
     }
 }
 

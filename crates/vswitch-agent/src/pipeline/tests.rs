@@ -56,6 +56,9 @@ fn nic(id: &str, vpc: &str, subnet: &str, m: &str, addr: &str, node: &str) -> Ni
         mac: mac(m),
         ip: ip(addr),
         node: node.into(),
+        port_security: true,
+        security_groups: vec![],
+        allowed_address_pairs: vec![],
     }
 }
 
@@ -80,6 +83,7 @@ fn node_state(vpcs: Vec<Vpc>, subnets: Vec<Subnet>, nics: Vec<Nic>, peers: &[&st
                 (peer.node.clone(), peer)
             })
             .collect(),
+        security_groups: Default::default(),
     }
 }
 
