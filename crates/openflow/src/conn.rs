@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::flow::{Flow, FlowKey};
 use crate::message::{
     self, BundleControl, BundleCtrlType, FlowModCommand, FlowParts, FlowStats, FlowStatsRequest,
-    Hello, Message, MultipartReplyBody, MultipartRequest, MultipartRequestBody, OfpError, PacketIn,
-    SwitchConfig, NXPIF_NXT_PACKET_IN2, OFPBF_ATOMIC, OFPBF_ORDERED, OFPMPF_MORE,
+    GroupMod, Hello, Message, MultipartReplyBody, MultipartRequest, MultipartRequestBody, OfpError,
+    PacketIn, SwitchConfig, NXPIF_NXT_PACKET_IN2, OFPBF_ATOMIC, OFPBF_ORDERED, OFPMPF_MORE,
 };
 use crate::wire::{frame_len, Packet};
 
@@ -49,12 +49,21 @@ pub enum Change {
     ModifyStrict(Flow),
     /// Remove the entry with exactly this key.
     DeleteStrict(FlowKey),
+    /// A group add/modify/delete, applied in order with the flows around
+    /// it (add a group before the flows that use it, delete it after).
+    Group(GroupMod),
+}
+
+/// What a [`Change`] is sent as.
+enum ChangeMsg<'a> {
+    Flow(FlowModCommand, FlowParts<'a>),
+    Group(&'a GroupMod),
 }
 
 impl Change {
-    fn parts(&self) -> (FlowModCommand, FlowParts<'_>) {
+    fn msg(&self) -> ChangeMsg<'_> {
         match self {
-            Change::Add(f) | Change::ModifyStrict(f) => (
+            Change::Add(f) | Change::ModifyStrict(f) => ChangeMsg::Flow(
                 if matches!(self, Change::Add(_)) {
                     FlowModCommand::Add
                 } else {
@@ -69,7 +78,7 @@ impl Change {
                     goto_table: f.goto_table,
                 },
             ),
-            Change::DeleteStrict(k) => (
+            Change::DeleteStrict(k) => ChangeMsg::Flow(
                 FlowModCommand::DeleteStrict,
                 FlowParts {
                     table: k.table,
@@ -80,6 +89,7 @@ impl Change {
                     goto_table: None,
                 },
             ),
+            Change::Group(g) => ChangeMsg::Group(g),
         }
     }
 }
@@ -97,6 +107,8 @@ pub enum Output {
     Flows(Vec<FlowStats>),
     /// The reply to a plain request.
     Reply(Message),
+    /// A multipart request's reply, every part joined into one body.
+    Multipart(MultipartReplyBody),
 }
 
 #[derive(Debug)]
@@ -129,6 +141,10 @@ enum Op {
     },
     Dump {
         flows: Vec<FlowStats>,
+    },
+    /// Any other multipart request: parts are joined as they come.
+    Multipart {
+        body: Option<MultipartReplyBody>,
     },
     Bundle(BundleOp),
 }
@@ -358,6 +374,22 @@ impl Connection {
         Ok(op)
     }
 
+    /// Sends a multipart request (meter config, meter stats, ...) and
+    /// completes with every part of the reply joined.
+    pub fn multipart(&mut self, body: MultipartRequestBody) -> Result<OpId> {
+        self.check_usable()?;
+        let xid = self.alloc_xid();
+        let msg = Message::MultipartRequest(MultipartRequest { flags: 0, body });
+        let start = self.tx.len();
+        if let Err(e) = msg.emit(xid, &mut self.tx) {
+            self.tx.truncate(start);
+            return Err(e);
+        }
+        let op = self.new_op(Op::Multipart { body: None });
+        self.by_xid.insert(xid, op);
+        Ok(op)
+    }
+
     /// Applies `changes` atomically in one bundle: open, every add message
     /// and close are pipelined; once the close reply shows no error the
     /// bundle is committed, otherwise discarded (OVS leaves a failed add
@@ -378,17 +410,22 @@ impl Connection {
         );
         let first_add = self.alloc_xid_range(n_adds);
         for (i, c) in changes.iter().enumerate() {
-            let (command, parts) = c.parts();
             // `i` < n_adds, which fits u32.
             let xid = first_add.wrapping_add(i as u32);
-            if let Err(e) = message::emit_bundle_flow_mod_parts(
-                &mut self.tx,
-                xid,
-                bundle_id,
-                flags,
-                command,
-                &parts,
-            ) {
+            let emitted = match c.msg() {
+                ChangeMsg::Flow(command, parts) => message::emit_bundle_flow_mod_parts(
+                    &mut self.tx,
+                    xid,
+                    bundle_id,
+                    flags,
+                    command,
+                    &parts,
+                ),
+                ChangeMsg::Group(g) => {
+                    message::emit_bundle_group_mod(&mut self.tx, xid, bundle_id, flags, g)
+                }
+            };
+            if let Err(e) = emitted {
                 // Nothing of this bundle goes out: the switch never sees it.
                 self.tx.truncate(start);
                 return Err(e);
@@ -564,7 +601,7 @@ impl Connection {
                     let more = r.flags & OFPMPF_MORE != 0;
                     match r.body {
                         MultipartReplyBody::Flow(mut f) => flows.append(&mut f),
-                        MultipartReplyBody::Unknown { .. } => {
+                        _ => {
                             self.finish(op, Err(Error::UnexpectedReply("flow stats reply")));
                             return;
                         }
@@ -576,6 +613,24 @@ impl Connection {
                 }
                 Message::Error(e) => self.finish(op, Err(Error::Switch(e))),
                 _ => self.finish(op, Err(Error::UnexpectedReply("flow stats reply"))),
+            },
+            Op::Multipart { body } => match msg {
+                Message::MultipartReply(r) => {
+                    let more = r.flags & OFPMPF_MORE != 0;
+                    let joined = match body.take() {
+                        None => Some(r.body),
+                        Some(acc) => join_parts(acc, r.body),
+                    };
+                    match (joined, more) {
+                        (None, _) => {
+                            self.finish(op, Err(Error::UnexpectedReply("same multipart type")))
+                        }
+                        (Some(b), true) => *body = Some(b),
+                        (Some(b), false) => self.finish(op, Ok(Output::Multipart(b))),
+                    }
+                }
+                Message::Error(e) => self.finish(op, Err(Error::Switch(e))),
+                _ => self.finish(op, Err(Error::UnexpectedReply("multipart reply"))),
             },
             Op::Bundle(_) => self.handle_bundle_reply(op, xid, msg),
         }
@@ -658,6 +713,37 @@ impl Connection {
             }
         }
     }
+}
+
+/// Appends a multipart reply part to the ones before; `None` when the
+/// switch changed the type mid-reply.
+fn join_parts(acc: MultipartReplyBody, next: MultipartReplyBody) -> Option<MultipartReplyBody> {
+    use MultipartReplyBody as B;
+    Some(match (acc, next) {
+        (B::Flow(mut a), B::Flow(b)) => {
+            a.extend(b);
+            B::Flow(a)
+        }
+        (B::MeterStats(mut a), B::MeterStats(b)) => {
+            a.extend(b);
+            B::MeterStats(a)
+        }
+        (B::MeterConfig(mut a), B::MeterConfig(b)) => {
+            a.extend(b);
+            B::MeterConfig(a)
+        }
+        (
+            B::Unknown {
+                mp_type: t,
+                body: mut a,
+            },
+            B::Unknown { mp_type, body: b },
+        ) if t == mp_type => {
+            a.extend(b);
+            B::Unknown { mp_type, body: a }
+        }
+        _ => return None,
+    })
 }
 
 fn bundle_ctrl(bundle_id: u32, ctrl_type: BundleCtrlType) -> Message {
@@ -932,6 +1018,95 @@ mod tests {
             }
             r => panic!("{r:?}"),
         }
+    }
+
+    #[test]
+    fn bundle_carries_group_mods_in_order() {
+        use crate::message::{Bucket, GroupModCommand, GroupType, OFPG_ANY};
+        let g = GroupMod {
+            command: GroupModCommand::Add,
+            group_type: GroupType::Select,
+            group_id: 3,
+            buckets: vec![Bucket {
+                weight: 1,
+                watch_port: crate::flow::port::ANY,
+                watch_group: OFPG_ANY,
+                actions: vec![Action::Output(1)],
+            }],
+        };
+        let mut c = ready();
+        c.apply_bundle(&[Change::Group(g.clone()), Change::Add(flow(1))])
+            .unwrap();
+        let msgs = sent(&mut c);
+        assert_eq!(msgs.len(), 4);
+        let inner: Vec<&Message> = msgs[1..3]
+            .iter()
+            .map(|(_, m)| match m {
+                Message::BundleAdd(a) => &*a.message,
+                m => panic!("{m:?}"),
+            })
+            .collect();
+        assert_eq!(inner[0], &Message::GroupMod(g));
+        assert!(matches!(inner[1], Message::FlowMod(_)));
+    }
+
+    #[test]
+    fn multipart_joins_parts_and_checks_their_type() {
+        use crate::meter::{MeterBand, MeterConfig, OFPM_ALL};
+        let mut c = ready();
+        c.multipart(MultipartRequestBody::MeterConfig(OFPM_ALL))
+            .unwrap();
+        let (xid, req) = sent(&mut c).remove(0);
+        assert!(matches!(
+            req,
+            Message::MultipartRequest(MultipartRequest {
+                body: MultipartRequestBody::MeterConfig(OFPM_ALL),
+                ..
+            })
+        ));
+        let cfg = |id| MeterConfig {
+            flags: crate::meter::flags::KBPS,
+            meter_id: id,
+            bands: vec![MeterBand::Drop {
+                rate: id * 1000,
+                burst_size: 0,
+            }],
+        };
+        let part = |flags, body| Message::MultipartReply(MultipartReply { flags, body });
+        feed(
+            &mut c,
+            xid,
+            part(OFPMPF_MORE, MultipartReplyBody::MeterConfig(vec![cfg(1)])),
+        );
+        assert!(events(&mut c).is_empty());
+        feed(
+            &mut c,
+            xid,
+            part(0, MultipartReplyBody::MeterConfig(vec![cfg(2), cfg(3)])),
+        );
+        match completed(&mut c).1 {
+            Ok(Output::Multipart(MultipartReplyBody::MeterConfig(v))) => {
+                assert_eq!(v, vec![cfg(1), cfg(2), cfg(3)])
+            }
+            r => panic!("{r:?}"),
+        }
+        // A part of another type fails the operation.
+        c.multipart(MultipartRequestBody::MeterStats(1)).unwrap();
+        let xid = sent(&mut c)[0].0;
+        feed(
+            &mut c,
+            xid,
+            part(OFPMPF_MORE, MultipartReplyBody::MeterStats(vec![])),
+        );
+        feed(
+            &mut c,
+            xid,
+            part(0, MultipartReplyBody::MeterConfig(vec![])),
+        );
+        assert!(matches!(
+            completed(&mut c).1,
+            Err(Error::UnexpectedReply(_))
+        ));
     }
 
     #[test]

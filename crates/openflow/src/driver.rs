@@ -11,7 +11,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::conn::{Change, Config, Connection, Event, OpId, Output};
 use crate::error::{Error, Result};
-use crate::message::{FlowStats, FlowStatsRequest, Message, PacketIn, PacketOut};
+use crate::message::{
+    FlowStats, FlowStatsRequest, Message, MultipartReplyBody, MultipartRequestBody, PacketIn,
+    PacketOut,
+};
+use crate::meter::{MeterConfig, MeterStats};
 
 /// Packet-ins queued for the consumer before new ones are dropped.
 const PACKET_IN_QUEUE: usize = 1024;
@@ -40,6 +44,7 @@ enum Cmd {
     Checked(Message),
     Barrier,
     Dump(FlowStatsRequest),
+    Multipart(MultipartRequestBody),
     Bundle(Vec<Change>),
 }
 
@@ -181,6 +186,34 @@ impl Switch {
         }
     }
 
+    /// Sends a multipart request and returns every part of the reply
+    /// joined.
+    pub async fn multipart(&self, body: MultipartRequestBody) -> Result<MultipartReplyBody> {
+        match self.op(Cmd::Multipart(body), "multipart reply").await? {
+            Output::Multipart(b) => Ok(b),
+            _ => Err(Error::UnexpectedReply("multipart reply")),
+        }
+    }
+
+    /// The configuration of meter `id` ([`crate::meter::OFPM_ALL`]: all).
+    pub async fn meter_configs(&self, id: u32) -> Result<Vec<MeterConfig>> {
+        match self
+            .multipart(MultipartRequestBody::MeterConfig(id))
+            .await?
+        {
+            MultipartReplyBody::MeterConfig(c) => Ok(c),
+            _ => Err(Error::UnexpectedReply("meter config reply")),
+        }
+    }
+
+    /// The counters of meter `id` ([`crate::meter::OFPM_ALL`]: all).
+    pub async fn meter_stats(&self, id: u32) -> Result<Vec<MeterStats>> {
+        match self.multipart(MultipartRequestBody::MeterStats(id)).await? {
+            MultipartReplyBody::MeterStats(s) => Ok(s),
+            _ => Err(Error::UnexpectedReply("meter stats reply")),
+        }
+    }
+
     /// Sends a packet; returns once the switch processed it (errors
     /// included).
     pub async fn packet_out(&self, po: PacketOut) -> Result<()> {
@@ -271,6 +304,7 @@ impl Task {
             Cmd::Checked(m) => self.conn.send_checked(&m),
             Cmd::Barrier => self.conn.barrier(),
             Cmd::Dump(r) => self.conn.dump_flows(r),
+            Cmd::Multipart(b) => self.conn.multipart(b),
             Cmd::Bundle(changes) => self.conn.apply_bundle(&changes),
         };
         match started {

@@ -21,6 +21,10 @@ pub enum Error {
     /// The value does not fit the field (or the message would exceed 64 KiB).
     #[error("value too large for {0}")]
     TooLarge(&'static str),
+    /// A value Open vSwitch would refuse (bad NAT range, conjunction
+    /// clause, meter placement...), caught before sending.
+    #[error("invalid {0}")]
+    Invalid(&'static str),
     /// Hello exchange found no common version.
     #[error("no common OpenFlow version (peer bitmap {peer_bitmap:#x})")]
     VersionNegotiation { peer_bitmap: u32 },

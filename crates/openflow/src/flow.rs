@@ -20,6 +20,32 @@ pub mod port {
     pub const ANY: u32 = 0xffff_ffff;
 }
 
+/// `ct_state` bits (NXM_NX_CT_STATE). Match with [`Match::ct_state`],
+/// e.g. `ct_state(TRK | EST, REL)` for `ct_state=+trk+est-rel`.
+pub mod ct_state {
+    pub const NEW: u32 = 0x01;
+    pub const EST: u32 = 0x02;
+    pub const REL: u32 = 0x04;
+    pub const RPL: u32 = 0x08;
+    pub const INV: u32 = 0x10;
+    pub const TRK: u32 = 0x20;
+    pub const SNAT: u32 = 0x40;
+    pub const DNAT: u32 = 0x80;
+}
+
+/// TCP header flag bits for [`Field::TcpFlags`] (`tcp_flags=+syn-ack`).
+pub mod tcp_flags {
+    pub const FIN: u16 = 0x001;
+    pub const SYN: u16 = 0x002;
+    pub const RST: u16 = 0x004;
+    pub const PSH: u16 = 0x008;
+    pub const ACK: u16 = 0x010;
+    pub const URG: u16 = 0x020;
+    pub const ECE: u16 = 0x040;
+    pub const CWR: u16 = 0x080;
+    pub const NS: u16 = 0x100;
+}
+
 /// A field that can be matched, set or moved. Registers are the Nicira
 /// `reg0`..`reg15` (32 bits each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -53,6 +79,19 @@ pub enum Field {
     CtZone,
     CtMark,
     CtLabel,
+    /// Conntrack original-direction tuple (NXM_NX_CT_NW_PROTO and friends).
+    /// OVS accepts them only next to a ct_state match that implies a valid
+    /// connection (one of +new/+est/+rel/+rpl/+snat/+dnat, or +trk-inv);
+    /// ct_tp_src/dst also need ct_nw_proto.
+    CtNwProto,
+    CtNwSrc,
+    CtNwDst,
+    CtTpSrc,
+    CtTpDst,
+    /// The id of the conjunctive match that matched (NXM_NX_CONJ_ID).
+    ConjId,
+    /// TCP flags, low 12 bits (ONFOXM_ET_TCP_FLAGS in OpenFlow 1.4).
+    TcpFlags,
     /// A field this crate has no name for, kept by its OXM identity so a
     /// dumped flow still compares and re-encodes. `experimenter` is 0 unless
     /// `class` is 0xffff; `len` is the value's size in bytes (at most 16).
@@ -79,6 +118,9 @@ impl Field {
             Field::TunIpv4Src | Field::TunIpv4Dst | Field::Reg(_) | Field::CtState => 32,
             Field::CtMark => 32,
             Field::CtLabel => 128,
+            Field::CtNwProto => 8,
+            Field::CtNwSrc | Field::CtNwDst | Field::ConjId => 32,
+            Field::CtTpSrc | Field::CtTpDst | Field::TcpFlags => 16,
             Field::Unknown { len, .. } => u16::from(len) * 8,
         }
     }
@@ -177,6 +219,76 @@ impl Match {
     pub fn reg(self, n: u8, v: u32) -> Self {
         self.set(Field::Reg(n), v.into())
     }
+    pub fn tcp_src(self, p: u16) -> Self {
+        self.set(Field::TcpSrc, p.into())
+    }
+    pub fn tcp_dst(self, p: u16) -> Self {
+        self.set(Field::TcpDst, p.into())
+    }
+    /// Port range as a value/mask (one of the matches a range decomposes
+    /// into); `mask` 0xffff is an exact match.
+    pub fn tcp_dst_masked(self, p: u16, mask: u16) -> Self {
+        self.set_with_mask(Field::TcpDst, p.into(), mask.into(), u16::MAX.into())
+    }
+    pub fn udp_dst_masked(self, p: u16, mask: u16) -> Self {
+        self.set_with_mask(Field::UdpDst, p.into(), mask.into(), u16::MAX.into())
+    }
+
+    /// A masked match stored exact when `mask` is `all` (as a switch
+    /// reports it back).
+    fn set_with_mask(self, field: Field, value: u128, mask: u128, all: u128) -> Self {
+        if mask == all {
+            self.set(field, value)
+        } else {
+            self.set_masked(field, value, Some(mask))
+        }
+    }
+    pub fn icmp_type(self, t: u8) -> Self {
+        self.set(Field::IcmpType, t.into())
+    }
+    pub fn icmp_code(self, c: u8) -> Self {
+        self.set(Field::IcmpCode, c.into())
+    }
+    /// `tcp_flags`: bits in `on` set, bits in `off` clear, others ignored
+    /// (see [`tcp_flags`]).
+    pub fn tcp_flags(self, on: u16, off: u16) -> Self {
+        self.set_masked(Field::TcpFlags, on.into(), Some((on | off).into()))
+    }
+    /// `ct_state`: bits in `on` set, bits in `off` clear, others ignored
+    /// (see [`ct_state`]).
+    pub fn ct_state(self, on: u32, off: u32) -> Self {
+        self.set_masked(Field::CtState, on.into(), Some((on | off).into()))
+    }
+    pub fn ct_zone(self, zone: u16) -> Self {
+        self.set(Field::CtZone, zone.into())
+    }
+    /// `ct_mark=mark/mask` (exact when `mask` is all ones).
+    pub fn ct_mark(self, mark: u32, mask: u32) -> Self {
+        self.set_with_mask(Field::CtMark, mark.into(), mask.into(), u32::MAX.into())
+    }
+    /// `ct_label=label/mask` (exact when `mask` is all ones).
+    pub fn ct_label(self, label: u128, mask: u128) -> Self {
+        self.set_with_mask(Field::CtLabel, label, mask, u128::MAX)
+    }
+    pub fn ct_nw_proto(self, p: u8) -> Self {
+        self.set(Field::CtNwProto, p.into())
+    }
+    pub fn ct_nw_src(self, ip: Ipv4Addr) -> Self {
+        self.set(Field::CtNwSrc, u32::from(ip).into())
+    }
+    pub fn ct_nw_dst(self, ip: Ipv4Addr) -> Self {
+        self.set(Field::CtNwDst, u32::from(ip).into())
+    }
+    pub fn ct_tp_src(self, p: u16) -> Self {
+        self.set(Field::CtTpSrc, p.into())
+    }
+    pub fn ct_tp_dst(self, p: u16) -> Self {
+        self.set(Field::CtTpDst, p.into())
+    }
+    /// Matches packets whose conjunctive match `id` matched every clause.
+    pub fn conj_id(self, id: u32) -> Self {
+        self.set(Field::ConjId, id.into())
+    }
 
     pub fn fields(&self) -> &[FieldMatch] {
         &self.fields
@@ -235,9 +347,88 @@ pub enum Action {
     Resubmit { table: u8 },
     /// Apply a group.
     Group(u32),
+    /// Send the packet through the connection tracker (NXAST_CT). With
+    /// `table`, the pipeline forks: a tracked copy resumes in `table` with
+    /// ct_state and the other ct fields set, while the actions after `Ct`
+    /// go on with the untracked packet. `actions` (OVS allows set_field of
+    /// ct_mark / ct_label) and a `nat` other than [`CtNat::Existing`] need
+    /// `commit`. OVS requires the flow to match an IP eth_type.
+    Ct {
+        commit: bool,
+        zone: CtZone,
+        table: Option<u8>,
+        nat: Option<CtNat>,
+        actions: Vec<Action>,
+    },
+    /// Forget the packet's conntrack state (NXAST_CT_CLEAR): ct_state etc.
+    /// read 0 afterwards, so another zone can track it afresh.
+    CtClear,
+    /// One clause of conjunctive match `id` (NXAST_CONJUNCTION). `clause`
+    /// is 0-based, `clause < n_clauses`, `2 <= n_clauses <= 64`; ovs-ofctl
+    /// prints it 1-based: `conjunction(id,clause+1/n_clauses)`. A flow with
+    /// this action may have no other action than other conjunctions.
+    Conjunction { id: u32, clause: u8, n_clauses: u8 },
+    /// Send the packet through meter `id` first (OFPIT_METER: an
+    /// instruction in OpenFlow 1.4, so it may only be the FIRST action of
+    /// a [`Flow`]; not allowed in packet-outs, group buckets or `Ct`).
+    Meter(u32),
     /// An action this crate does not model, kept as its raw bytes (type,
     /// length and body, already padded) so it re-encodes unchanged.
     Unknown(Vec<u8>),
+}
+
+/// The conntrack zone of an [`Action::Ct`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CtZone {
+    /// A fixed zone (0 is the default zone).
+    Imm(u16),
+    /// Bits `ofs..ofs + 16` of `field` (e.g. a register holding the NIC's
+    /// zone); OVS accepts exactly 16 bits.
+    Field { field: Field, ofs: u16 },
+}
+
+/// The NAT part of an [`Action::Ct`] (NXAST_NAT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CtNat {
+    /// Plain `nat`: apply whatever translation the connection was committed
+    /// with (for established and reply traffic).
+    Existing,
+    /// Source NAT of a new connection.
+    Src(NatRange),
+    /// Destination NAT of a new connection.
+    Dst(NatRange),
+}
+
+/// Where [`CtNat::Src`]/[`CtNat::Dst`] may translate to. Ranges are
+/// inclusive `(min, max)`; `min == max` is one value. Ports need addresses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NatRange {
+    pub addrs: Option<(Ipv4Addr, Ipv4Addr)>,
+    pub ports: Option<(u16, u16)>,
+    /// Keep the same mapping for a client across connections.
+    pub persistent: bool,
+    /// Pick the port by hash (`hash`) ...
+    pub hash: bool,
+    /// ... or at random (`random`); not both.
+    pub random: bool,
+}
+
+impl NatRange {
+    /// To exactly `ip`.
+    pub fn addr(ip: Ipv4Addr) -> Self {
+        Self {
+            addrs: Some((ip, ip)),
+            ..Self::default()
+        }
+    }
+    /// To exactly `ip:port`.
+    pub fn addr_port(ip: Ipv4Addr, port: u16) -> Self {
+        Self {
+            addrs: Some((ip, ip)),
+            ports: Some((port, port)),
+            ..Self::default()
+        }
+    }
 }
 
 /// One OpenFlow entry.
@@ -283,6 +474,22 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.fields().len(), 3);
         assert_eq!(a.get(Field::InPort).map(|f| f.value), Some(3));
+    }
+
+    #[test]
+    fn flag_and_mask_helpers() {
+        let m = Match::new()
+            .ct_state(ct_state::TRK | ct_state::EST, ct_state::INV)
+            .tcp_flags(tcp_flags::SYN, tcp_flags::ACK | tcp_flags::RST)
+            .ct_mark(7, u32::MAX)
+            .ct_label(1, 1)
+            .tcp_dst_masked(80, u16::MAX);
+        let get = |f| m.get(f).map(|f| (f.value, f.mask));
+        assert_eq!(get(Field::CtState), Some((0x22, Some(0x32))));
+        assert_eq!(get(Field::TcpFlags), Some((0x2, Some(0x16))));
+        assert_eq!(get(Field::CtMark), Some((7, None)));
+        assert_eq!(get(Field::CtLabel), Some((1, Some(1))));
+        assert_eq!(get(Field::TcpDst), Some((80, None)));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`message`]: every message as a [`Message`] with `parse`/`emit`
 //!   (never panics on untrusted bytes; unknown things kept as `Unknown`),
 //!   plus [`canonical`], the form in which a switch reports a flow back.
+//! - [`meter`]: meter mods, meter config and stats.
 //! - [`oxm`], [`wire`]: match encoding and the checked header view.
 //! - [`conn`]: the sans-IO connection (negotiation, echo, xids, barrier,
 //!   multipart dumps, atomic bundles).
@@ -35,11 +36,12 @@ pub mod driver;
 pub mod error;
 pub mod flow;
 pub mod message;
+pub mod meter;
 pub mod oxm;
 pub mod wire;
 
 pub use conn::{Change, Config};
 pub use driver::{PacketIns, Switch, Timeouts};
 pub use error::{Error, Result};
-pub use flow::{Action, Field, FieldMatch, Flow, FlowKey, Match};
+pub use flow::{Action, CtNat, CtZone, Field, FieldMatch, Flow, FlowKey, Match, NatRange};
 pub use message::{canonical, FlowStats, FlowStatsRequest, Message, OfpError, PacketIn, PacketOut};

@@ -7,6 +7,7 @@ use std::fmt;
 use crate::action::{self, OFPCML_NO_BUFFER};
 use crate::error::{Error, Result};
 use crate::flow::{port, Action, Flow, Match};
+use crate::meter::{self, MeterConfig, MeterMod, MeterStats};
 use crate::oxm;
 use crate::wire::{
     finish_msg, len16, pad8, start_msg, Packet, Put, Reader, HEADER_LEN, NX_VENDOR_ID, VERSION,
@@ -34,6 +35,7 @@ pub mod msg_type {
     pub const MULTIPART_REPLY: u8 = 19;
     pub const BARRIER_REQUEST: u8 = 20;
     pub const BARRIER_REPLY: u8 = 21;
+    pub const METER_MOD: u8 = 29;
     pub const BUNDLE_CONTROL: u8 = 33;
     pub const BUNDLE_ADD_MESSAGE: u8 = 34;
 }
@@ -57,6 +59,8 @@ pub const OFPMPF_MORE: u16 = 1;
 
 const OFPHET_VERSIONBITMAP: u16 = 1;
 const OFPMP_FLOW: u16 = 1;
+const OFPMP_METER: u16 = 9;
+const OFPMP_METER_CONFIG: u16 = 10;
 const NXT_SET_PACKET_IN_FORMAT: u32 = 16;
 const NXT_PACKET_IN2: u32 = 30;
 
@@ -85,6 +89,8 @@ pub enum Message {
     PacketOut(PacketOut),
     FlowMod(FlowMod),
     GroupMod(GroupMod),
+    /// `OFPT_METER_MOD`.
+    MeterMod(MeterMod),
     MultipartRequest(MultipartRequest),
     MultipartReply(MultipartReply),
     BarrierRequest,
@@ -273,6 +279,20 @@ fn error_name(err_type: u16, code: u16) -> Option<&'static str> {
         "OFPGMFC_EPERM",
     ];
     const CONFIG: &[&str] = &["OFPSCFC_BAD_FLAGS", "OFPSCFC_BAD_LEN", "OFPSCFC_EPERM"];
+    const METER: &[&str] = &[
+        "OFPMMFC_UNKNOWN",
+        "OFPMMFC_METER_EXISTS",
+        "OFPMMFC_INVALID_METER",
+        "OFPMMFC_UNKNOWN_METER",
+        "OFPMMFC_BAD_COMMAND",
+        "OFPMMFC_BAD_FLAGS",
+        "OFPMMFC_BAD_RATE",
+        "OFPMMFC_BAD_BURST",
+        "OFPMMFC_BAD_BAND",
+        "OFPMMFC_BAD_BAND_VALUE",
+        "OFPMMFC_OUT_OF_METERS",
+        "OFPMMFC_OUT_OF_BANDS",
+    ];
     const BUNDLE: &[&str] = &[
         "OFPBFC_UNKNOWN",
         "OFPBFC_EPERM",
@@ -300,6 +320,7 @@ fn error_name(err_type: u16, code: u16) -> Option<&'static str> {
         5 => FLOW,
         6 => GROUP,
         10 => CONFIG,
+        12 => METER,
         17 => BUNDLE,
         _ => return None,
     };
@@ -512,7 +533,14 @@ impl Default for FlowStatsRequest {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MultipartRequestBody {
     Flow(FlowStatsRequest),
-    Unknown { mp_type: u16, body: Vec<u8> },
+    /// `OFPMP_METER` for one meter id or [`meter::OFPM_ALL`].
+    MeterStats(u32),
+    /// `OFPMP_METER_CONFIG` for one meter id or [`meter::OFPM_ALL`].
+    MeterConfig(u32),
+    Unknown {
+        mp_type: u16,
+        body: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -538,6 +566,8 @@ pub struct FlowStats {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MultipartReplyBody {
     Flow(Vec<FlowStats>),
+    MeterStats(Vec<MeterStats>),
+    MeterConfig(Vec<MeterConfig>),
     Unknown { mp_type: u16, body: Vec<u8> },
 }
 
@@ -631,6 +661,7 @@ impl Message {
             Message::PacketOut(_) => PACKET_OUT,
             Message::FlowMod(_) => FLOW_MOD,
             Message::GroupMod(_) => GROUP_MOD,
+            Message::MeterMod(_) => METER_MOD,
             Message::MultipartRequest(_) => MULTIPART_REQUEST,
             Message::MultipartReply(_) => MULTIPART_REPLY,
             Message::BarrierRequest => BARRIER_REQUEST,
@@ -725,6 +756,7 @@ impl Message {
             }
             Message::FlowMod(fm) => put_flow_mod_body(out, fm.command, &fm.flow, &fm.params)?,
             Message::GroupMod(g) => emit_group_mod(out, g)?,
+            Message::MeterMod(m) => meter::emit_meter_mod(out, m)?,
             Message::MultipartRequest(m) => match &m.body {
                 MultipartRequestBody::Flow(r) => {
                     out.put_u16(OFPMP_FLOW);
@@ -738,6 +770,17 @@ impl Message {
                     out.put_u64(r.cookie);
                     out.put_u64(r.cookie_mask);
                     oxm::emit_match(out, &r.matches)?;
+                }
+                MultipartRequestBody::MeterStats(id) | MultipartRequestBody::MeterConfig(id) => {
+                    out.put_u16(if matches!(m.body, MultipartRequestBody::MeterStats(_)) {
+                        OFPMP_METER
+                    } else {
+                        OFPMP_METER_CONFIG
+                    });
+                    out.put_u16(m.flags);
+                    out.put_zeros(4);
+                    out.put_u32(*id);
+                    out.put_zeros(4);
                 }
                 MultipartRequestBody::Unknown { mp_type, body } => {
                     out.put_u16(*mp_type);
@@ -754,6 +797,18 @@ impl Message {
                     for s in stats {
                         emit_flow_stats(out, s)?;
                     }
+                }
+                MultipartReplyBody::MeterStats(stats) => {
+                    out.put_u16(OFPMP_METER);
+                    out.put_u16(m.flags);
+                    out.put_zeros(4);
+                    meter::emit_meter_stats(out, stats)?;
+                }
+                MultipartReplyBody::MeterConfig(configs) => {
+                    out.put_u16(OFPMP_METER_CONFIG);
+                    out.put_u16(m.flags);
+                    out.put_zeros(4);
+                    meter::emit_meter_configs(out, configs)?;
                 }
                 MultipartReplyBody::Unknown { mp_type, body } => {
                     out.put_u16(*mp_type);
@@ -894,6 +949,7 @@ impl Message {
             }
             FLOW_MOD => Message::FlowMod(parse_flow_mod(r)?),
             GROUP_MOD => Message::GroupMod(parse_group_mod(r)?),
+            METER_MOD => Message::MeterMod(meter::parse_meter_mod(r)?),
             MULTIPART_REQUEST => {
                 let mp_type = r.u16()?;
                 let flags = r.u16()?;
@@ -917,6 +973,15 @@ impl Message {
                             matches,
                         })
                     }
+                    OFPMP_METER | OFPMP_METER_CONFIG => {
+                        let id = r.u32()?;
+                        r.skip(4)?;
+                        if mp_type == OFPMP_METER {
+                            MultipartRequestBody::MeterStats(id)
+                        } else {
+                            MultipartRequestBody::MeterConfig(id)
+                        }
+                    }
                     _ => MultipartRequestBody::Unknown {
                         mp_type,
                         body: r.rest().to_vec(),
@@ -935,6 +1000,12 @@ impl Message {
                             stats.push(parse_flow_stats(&mut r)?);
                         }
                         MultipartReplyBody::Flow(stats)
+                    }
+                    OFPMP_METER => {
+                        MultipartReplyBody::MeterStats(meter::parse_meter_stats(r.rest())?)
+                    }
+                    OFPMP_METER_CONFIG => {
+                        MultipartReplyBody::MeterConfig(meter::parse_meter_configs(r.rest())?)
                     }
                     _ => MultipartReplyBody::Unknown {
                         mp_type,
@@ -1114,6 +1185,24 @@ pub(crate) fn emit_bundle_flow_mod_parts(
     out.put_u16(flags);
     let inner = start_msg(out, msg_type::FLOW_MOD, xid);
     put_flow_mod_parts(out, command, flow, &FlowModParams::default())?;
+    finish_msg(out, inner)?;
+    finish_msg(out, outer)
+}
+
+/// Encodes a bundle add message wrapping a group mod.
+pub(crate) fn emit_bundle_group_mod(
+    out: &mut Vec<u8>,
+    xid: u32,
+    bundle_id: u32,
+    flags: u16,
+    g: &GroupMod,
+) -> Result<()> {
+    let outer = start_msg(out, msg_type::BUNDLE_ADD_MESSAGE, xid);
+    out.put_u32(bundle_id);
+    out.put_u16(0);
+    out.put_u16(flags);
+    let inner = start_msg(out, msg_type::GROUP_MOD, xid);
+    emit_group_mod(out, g)?;
     finish_msg(out, inner)?;
     finish_msg(out, outer)
 }

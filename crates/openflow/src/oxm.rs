@@ -15,6 +15,9 @@ pub const OFPXMC_NXM_1: u16 = 0x0001;
 pub const OFPXMC_OPENFLOW_BASIC: u16 = 0x8000;
 pub const OFPXMC_EXPERIMENTER: u16 = 0xffff;
 
+/// ONF's experimenter id, for the OXM fields OpenFlow 1.3/1.4 lack.
+pub const ONF_EXPERIMENTER_ID: u32 = 0x4f4e_4600;
+
 /// `ofp_match.type` for OXM matches.
 const OFPMT_OXM: u16 = 1;
 
@@ -35,6 +38,14 @@ impl OxmId {
             field,
             len,
             experimenter: 0,
+        }
+    }
+    const fn onf(field: u8, len: u8) -> Self {
+        Self {
+            class: OFPXMC_EXPERIMENTER,
+            field,
+            len,
+            experimenter: ONF_EXPERIMENTER_ID,
         }
     }
     const fn nx(field: u8, len: u8) -> Self {
@@ -99,6 +110,15 @@ pub fn oxm_id(field: Field) -> Result<OxmId> {
         CtZone => OxmId::nx(106, 2),
         CtMark => OxmId::nx(107, 4),
         CtLabel => OxmId::nx(108, 16),
+        CtNwProto => OxmId::nx(119, 1),
+        CtNwSrc => OxmId::nx(120, 4),
+        CtNwDst => OxmId::nx(121, 4),
+        CtTpSrc => OxmId::nx(124, 2),
+        CtTpDst => OxmId::nx(125, 2),
+        ConjId => OxmId::nx(37, 4),
+        // OpenFlow 1.4 has no tcp_flags; OVS uses ONF's (OF1.5 made it
+        // OXM_OF_TCP_FLAGS).
+        TcpFlags => OxmId::onf(42, 2),
         Unknown {
             class,
             field,
@@ -136,6 +156,7 @@ const NXM_ALIASES: &[(u16, u8, u8, Field)] = &[
     (OFPXMC_NXM_1, 16, 8, Field::TunnelId),
     (OFPXMC_NXM_1, 17, 6, Field::ArpSha),
     (OFPXMC_NXM_1, 18, 6, Field::ArpTha),
+    (OFPXMC_NXM_1, 34, 2, Field::TcpFlags),
 ];
 
 /// The header OVS uses for `field` in a reg_move touching bits
@@ -197,8 +218,15 @@ pub fn field_from_oxm(id: OxmId) -> Field {
             106 => Some(CtZone),
             107 => Some(CtMark),
             108 => Some(CtLabel),
+            119 => Some(CtNwProto),
+            120 => Some(CtNwSrc),
+            121 => Some(CtNwDst),
+            124 => Some(CtTpSrc),
+            125 => Some(CtTpDst),
+            37 => Some(ConjId),
             _ => None,
         },
+        (OFPXMC_EXPERIMENTER, 42) if id.experimenter == ONF_EXPERIMENTER_ID => Some(TcpFlags),
         _ => None,
     };
     // A known number with a surprising size is not the field we think it is.
@@ -219,10 +247,11 @@ pub fn field_from_oxm(id: OxmId) -> Field {
 fn emit_rank(field: Field) -> (u8, u32) {
     use Field::*;
     let r = match field {
-        InPort => 0,
-        EthSrc => 1,
-        EthDst => 2,
-        EthType => 3,
+        ConjId => 0,
+        InPort => 1,
+        EthSrc => 2,
+        EthDst => 3,
+        EthType => 4,
         Ipv4Src => 10,
         Ipv4Dst => 11,
         IpDscp => 12,
@@ -230,10 +259,11 @@ fn emit_rank(field: Field) -> (u8, u32) {
         IpProto => 14,
         TcpSrc => 15,
         TcpDst => 16,
-        UdpSrc => 17,
-        UdpDst => 18,
-        IcmpType => 19,
-        IcmpCode => 20,
+        TcpFlags => 17,
+        UdpSrc => 18,
+        UdpDst => 19,
+        IcmpType => 20,
+        IcmpCode => 21,
         ArpOp => 30,
         ArpSpa => 31,
         ArpTpa => 32,
@@ -247,6 +277,11 @@ fn emit_rank(field: Field) -> (u8, u32) {
         CtZone => 71,
         CtMark => 72,
         CtLabel => 73,
+        CtNwSrc => 74,
+        CtNwDst => 75,
+        CtNwProto => 76,
+        CtTpSrc => 77,
+        CtTpDst => 78,
         Metadata => 80,
         Unknown {
             class,
@@ -314,6 +349,22 @@ pub(crate) fn put_entry(
         }
     }
     Ok(())
+}
+
+/// The identity in a bare 32-bit header naming an unmasked field (as
+/// NXAST_CT's zone source does); `None` for experimenter or masked headers.
+pub(crate) fn id_from_header32(h: u32) -> Option<OxmId> {
+    let class = (h >> 16) as u16;
+    let len = (h & 0xff) as u8;
+    if class == OFPXMC_EXPERIMENTER || h & 0x100 != 0 || len > 16 {
+        return None;
+    }
+    Some(OxmId {
+        class,
+        field: ((h >> 9) & 0x7f) as u8,
+        len,
+        experimenter: 0,
+    })
 }
 
 /// Reads an OXM header: identity and whether a mask follows.
@@ -481,6 +532,50 @@ mod tests {
         let mut r = Reader::new(&out, "t");
         assert_eq!(parse_match(&mut r).unwrap(), m);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn conntrack_conjunction_and_l4_fields() {
+        use crate::flow::{ct_state, tcp_flags};
+        // NXM_NX_* numbers from OVS meta-flow.h.
+        assert_eq!(oxm_id(Field::ConjId).unwrap().header(false), 0x0001_4a04);
+        assert_eq!(oxm_id(Field::CtNwProto).unwrap().header(false), 0x0001_ee01);
+        assert_eq!(oxm_id(Field::CtNwSrc).unwrap().header(true), 0x0001_f108);
+        assert_eq!(oxm_id(Field::CtTpDst).unwrap().header(false), 0x0001_fa02);
+        assert_eq!(oxm_id(Field::CtLabel).unwrap().header(true), 0x0001_d920);
+        // ONFOXM_ET_TCP_FLAGS: experimenter class, 4 more payload bytes.
+        assert_eq!(oxm_id(Field::TcpFlags).unwrap().header(true), 0xffff_5508);
+        let m = Match::new()
+            .conj_id(77)
+            .eth_type(0x0800)
+            .ip_proto(6)
+            .tcp_dst_masked(0x1000, 0xf000)
+            .tcp_flags(tcp_flags::SYN, tcp_flags::ACK)
+            .ct_state(ct_state::TRK | ct_state::EST, ct_state::INV | ct_state::NEW)
+            .ct_zone(3)
+            .ct_mark(1, 1)
+            .ct_label(1 << 100, (1 << 100) | 1)
+            .ct_nw_proto(6)
+            .ct_nw_src(Ipv4Addr::new(10, 0, 0, 1))
+            .ct_nw_dst(Ipv4Addr::new(10, 0, 0, 2))
+            .ct_tp_src(1234)
+            .ct_tp_dst(80);
+        let mut out = Vec::new();
+        emit_match(&mut out, &m).unwrap();
+        // conj_id first, as OVS writes it.
+        assert_eq!(&out[4..8], &[0x00, 0x01, 0x4a, 0x04]);
+        let mut r = Reader::new(&out, "t");
+        assert_eq!(parse_match(&mut r).unwrap(), m);
+        let st = m.get(Field::CtState).unwrap();
+        assert_eq!((st.value, st.mask), (0x22, Some(0x33)));
+        // The legacy NXM_NX_TCP_FLAGS header reads as the same field.
+        let nxm = [0x00, 0x01, 0x45, 0x04, 0x00, 0x02, 0x00, 0x12];
+        let f = parse_oxm_fields(&nxm).unwrap().fields()[0];
+        assert_eq!((f.field, f.value, f.mask), (Field::TcpFlags, 2, Some(0x12)));
+        let m = Match::new().set(Field::CtLabel, u128::MAX);
+        let mut out = Vec::new();
+        emit_match(&mut out, &m).unwrap();
+        assert_eq!(parse_match(&mut Reader::new(&out, "t")).unwrap(), m);
     }
 
     #[test]

@@ -275,3 +275,191 @@ fn flow_stats_request() {
     assert_eq!(bytes[32..40], 0x5a00_0000_0000_0000u64.to_be_bytes());
     assert_eq!(bytes[40..48], 0xff00_0000_0000_0000u64.to_be_bytes());
 }
+
+fn ct_flow() -> Flow {
+    use openflow::flow::{ct_state, tcp_flags};
+    use openflow::{CtNat, CtZone, NatRange};
+    Flow {
+        table: 30,
+        priority: 1000,
+        cookie: 0x42,
+        matches: Match::new()
+            .eth_type(0x0800)
+            .ip_proto(6)
+            .tcp_dst(443)
+            .tcp_flags(tcp_flags::SYN, tcp_flags::ACK)
+            .ct_state(ct_state::TRK | ct_state::NEW, ct_state::INV | ct_state::EST)
+            .ct_zone(12)
+            .ct_mark(0x10, 0xf0)
+            .ct_label(1 << 70, 1 << 70)
+            .reg(6, 12),
+        actions: vec![
+            Action::Ct {
+                commit: true,
+                zone: CtZone::Field {
+                    field: Field::Reg(6),
+                    ofs: 0,
+                },
+                table: Some(31),
+                nat: Some(CtNat::Dst(NatRange::addr_port(
+                    Ipv4Addr::new(10, 0, 0, 5),
+                    8443,
+                ))),
+                actions: vec![Action::SetField {
+                    field: Field::CtMark,
+                    value: 0x17,
+                }],
+            },
+            Action::CtClear,
+        ],
+        goto_table: None,
+    }
+}
+
+#[test]
+fn flow_mod_conntrack() {
+    assert_eq!(
+        ofp_print(
+            &Message::FlowMod(FlowMod::new(FlowModCommand::Add, ct_flow())),
+            11
+        ),
+        "OFPT_FLOW_MOD (OF1.4) (xid=0xb): ADD table:30 \
+         priority=1000,ct_state=+new-est-inv+trk,ct_zone=12,ct_mark=0x10/0xf0,\
+         ct_label=0x400000000000000000/0x400000000000000000,tcp,reg6=0xc,tp_dst=443,\
+         tcp_flags=+syn-ack cookie:0x42 \
+         actions=ct(commit,table=31,zone=NXM_NX_REG6[0..15],\
+         nat(dst=10.0.0.5:8443),exec(set_field:0x17->ct_mark)),ct_clear"
+    );
+}
+
+#[test]
+fn flow_mod_conjunction_and_ct_tuple() {
+    use openflow::flow::ct_state;
+    let clause = Flow {
+        table: 40,
+        priority: 2000,
+        cookie: 0,
+        matches: Match::new()
+            .eth_type(0x0800)
+            .ipv4_src_prefix(Ipv4Addr::new(10, 1, 0, 0), 16)
+            .reg(7, 3),
+        actions: vec![
+            Action::Conjunction {
+                id: 100,
+                clause: 0,
+                n_clauses: 2,
+            },
+            Action::Conjunction {
+                id: 101,
+                clause: 1,
+                n_clauses: 3,
+            },
+        ],
+        goto_table: None,
+    };
+    assert_eq!(
+        ofp_print(
+            &Message::FlowMod(FlowMod::new(FlowModCommand::Add, clause)),
+            12
+        ),
+        "OFPT_FLOW_MOD (OF1.4) (xid=0xc): ADD table:40 priority=2000,ip,reg7=0x3,\
+         nw_src=10.1.0.0/16 actions=conjunction(100,1/2),conjunction(101,2/3)"
+    );
+    let hit = Flow {
+        table: 40,
+        priority: 2000,
+        cookie: 0,
+        matches: Match::new()
+            .conj_id(100)
+            .eth_type(0x0800)
+            .ip_proto(1)
+            .icmp_type(8)
+            .icmp_code(0)
+            .ct_state(ct_state::TRK, ct_state::INV)
+            .ct_nw_proto(17)
+            .ct_nw_src(Ipv4Addr::new(10, 0, 0, 1))
+            .ct_nw_dst(Ipv4Addr::new(198, 51, 100, 7))
+            .ct_tp_src(5353)
+            .ct_tp_dst(53),
+        actions: vec![],
+        goto_table: Some(41),
+    };
+    assert_eq!(
+        ofp_print(
+            &Message::FlowMod(FlowMod::new(FlowModCommand::Add, hit)),
+            13
+        ),
+        "OFPT_FLOW_MOD (OF1.4) (xid=0xd): ADD table:40 priority=2000,conj_id=100,\
+         ct_state=-inv+trk,ct_nw_src=10.0.0.1,ct_nw_dst=198.51.100.7,ct_nw_proto=17,\
+         ct_tp_src=5353,ct_tp_dst=53,icmp,icmp_type=8,icmp_code=0 actions=goto_table:41"
+    );
+}
+
+#[test]
+fn meter_mod_and_meter_instruction() {
+    use openflow::meter::{flags, MeterBand, MeterMod, MeterModCommand};
+    let mm = Message::MeterMod(MeterMod {
+        command: MeterModCommand::Add,
+        flags: flags::KBPS | flags::BURST | flags::STATS,
+        meter_id: 70,
+        bands: vec![MeterBand::Drop {
+            rate: 20_000,
+            burst_size: 4_000,
+        }],
+    });
+    assert_eq!(
+        ofp_print(&mm, 14),
+        "OFPT_METER_MOD (OF1.4) (xid=0xe): ADD meter=70 kbps burst stats \
+         bands=\ntype=drop rate=20000 burst_size=4000"
+    );
+    let flow = Flow {
+        table: 60,
+        priority: 5,
+        cookie: 0,
+        matches: Match::new()
+            .eth_type(0x0800)
+            .ipv4_src(Ipv4Addr::new(203, 0, 113, 10)),
+        actions: vec![Action::Meter(70), Action::Output(2)],
+        goto_table: Some(61),
+    };
+    assert_eq!(
+        ofp_print(
+            &Message::FlowMod(FlowMod::new(FlowModCommand::Add, flow)),
+            15
+        ),
+        "OFPT_FLOW_MOD (OF1.4) (xid=0xf): ADD table:60 priority=5,ip,\
+         nw_src=203.0.113.10 actions=meter:70,output:2,goto_table:61"
+    );
+}
+
+#[test]
+fn group_mod_select_with_ct_buckets() {
+    use openflow::{CtNat, CtZone, NatRange};
+    let backend = |d: u8, w: u16| Bucket {
+        weight: w,
+        watch_port: port::ANY,
+        watch_group: OFPG_ANY,
+        actions: vec![Action::Ct {
+            commit: true,
+            zone: CtZone::Imm(7),
+            table: Some(45),
+            nat: Some(CtNat::Dst(NatRange::addr_port(
+                Ipv4Addr::new(10, 0, 2, d),
+                8080,
+            ))),
+            actions: vec![],
+        }],
+    };
+    let g = GroupMod {
+        command: GroupModCommand::Add,
+        group_type: GroupType::Select,
+        group_id: 30,
+        buckets: vec![backend(1, 100), backend(2, 50)],
+    };
+    assert_eq!(
+        ofp_print(&Message::GroupMod(g), 16),
+        "OFPT_GROUP_MOD (OF1.4) (xid=0x10):\n ADD group_id=30,type=select,\
+         bucket=weight:100,actions=ct(commit,table=45,zone=7,nat(dst=10.0.2.1:8080)),\
+         bucket=weight:50,actions=ct(commit,table=45,zone=7,nat(dst=10.0.2.2:8080))"
+    );
+}

@@ -10,6 +10,7 @@ use std::net::Ipv4Addr;
 use openflow::conn::{Config, Connection};
 use openflow::flow::port;
 use openflow::message::*;
+use openflow::meter::{BandStats, MeterBand, MeterConfig, MeterMod, MeterModCommand, MeterStats};
 use openflow::{Action, Field, Flow, Match, Message};
 
 /// Deterministic xorshift, so failures reproduce.
@@ -62,6 +63,61 @@ fn flow() -> Flow {
             Action::Output(port::LOCAL),
         ],
         goto_table: Some(2),
+    }
+}
+
+/// Conntrack, NAT, conjunctions and a meter instruction.
+fn ext_flow() -> Flow {
+    use openflow::{CtNat, CtZone, NatRange};
+    Flow {
+        table: 3,
+        priority: 7,
+        cookie: 1,
+        matches: Match::new()
+            .conj_id(4)
+            .eth_type(0x0800)
+            .ip_proto(6)
+            .tcp_flags(2, 0x10)
+            .ct_state(0x21, 0x10)
+            .ct_nw_src(Ipv4Addr::new(10, 0, 0, 1))
+            .ct_tp_dst(443)
+            .ct_label(1 << 90, 1 << 90),
+        actions: vec![
+            Action::Meter(3),
+            Action::Ct {
+                commit: true,
+                zone: CtZone::Field {
+                    field: Field::Reg(2),
+                    ofs: 16,
+                },
+                table: Some(4),
+                nat: Some(CtNat::Src(NatRange {
+                    addrs: Some((Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 2))),
+                    ports: Some((1000, 2000)),
+                    persistent: true,
+                    hash: true,
+                    random: false,
+                })),
+                actions: vec![Action::SetField {
+                    field: Field::CtMark,
+                    value: 1,
+                }],
+            },
+            Action::Ct {
+                commit: false,
+                zone: CtZone::Imm(3),
+                table: None,
+                nat: Some(CtNat::Existing),
+                actions: vec![],
+            },
+            Action::CtClear,
+            Action::Conjunction {
+                id: 9,
+                clause: 1,
+                n_clauses: 4,
+            },
+        ],
+        goto_table: Some(5),
     }
 }
 
@@ -141,6 +197,53 @@ fn corpus() -> Vec<Message> {
             vec![Action::Output(port::TABLE)],
             vec![1; 42],
         )),
+        Message::FlowMod(FlowMod::new(FlowModCommand::Add, ext_flow())),
+        Message::MeterMod(MeterMod {
+            command: MeterModCommand::Add,
+            flags: 0xd,
+            meter_id: 3,
+            bands: vec![
+                MeterBand::Drop {
+                    rate: 1000,
+                    burst_size: 100,
+                },
+                MeterBand::DscpRemark {
+                    rate: 10,
+                    burst_size: 1,
+                    prec_level: 1,
+                },
+            ],
+        }),
+        Message::MultipartRequest(MultipartRequest {
+            flags: 0,
+            body: MultipartRequestBody::MeterStats(3),
+        }),
+        Message::MultipartReply(MultipartReply {
+            flags: 0,
+            body: MultipartReplyBody::MeterConfig(vec![MeterConfig {
+                flags: 1,
+                meter_id: 3,
+                bands: vec![MeterBand::Drop {
+                    rate: 5,
+                    burst_size: 0,
+                }],
+            }]),
+        }),
+        Message::MultipartReply(MultipartReply {
+            flags: 0,
+            body: MultipartReplyBody::MeterStats(vec![MeterStats {
+                meter_id: 3,
+                flow_count: 1,
+                packet_in_count: 2,
+                byte_in_count: 3,
+                duration_sec: 4,
+                duration_nsec: 5,
+                bands: vec![BandStats {
+                    packet_count: 6,
+                    byte_count: 7,
+                }],
+            }]),
+        }),
         Message::GroupMod(GroupMod {
             command: GroupModCommand::Add,
             group_type: GroupType::Select,

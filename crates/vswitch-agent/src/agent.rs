@@ -11,15 +11,15 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use openflow::Flow;
-use ovsdb::vswitch::{BridgeConfig, TunnelSpec, Vswitch, VswitchEvent};
-use proto::{NodeState, Revision};
+use ovsdb::vswitch::{BridgeConfig, OfportMap, TunnelSpec, Vswitch, VswitchEvent};
+use proto::{Change, NodeState, Object, ObjectKey, Revision};
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::control::{ControlClient, ControlConfig, Update};
 use crate::dhcp;
 use crate::local::{LocalState, Persisted, Persister};
-use crate::pipeline::{IncrementalRenderer, PortMap};
+use crate::pipeline::{IncrementalRenderer, PortMap, Scope};
 use crate::reconcile;
 use crate::switch::Switch;
 
@@ -87,6 +87,8 @@ pub async fn run(
             desired: persisted.state,
             renderer: IncrementalRenderer::new(generation),
             dumped: None,
+            scope: Scope::All,
+            ofports_seen: OfportMap::default(),
             persisted_revision: None,
             last_ack: None,
             acks,
@@ -154,6 +156,10 @@ struct Node {
     desired: Option<NodeState>,
     /// The flows of the last render, and so of the switch while in step.
     renderer: IncrementalRenderer,
+    /// What changed since the last sync, so the renderer looks only there.
+    scope: Scope,
+    /// The ofports the last sync saw, to tell which NICs a change moved.
+    ofports_seen: OfportMap,
     /// What a dump found in the switch when the renderer is not known to
     /// be in step with it (start, reconnect, failed apply): the next sync
     /// reconciles against this in full, then goes incremental.
@@ -206,7 +212,12 @@ impl Node {
                     }
                     dirty = true;
                 }
-                Ok(()) = ofports.changed() => dirty = true,
+                Ok(()) = ofports.changed() => {
+                    let now = ofports.borrow_and_update().clone();
+                    self.scope.add(port_scope(&self.ofports_seen, &now));
+                    self.ofports_seen = now;
+                    dirty = true;
+                }
                 event = events.recv() => match event {
                     Ok(VswitchEvent::VswitchdUp | VswitchEvent::DatapathIdChanged { .. }) => {
                         info!("ovs-vswitchd restarted; replaying flows");
@@ -236,6 +247,7 @@ impl Node {
     fn take(&mut self, update: Update) {
         match update {
             Update::Snapshot(state) => {
+                self.scope = Scope::All;
                 debug!(revision = state.revision, "snapshot");
                 self.desired = Some(state);
             }
@@ -253,6 +265,7 @@ impl Node {
                 };
                 for change in &changes {
                     state.apply(change);
+                    self.scope.add(change_scope(change));
                 }
                 state.revision = revision;
                 debug!(base, revision, changes = changes.len(), "delta");
@@ -282,11 +295,15 @@ impl Node {
             // Out of step: render everything, diff against the dump.
             Some(dumped) => {
                 self.renderer = IncrementalRenderer::new(self.generation);
+                self.scope = Scope::Nics(Default::default());
                 self.renderer.update(state, &ports);
                 let desired = self.renderer.flows();
                 (reconcile::diff(&dumped, &desired), desired.len())
             }
-            None => (self.renderer.update(state, &ports), 0),
+            None => {
+                let scope = std::mem::take(&mut self.scope);
+                (self.renderer.update_scoped(state, &ports, &scope), 0)
+            }
         };
         let rendered = started.elapsed();
         if !changes.is_empty() {
@@ -407,6 +424,113 @@ impl Node {
             Ok(dhcp::Outcome::Ignored(_)) => {}
             Err(e) => debug!(error = %e, port = packet.in_port, "packet-in not handled"),
         }
+    }
+}
+
+/// The NICs a change of the node's state can affect.
+fn change_scope(change: &Change) -> Scope {
+    match change {
+        Change::Upsert {
+            object: Object::Nic(nic),
+        } => Scope::nic(&nic.id),
+        Change::Remove {
+            key: ObjectKey::Nic(id),
+        } => Scope::nic(id),
+        _ => Scope::All,
+    }
+}
+
+/// The NICs whose port appeared, moved or vanished. Any other port that
+/// changed (a tunnel) can affect every remote NIC: then everything.
+fn port_scope(before: &OfportMap, after: &OfportMap) -> Scope {
+    let nic_ports: std::collections::HashSet<u32> = before
+        .by_iface_id
+        .values()
+        .chain(after.by_iface_id.values())
+        .copied()
+        .collect();
+    let other_port_changed = before
+        .by_name
+        .iter()
+        .filter(|(name, port)| after.by_name.get(*name) != Some(*port))
+        .map(|(_, port)| *port)
+        .chain(
+            after
+                .by_name
+                .iter()
+                .filter(|(name, port)| before.by_name.get(*name) != Some(*port))
+                .map(|(_, port)| *port),
+        )
+        .any(|port| !nic_ports.contains(&port));
+    if other_port_changed {
+        return Scope::All;
+    }
+    let mut ids = std::collections::HashSet::new();
+    for (id, port) in &after.by_iface_id {
+        if before.by_iface_id.get(id) != Some(port) {
+            ids.insert(id.clone());
+        }
+    }
+    ids.extend(
+        before
+            .by_iface_id
+            .keys()
+            .filter(|id| !after.by_iface_id.contains_key(*id))
+            .cloned(),
+    );
+    Scope::Nics(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ports(nics: &[(&str, u32)], names: &[(&str, u32)]) -> OfportMap {
+        OfportMap {
+            by_iface_id: nics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            by_name: names.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            ..OfportMap::default()
+        }
+    }
+
+    #[test]
+    fn a_plugged_vif_scopes_to_its_nic_and_a_tunnel_to_everything() {
+        let before = ports(&[("nic-a", 5)], &[("tap-a", 5), ("vx-n1", 9)]);
+        let vif = ports(
+            &[("nic-a", 5), ("nic-b", 6)],
+            &[("tap-a", 5), ("tap-b", 6), ("vx-n1", 9)],
+        );
+        assert_eq!(port_scope(&before, &vif), Scope::nic("nic-b"));
+
+        let unplugged = ports(&[], &[("vx-n1", 9)]);
+        assert_eq!(port_scope(&before, &unplugged), Scope::nic("nic-a"));
+
+        let tunnel_and_vif = ports(
+            &[("nic-a", 5), ("nic-b", 6)],
+            &[("tap-a", 5), ("tap-b", 6), ("vx-n1", 9), ("vx-n2", 10)],
+        );
+        assert_eq!(port_scope(&before, &tunnel_and_vif), Scope::All);
+    }
+
+    #[test]
+    fn only_nic_changes_stay_scoped() {
+        let nic: proto::Nic = serde_json::from_value(serde_json::json!({
+            "id": "nic-1", "vpc_id": "v", "subnet_id": "s",
+            "mac": "02:00:00:00:00:01", "ip": "10.0.0.2", "node": "n"
+        }))
+        .unwrap();
+        let up = Change::Upsert {
+            object: Object::Nic(nic),
+        };
+        assert_eq!(change_scope(&up), Scope::nic("nic-1"));
+        let gone = Change::Remove {
+            key: ObjectKey::Nic("nic-2".into()),
+        };
+        assert_eq!(change_scope(&gone), Scope::nic("nic-2"));
+        let subnet = Change::Remove {
+            key: ObjectKey::Subnet("s".into()),
+        };
+        assert_eq!(change_scope(&subnet), Scope::All);
     }
 }
 

@@ -45,7 +45,7 @@ use std::net::Ipv4Addr;
 
 mod incremental;
 
-pub use incremental::IncrementalRenderer;
+pub use incremental::{IncrementalRenderer, Scope};
 
 use openflow::flow::{port, Action, Field, Flow, Match};
 use proto::{Mac, Nic, NodeState, Subnet, Vpc};

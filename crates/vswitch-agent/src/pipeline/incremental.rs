@@ -55,11 +55,40 @@ struct Rendered {
     flows: Vec<Flow>,
 }
 
+/// What may have changed since the last render.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Anything: look at every NIC.
+    #[default]
+    All,
+    /// Only these NICs (added, changed, removed, or their port moved);
+    /// VPCs, subnets and peers are unchanged.
+    Nics(HashSet<String>),
+}
+
+impl Scope {
+    /// Widens the scope by `other`.
+    pub fn add(&mut self, other: Scope) {
+        match (&mut *self, other) {
+            (Scope::All, _) => {}
+            (_, Scope::All) => *self = Scope::All,
+            (Scope::Nics(mine), Scope::Nics(theirs)) => mine.extend(theirs),
+        }
+    }
+
+    pub fn nic(id: impl Into<String>) -> Scope {
+        Scope::Nics(HashSet::from([id.into()]))
+    }
+}
+
 /// The flows last rendered, by owner.
 pub struct IncrementalRenderer {
     generation: u16,
     shared: HashMap<FlowKey, Flow>,
     nics: HashMap<String, Rendered>,
+    /// The VPCs with a local NIC at the last render: when that set changes,
+    /// NICs outside `Scope::Nics` gain or lose their flows too.
+    local_vpcs: Vec<String>,
 }
 
 impl IncrementalRenderer {
@@ -69,6 +98,7 @@ impl IncrementalRenderer {
             generation,
             shared: HashMap::new(),
             nics: HashMap::new(),
+            local_vpcs: Vec::new(),
         }
     }
 
@@ -76,7 +106,24 @@ impl IncrementalRenderer {
     /// deletes first, then adds and modifies (a key that moves from one
     /// object to another is only added, which replaces it).
     pub fn update(&mut self, state: &NodeState, ports: &PortMap) -> Vec<FlowChange> {
+        self.update_scoped(state, ports, &Scope::All)
+    }
+
+    /// Like [`IncrementalRenderer::update`], looking only at the NICs in
+    /// `scope` (everything when the set of local VPCs changed).
+    pub fn update_scoped(
+        &mut self,
+        state: &NodeState,
+        ports: &PortMap,
+        scope: &Scope,
+    ) -> Vec<FlowChange> {
         let ctx = Ctx::new(state, ports, self.generation);
+        let local_vpcs: Vec<String> = ctx.local_vpcs.keys().map(|v| v.to_string()).collect();
+        let only = match scope {
+            Scope::Nics(ids) if local_vpcs == self.local_vpcs => Some(ids),
+            _ => None,
+        };
+        self.local_vpcs = local_vpcs;
         let mut deleted: Vec<FlowKey> = Vec::new();
         let mut added: Vec<FlowChange> = Vec::new();
 
@@ -105,7 +152,11 @@ impl IncrementalRenderer {
         self.shared = shared;
 
         let mut present: HashSet<&str> = HashSet::new();
-        for nic in state.nics.values() {
+        let candidates: Box<dyn Iterator<Item = &proto::Nic>> = match only {
+            Some(ids) => Box::new(ids.iter().filter_map(|id| state.nics.get(id))),
+            None => Box::new(state.nics.values()),
+        };
+        for nic in candidates {
             let Some(vpc) = ctx.local_vpcs.get(nic.vpc_id.as_str()) else {
                 continue;
             };
@@ -136,13 +187,25 @@ impl IncrementalRenderer {
             let new = &self.nics[&nic.id].flows;
             diff_owned(&old, new, &mut deleted, &mut added);
         }
-        self.nics.retain(|id, r| {
-            let keep = present.contains(id.as_str());
-            if !keep {
+        // NICs gone (or whose VPC left the node): only those in scope can be.
+        let gone: Vec<String> = match only {
+            Some(ids) => ids
+                .iter()
+                .filter(|id| !present.contains(id.as_str()))
+                .cloned()
+                .collect(),
+            None => self
+                .nics
+                .keys()
+                .filter(|id| !present.contains(id.as_str()))
+                .cloned()
+                .collect(),
+        };
+        for id in gone {
+            if let Some(r) = self.nics.remove(&id) {
                 deleted.extend(r.flows.iter().map(Flow::key));
             }
-            keep
-        });
+        }
 
         let re_added: HashSet<FlowKey> = added.iter().map(FlowChange::key).collect();
         let mut changes: Vec<FlowChange> = deleted
@@ -278,12 +341,33 @@ mod tests {
                 let nics: Vec<(u8, u8, bool)> = step.into_iter().map(|(i, (n, p))| (i, n, p)).collect();
                 let (s, ports) = state(&nics);
                 let changes = r.update(&s, &ports);
+                prop_assert!(r.update_scoped(&s, &ports, &Scope::Nics(HashSet::new())).is_empty());
                 let want: Vec<Flow> = render(&s, &ports, 3).iter().map(openflow::canonical).collect();
                 prop_assert_eq!(as_map(r.flows()), as_map(want.clone()));
                 table = reconcile::apply(&table, &changes);
                 prop_assert_eq!(as_map(table.clone()), as_map(want));
             }
         }
+    }
+
+    #[test]
+    fn scoped_updates_see_only_their_nics() {
+        let base: Vec<(u8, u8, bool)> = (0..30).map(|i| (i, i % 3, true)).collect();
+        let (s, ports) = state(&base);
+        let mut r = IncrementalRenderer::new(1);
+        r.update(&s, &ports);
+        let mut more = base.clone();
+        more.push((31, 0, true));
+        more.retain(|n| n.0 != 4);
+        let (s2, ports2) = state(&more);
+        let scope = Scope::Nics(["nic31".to_string(), "nic4".to_string()].into());
+        let changes = r.update_scoped(&s2, &ports2, &scope);
+        let want: Vec<Flow> = render(&s2, &ports2, 1)
+            .iter()
+            .map(openflow::canonical)
+            .collect();
+        assert_eq!(as_map(r.flows()), as_map(want));
+        assert!(changes.iter().any(|c| matches!(c, FlowChange::Delete(_))));
     }
 
     #[test]
