@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   openvswitch-switch   # ovsdb-server, ovs-vswitchd, ovs-vsctl/ofctl for inspection
   etcd-server          # the HA store backend's tests
+  protobuf-compiler libprotobuf-dev  # protoc + well-known .protos: etcd-client generates its gRPC code at build time
   iproute2             # ip netns, veth
   ethtool              # tx checksum offload off on VM veths (netdev datapath)
   isc-dhcp-client      # a real DHCP client inside VM namespaces

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use api::store::embedded::EmbeddedStore;
+use api::store::etcd::{EtcdOptions, EtcdStore, EtcdTls};
 use api::store::Store;
 use clap::{Parser, Subcommand};
 use flowctl::cli::{ApiArgs, ResourceCmd};
@@ -29,18 +30,36 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Runs the REST API and the agent distribution server on an embedded
-    /// store, in one process.
+    /// Runs the REST API and/or the agent distribution server. With the
+    /// embedded store both run in this one process; with etcd, any number
+    /// of replicas of either role can run at once.
     Serve {
-        /// The embedded store's database file (created if absent).
+        /// The store: a database file path (the embedded store, created if
+        /// absent) or `etcd://host:port[,host:port...]`.
         #[arg(long)]
-        store: PathBuf,
+        store: String,
+        /// CA certificate (PEM) of the etcd members; turns on TLS to etcd.
+        #[arg(long)]
+        etcd_ca: Option<PathBuf>,
+        /// Client certificate (PEM) for etcd's --client-cert-auth.
+        #[arg(long, requires = "etcd_key")]
+        etcd_cert: Option<PathBuf>,
+        /// The client certificate's key (PEM).
+        #[arg(long, requires = "etcd_cert")]
+        etcd_key: Option<PathBuf>,
+        /// A prefix for every key in etcd, to share a cluster.
+        #[arg(long, default_value = "")]
+        etcd_namespace: String,
         /// Where agents connect (HTTP/2 cleartext); also serves /metrics.
-        #[arg(long, default_value = "0.0.0.0:6653")]
-        agent_listen: SocketAddr,
-        /// Where the REST API listens.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        api_listen: SocketAddr,
+        /// Without it (and with --api-listen) no agent is served. With
+        /// neither flag, both roles run on their defaults
+        /// (0.0.0.0:6653 and 127.0.0.1:8080).
+        #[arg(long)]
+        agent_listen: Option<SocketAddr>,
+        /// Where the REST API listens. Without it (and with
+        /// --agent-listen) no API is served.
+        #[arg(long)]
+        api_listen: Option<SocketAddr>,
         /// The cluster secret node tokens derive from.
         #[arg(long)]
         cluster_secret_file: PathBuf,
@@ -73,44 +92,123 @@ fn read_secret(path: &Path) -> Result<Vec<u8>> {
     Ok(secret)
 }
 
+/// Which store `flowctl serve` runs on, from its flags.
+struct StoreArgs {
+    store: String,
+    etcd_ca: Option<PathBuf>,
+    etcd_cert: Option<PathBuf>,
+    etcd_key: Option<PathBuf>,
+    etcd_namespace: String,
+}
+
+/// The opened store, and the embedded one again when it must be closed.
+async fn open_store(args: &StoreArgs) -> Result<(Arc<dyn Store>, Option<EmbeddedStore>)> {
+    if !args.store.starts_with("etcd://") {
+        if args.etcd_ca.is_some() || args.etcd_cert.is_some() {
+            return Err(Error::Config(
+                "--etcd-ca/--etcd-cert/--etcd-key need --store etcd://...".into(),
+            ));
+        }
+        let embedded = EmbeddedStore::open(Path::new(&args.store))?;
+        return Ok((Arc::new(embedded.clone()), Some(embedded)));
+    }
+    let mut opts = EtcdOptions::from_url(&args.store)?;
+    opts.namespace = args.etcd_namespace.clone();
+    opts.tls = match &args.etcd_ca {
+        Some(ca) => Some(EtcdTls::from_files(
+            ca,
+            args.etcd_cert.as_deref(),
+            args.etcd_key.as_deref(),
+        )?),
+        None if args.etcd_cert.is_some() => {
+            return Err(Error::Config(
+                "--etcd-cert needs --etcd-ca (the CA of the etcd members)".into(),
+            ))
+        }
+        None => None,
+    };
+    info!(endpoints = ?opts.endpoints, tls = opts.tls.is_some(), namespace = %opts.namespace, "connecting to etcd");
+    let etcd = EtcdStore::connect_and_check(opts).await?;
+    Ok((Arc::new(etcd), None))
+}
+
 async fn serve(
-    store: &Path,
-    agent_listen: SocketAddr,
-    api_listen: SocketAddr,
+    store_args: StoreArgs,
+    agent_listen: Option<SocketAddr>,
+    api_listen: Option<SocketAddr>,
     secret: Vec<u8>,
 ) -> Result<()> {
-    let embedded = EmbeddedStore::open(store)?;
-    let store: Arc<dyn Store> = Arc::new(embedded.clone());
-    let service = Service::start(
-        store.clone(),
-        Config {
-            cluster_secret: secret,
-            history: Default::default(),
-        },
-    )
-    .await?;
-    let agents = tokio::net::TcpListener::bind(agent_listen).await?;
-    let api = tokio::net::TcpListener::bind(api_listen).await?;
-    info!(agents = %agents.local_addr()?, api = %api.local_addr()?, "flowctl serving");
-    let shared = service.shared.clone();
-    let metrics = shared.clone();
-    let router = api::http::router(store).route(
-        "/metrics",
-        axum::routing::get(move || {
-            let m = metrics.clone();
-            async move { m.metrics.render() }
-        }),
-    );
+    // Neither role named: the all-in-one default, both roles.
+    let (agent_listen, api_listen) = match (agent_listen, api_listen) {
+        (None, None) => (
+            Some(SocketAddr::from(([0, 0, 0, 0], 6653))),
+            Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        ),
+        other => other,
+    };
+    let (store, embedded) = open_store(&store_args).await?;
+    let service = match agent_listen {
+        Some(_) => Some(
+            Service::start(
+                store.clone(),
+                Config {
+                    cluster_secret: secret,
+                    history: Default::default(),
+                },
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let agents = match agent_listen {
+        Some(a) => Some(tokio::net::TcpListener::bind(a).await?),
+        None => None,
+    };
+    let api = match api_listen {
+        Some(a) => Some(tokio::net::TcpListener::bind(a).await?),
+        None => None,
+    };
+    let addr = |l: &Option<tokio::net::TcpListener>| {
+        l.as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map_or("-".to_string(), |a| a.to_string())
+    };
+    info!(agents = %addr(&agents), api = %addr(&api), "flowctl serving");
+    let mut router = api::http::router(store);
+    if let Some(service) = &service {
+        let metrics = service.shared.clone();
+        router = router.route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = metrics.clone();
+                async move { m.metrics.render() }
+            }),
+        );
+    }
+    let agents_task = async {
+        match (agents, &service) {
+            (Some(l), Some(s)) => flowctl::server::serve(l, s.shared.clone()).await,
+            _ => std::future::pending().await,
+        }
+    };
+    let api_task = async {
+        match api {
+            Some(l) => axum::serve(l, router).await.map_err(Error::Io),
+            None => std::future::pending().await,
+        }
+    };
     let result = tokio::select! {
-        _ = flowctl::server::serve(agents, shared) => Ok(()),
-        r = axum::serve(api, router) => r.map_err(Error::Io),
+        _ = agents_task => Ok(()),
+        r = api_task => r,
         _ = shutdown_signal() => {
             info!("shutting down");
             Ok(())
         }
     };
     drop(service);
-    embedded.close().await?;
+    if let Some(embedded) = embedded {
+        embedded.close().await?;
+    }
     result
 }
 
@@ -133,12 +231,23 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Serve {
             store,
+            etcd_ca,
+            etcd_cert,
+            etcd_key,
+            etcd_namespace,
             agent_listen,
             api_listen,
             cluster_secret_file,
         } => {
             let secret = read_secret(&cluster_secret_file)?;
-            serve(&store, agent_listen, api_listen, secret).await
+            let store = StoreArgs {
+                store,
+                etcd_ca,
+                etcd_cert,
+                etcd_key,
+                etcd_namespace,
+            };
+            serve(store, agent_listen, api_listen, secret).await
         }
         Cmd::NodeToken {
             cluster_secret_file,

@@ -8,6 +8,7 @@
 pub mod bins;
 pub mod cloud;
 pub mod error;
+pub mod etcd;
 pub mod lab;
 pub mod netns;
 pub mod ovs;

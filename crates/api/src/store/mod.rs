@@ -20,6 +20,7 @@
 
 pub mod conformance;
 pub mod embedded;
+pub mod etcd;
 #[cfg(test)]
 mod tests;
 
