@@ -481,6 +481,35 @@ fn port_scope(before: &OfportMap, after: &OfportMap) -> Scope {
     Scope::Nics(ids)
 }
 
+/// Connects to OVSDB, waiting for ovsdb-server as long as it takes (it may
+/// start after the agent); reconnects later are the client's own business.
+async fn connect_ovsdb(cfg: &AgentConfig) -> Vswitch {
+    let bridge = BridgeConfig::new(&cfg.bridge, &cfg.datapath_type);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match Vswitch::connect(&cfg.ovsdb, bridge.clone()).await {
+            Ok(v) => return v,
+            Err(e) => {
+                warn!(target = %cfg.ovsdb, error = %error_chain(&e), "OVSDB not reachable; retrying")
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// An error with its sources, for one log line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -532,33 +561,4 @@ mod tests {
         };
         assert_eq!(change_scope(&subnet), Scope::All);
     }
-}
-
-/// Connects to OVSDB, waiting for ovsdb-server as long as it takes (it may
-/// start after the agent); reconnects later are the client's own business.
-async fn connect_ovsdb(cfg: &AgentConfig) -> Vswitch {
-    let bridge = BridgeConfig::new(&cfg.bridge, &cfg.datapath_type);
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        match Vswitch::connect(&cfg.ovsdb, bridge.clone()).await {
-            Ok(v) => return v,
-            Err(e) => {
-                warn!(target = %cfg.ovsdb, error = %error_chain(&e), "OVSDB not reachable; retrying")
-            }
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
-/// An error with its sources, for one log line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
