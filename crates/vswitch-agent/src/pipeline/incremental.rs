@@ -56,14 +56,20 @@ struct Rendered {
 }
 
 /// What may have changed since the last render.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
     /// Anything: look at every NIC.
-    #[default]
     All,
     /// Only these NICs (added, changed, removed, or their port moved);
     /// VPCs, subnets and peers are unchanged.
     Nics(HashSet<String>),
+}
+
+impl Default for Scope {
+    /// Nothing changed.
+    fn default() -> Self {
+        Scope::Nics(HashSet::new())
+    }
 }
 
 impl Scope {
@@ -351,6 +357,15 @@ mod tests {
     }
 
     #[test]
+    fn nothing_changed_is_the_default_scope() {
+        // The agent takes the scope after each sync: what is left must
+        // widen to exactly what later changes add, not to everything.
+        let mut scope = Scope::default();
+        scope.add(Scope::nic("a"));
+        assert_eq!(scope, Scope::nic("a"));
+    }
+
+    #[test]
     fn scoped_updates_see_only_their_nics() {
         let base: Vec<(u8, u8, bool)> = (0..30).map(|i| (i, i % 3, true)).collect();
         let (s, ports) = state(&base);
@@ -386,5 +401,94 @@ mod tests {
         let one = super::super::render_nic(&s2, &ports2, 1, "nic31");
         assert_eq!(changes.len(), one.len(), "{changes:?}");
         assert!(changes.iter().all(|c| matches!(c, FlowChange::Add(_))));
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use std::net::Ipv4Addr;
+    use std::time::Instant;
+
+    use proto::{Ipv4Prefix, Peer, Subnet, Vpc};
+
+    use super::*;
+
+    /// `cargo test --release -p vswitch-agent scoped_update_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn scoped_update_cost() {
+        let mut s = NodeState::default();
+        s.node.name = "n0".into();
+        s.vpcs.insert(
+            "v".into(),
+            Vpc {
+                id: "v".into(),
+                vni: 7,
+            },
+        );
+        s.subnets.insert(
+            "s".into(),
+            Subnet {
+                id: "s".into(),
+                vpc_id: "v".into(),
+                cidr: Ipv4Prefix {
+                    addr: Ipv4Addr::new(10, 0, 0, 0),
+                    len: 16,
+                },
+                gateway_ip: Ipv4Addr::new(10, 0, 0, 1),
+                gateway_mac: Mac([2, 0, 0, 0, 0, 1]),
+                dns_servers: vec![],
+                mtu: 1450,
+                lease_secs: 60,
+            },
+        );
+        s.peers.insert(
+            "n1".into(),
+            Peer {
+                node: "n1".into(),
+                underlay_ip: Ipv4Addr::new(192, 0, 2, 2),
+            },
+        );
+        let mut ports = PortMap::new();
+        ports.set_tunnel("n1", 9);
+        let nic = |i: u32| -> Nic {
+            serde_json::from_value(serde_json::json!({
+                "id": format!("nic-{i:05}"), "vpc_id": "v", "subnet_id": "s",
+                "mac": proto::Mac([2, 1, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8]).to_string(),
+                "ip": Ipv4Addr::from(0x0a00_0000 + 2 + i).to_string(),
+                "node": if i % 2 == 0 { "n0" } else { "n1" },
+            }))
+            .unwrap()
+        };
+        for i in 0..10_000 {
+            let n = nic(i);
+            s.nics.insert(n.id.clone(), n);
+        }
+        let mut r = IncrementalRenderer::new(1);
+        let t = Instant::now();
+        r.update(&s, &ports);
+        println!("full first render: {:?}", t.elapsed());
+        let t = Instant::now();
+        r.update(&s, &ports);
+        println!("full no-op update: {:?}", t.elapsed());
+        let n = nic(20_000);
+        s.nics.insert(n.id.clone(), n.clone());
+        ports.set_nic(&n.id, 100);
+        let t = Instant::now();
+        let c = r.update_scoped(&s, &ports, &Scope::nic(&n.id));
+        println!(
+            "scoped one-NIC update: {:?} ({} changes)",
+            t.elapsed(),
+            c.len()
+        );
+        let own = super::super::render_nic(&s, &ports, 1, &n.id).len();
+        assert_eq!(c.len(), own, "a new NIC changes its own flows only");
+        let t = Instant::now();
+        let ctx = Ctx::new(&s, &ports, 1);
+        println!(
+            "Ctx::new alone: {:?} ({} local VPCs)",
+            t.elapsed(),
+            ctx.local_vpcs.len()
+        );
     }
 }
