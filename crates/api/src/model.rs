@@ -25,6 +25,7 @@ pub mod keys {
     pub const VPCS: &str = "/stacknet/vpcs/";
     pub const SUBNETS: &str = "/stacknet/subnets/";
     pub const NICS: &str = "/stacknet/nics/";
+    pub const SECURITY_GROUPS: &str = "/stacknet/security-groups/";
     /// Status reported from the data path (NIC up/down). Kept apart from the
     /// intent so that status writes never trigger recompilation.
     pub const NIC_STATUS: &str = "/stacknet/status/nics/";
@@ -42,6 +43,9 @@ pub mod keys {
     }
     pub fn nic(id: &str) -> String {
         format!("{NICS}{id}")
+    }
+    pub fn security_group(id: &str) -> String {
+        format!("{SECURITY_GROUPS}{id}")
     }
     pub fn nic_status(id: &str) -> String {
         format!("{NIC_STATUS}{id}")
@@ -79,6 +83,10 @@ pub struct Vpc {
     pub cidrs: Vec<Ipv4Net>,
     /// Allocated uniquely, 24 bits.
     pub vni: u32,
+    /// The group created with the VPC: egress allowed, ingress only from
+    /// its own members. New NICs join it unless told otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_security_group_id: Option<String>,
     pub created_at: String,
 }
 
@@ -127,6 +135,126 @@ pub struct Nic {
     pub node: Option<String>,
     /// The OVS `external_ids:iface-id` of the interface; the NIC id.
     pub interface_id: String,
+    /// Anti-spoofing and security groups are enforced. Off: neither (and
+    /// the NIC has no groups and no address pairs).
+    #[serde(default = "enabled")]
+    pub port_security: bool,
+    /// Security groups (of the NIC's VPC) the NIC is a member of.
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    /// Extra source addresses the NIC may use (VRRP, a VM routing for a
+    /// network behind it).
+    #[serde(default)]
+    pub allowed_address_pairs: Vec<AllowedAddressPair>,
+    pub created_at: String,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+/// An extra source address of a NIC.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+pub struct AllowedAddressPair {
+    /// An IPv4 address or prefix.
+    #[schema(value_type = String, example = "10.0.1.100/32")]
+    pub ip_address: Ipv4Net,
+    /// The MAC used with it; the NIC's own if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "02:00:00:12:34:99")]
+    pub mac_address: Option<Mac>,
+}
+
+/// Which connections a rule admits: those the NIC accepts (ingress) or
+/// those it opens (egress). Return traffic of an admitted connection always
+/// passes.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    ToSchema,
+    Default,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Any,
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+/// One allow rule. The remote side is `remote_cidr` or the members of
+/// `remote_group_id`; anyone (0.0.0.0/0) if neither is set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SecurityGroupRule {
+    pub id: String,
+    pub direction: Direction,
+    pub protocol: Protocol,
+    /// TCP/UDP only; both absent means every port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_range_min: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_range_max: Option<u16>,
+    /// ICMP only; absent means every type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_type: Option<u8>,
+    /// ICMP with a type only; absent means every code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_code: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "192.0.2.0/24")]
+    pub remote_cidr: Option<Ipv4Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_group_id: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+impl SecurityGroupRule {
+    /// Whether two rules admit exactly the same traffic (ids and
+    /// descriptions aside).
+    pub fn same_match(&self, other: &SecurityGroupRule) -> bool {
+        self.direction == other.direction
+            && self.protocol == other.protocol
+            && self.port_range_min == other.port_range_min
+            && self.port_range_max == other.port_range_max
+            && self.icmp_type == other.icmp_type
+            && self.icmp_code == other.icmp_code
+            && self.remote_cidr == other.remote_cidr
+            && self.remote_group_id == other.remote_group_id
+    }
+}
+
+/// A security group: a set of allow rules, scoped to one VPC. A NIC's
+/// traffic passes if any rule of any of its groups allows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SecurityGroup {
+    pub id: String,
+    pub name: String,
+    pub vpc_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// The VPC's default group; deleted with the VPC, not before.
+    #[serde(default)]
+    pub is_default: bool,
+    pub rules: Vec<SecurityGroupRule>,
     pub created_at: String,
 }
 

@@ -42,6 +42,9 @@ fn nic_record(v: usize, i: usize, node: usize) -> (String, Vec<u8>) {
         ip: Ipv4Addr::new(10, v as u8, (i >> 8) as u8, (i & 0xff) as u8 + 10),
         node: Some(format!("node-{node:02}")),
         interface_id: id.clone(),
+        port_security: true,
+        security_groups: vec![],
+        allowed_address_pairs: vec![],
         created_at: "2024-01-01T00:00:00Z".into(),
     };
     (keys::nic(&id), serde_json::to_vec(&n).unwrap_or_default())
@@ -88,6 +91,7 @@ fn world(place: impl Fn(usize, usize, &mut Lcg) -> usize) -> Vec<KeyValue> {
                 .parse()
                 .unwrap_or_else(|_| unreachable!())],
             vni: 1000 + v as u32,
+            default_security_group_id: None,
             created_at: "2024-01-01T00:00:00Z".into(),
         };
         out.push(kv(

@@ -1,5 +1,5 @@
-//! The operator CLI: `flowctl node|vpc|subnet|nic create|list|show|update|delete`
-//! against the REST API. A thin layer: arguments become the API's JSON, the
+//! The operator CLI: `flowctl node|vpc|subnet|nic|sg create|list|show|update|delete`
+//! and `flowctl sg rule add|delete` against the REST API. A thin layer: arguments become the API's JSON, the
 //! API's JSON becomes a table (or is printed as is with `-o json`), and an
 //! API problem becomes an error carrying its detail.
 
@@ -141,6 +141,18 @@ pub enum NicCmd {
         /// Bind to this node.
         #[arg(long)]
         node: Option<String>,
+        /// Repeat for several groups; the VPC's default group if omitted.
+        #[arg(long = "security-group", conflicts_with = "no_security_groups")]
+        security_groups: Vec<String>,
+        /// Join no group (all traffic denied until one is added).
+        #[arg(long)]
+        no_security_groups: bool,
+        /// Turn anti-spoofing and security groups off for this NIC.
+        #[arg(long)]
+        no_port_security: bool,
+        /// `IP[/LEN][,MAC]`; repeat for several.
+        #[arg(long = "allowed-address-pair")]
+        allowed_address_pairs: Vec<String>,
     },
     List {
         #[arg(long = "subnet")]
@@ -153,7 +165,8 @@ pub enum NicCmd {
     Show {
         id: String,
     },
-    /// Renames, binds (`--node`) or unbinds (`--unbind`) a NIC.
+    /// Renames, binds (`--node`) or unbinds (`--unbind`) a NIC, or changes
+    /// its security.
     Update {
         id: String,
         #[arg(long)]
@@ -162,10 +175,105 @@ pub enum NicCmd {
         node: Option<String>,
         #[arg(long)]
         unbind: bool,
+        /// Replaces the NIC's groups; repeat for several.
+        #[arg(long = "security-group", conflicts_with = "no_security_groups")]
+        security_groups: Vec<String>,
+        /// Leaves every group.
+        #[arg(long)]
+        no_security_groups: bool,
+        /// `true` or `false`.
+        #[arg(long)]
+        port_security: Option<bool>,
+        /// Replaces the NIC's pairs: `IP[/LEN][,MAC]`; repeat for several.
+        #[arg(
+            long = "allowed-address-pair",
+            conflicts_with = "no_allowed_address_pairs"
+        )]
+        allowed_address_pairs: Vec<String>,
+        /// Removes every allowed address pair.
+        #[arg(long)]
+        no_allowed_address_pairs: bool,
     },
     Delete {
         id: String,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DirectionArg {
+    Ingress,
+    Egress,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    Any,
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SgCmd {
+    /// Creates a security group (with no rules: it admits nothing yet).
+    Create {
+        name: String,
+        #[arg(long = "vpc")]
+        vpc_id: String,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    List {
+        #[arg(long = "vpc")]
+        vpc_id: Option<String>,
+    },
+    /// Shows a group and its rules.
+    Show {
+        id: String,
+    },
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    Delete {
+        id: String,
+    },
+    /// Rules of a group.
+    #[command(subcommand)]
+    Rule(RuleCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuleCmd {
+    /// Adds an allow rule to GROUP.
+    Add {
+        group: String,
+        #[arg(long, value_enum)]
+        direction: DirectionArg,
+        #[arg(long, value_enum, default_value_t = ProtocolArg::Any)]
+        protocol: ProtocolArg,
+        /// `PORT` or `MIN-MAX` (tcp and udp).
+        #[arg(long)]
+        port: Option<String>,
+        #[arg(long)]
+        icmp_type: Option<u8>,
+        #[arg(long)]
+        icmp_code: Option<u8>,
+        /// The remote side as an IPv4 address or CIDR (anyone if neither
+        /// this nor --remote-group is given).
+        #[arg(long, conflicts_with = "remote_group")]
+        remote_cidr: Option<String>,
+        /// The remote side as the members of a group of the same VPC.
+        #[arg(long)]
+        remote_group: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Removes rule RULE from GROUP.
+    Delete { group: String, rule: String },
 }
 
 /// A resource command.
@@ -183,6 +291,9 @@ pub enum ResourceCmd {
     /// NICs.
     #[command(subcommand)]
     Nic(NicCmd),
+    /// Security groups and their rules.
+    #[command(subcommand)]
+    Sg(SgCmd),
 }
 
 /// Where the API is and how to print.
@@ -210,12 +321,62 @@ struct Call {
     kind: Kind,
 }
 
+/// `IP[/LEN][,MAC]` as the API's address pair.
+fn address_pair(s: &str) -> Value {
+    match s.split_once(',') {
+        Some((ip, mac)) => json!({"ip_address": ip.trim(), "mac_address": mac.trim()}),
+        None => json!({"ip_address": s.trim()}),
+    }
+}
+
+/// `PORT` or `MIN-MAX` as the API's range; anything else is passed on as
+/// is for the API to refuse with its own message.
+fn port_range(s: &str) -> (Value, Option<Value>) {
+    let num = |p: &str| {
+        p.trim()
+            .parse::<u64>()
+            .map(|n| json!(n))
+            .unwrap_or_else(|_| json!(p.trim()))
+    };
+    match s.split_once('-') {
+        Some((a, b)) => (num(a), Some(num(b))),
+        None => (num(s), None),
+    }
+}
+
+/// A rule as one table row.
+fn rule_row(r: &Value) -> Vec<String> {
+    let ports = match (r.get("port_range_min"), r.get("port_range_max")) {
+        (Some(a), Some(b)) if a == b => a.to_string(),
+        (Some(a), Some(b)) => format!("{a}-{b}"),
+        _ => match (r.get("icmp_type"), r.get("icmp_code")) {
+            (Some(t), Some(c)) => format!("type {t} code {c}"),
+            (Some(t), None) => format!("type {t}"),
+            _ => "any".into(),
+        },
+    };
+    let remote = match (r.get("remote_group_id"), r.get("remote_cidr")) {
+        (Some(Value::String(g)), _) => format!("group {g}"),
+        (_, Some(Value::String(c))) => c.clone(),
+        _ => "0.0.0.0/0".into(),
+    };
+    vec![
+        cell(r.get("id")),
+        cell(r.get("direction")),
+        cell(r.get("protocol")),
+        ports,
+        remote,
+    ]
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Node,
     Vpc,
     Subnet,
     Nic,
+    Sg,
+    Rule,
 }
 
 impl Kind {
@@ -225,6 +386,8 @@ impl Kind {
             Kind::Vpc => "VPC",
             Kind::Subnet => "subnet",
             Kind::Nic => "NIC",
+            Kind::Sg => "security group",
+            Kind::Rule => "rule",
         }
     }
 
@@ -260,6 +423,17 @@ impl Kind {
                 ("MAC", "mac"),
                 ("NODE", "node"),
                 ("STATUS", "status"),
+            ],
+            Kind::Sg => &[
+                ("ID", "id"),
+                ("NAME", "name"),
+                ("VPC", "vpc_id"),
+                ("DEFAULT", "is_default"),
+            ],
+            Kind::Rule => &[
+                ("ID", "id"),
+                ("DIRECTION", "direction"),
+                ("PROTOCOL", "protocol"),
             ],
         }
     }
@@ -452,6 +626,10 @@ fn plan(cmd: &ResourceCmd) -> Call {
                     ip,
                     mac,
                     node,
+                    security_groups,
+                    no_security_groups,
+                    no_port_security,
+                    allowed_address_pairs,
                 } => call(
                     M::POST,
                     "/v1/nics".into(),
@@ -461,6 +639,15 @@ fn plan(cmd: &ResourceCmd) -> Call {
                         ("ip", ip.as_ref().map(|s| json!(s))),
                         ("mac", mac.as_ref().map(|s| json!(s))),
                         ("node", node.as_ref().map(|s| json!(s))),
+                        (
+                            "security_groups",
+                            groups_arg(security_groups, *no_security_groups),
+                        ),
+                        ("port_security", no_port_security.then(|| json!(false))),
+                        (
+                            "allowed_address_pairs",
+                            pairs_arg(allowed_address_pairs, false),
+                        ),
                     ])),
                     k,
                 ),
@@ -483,6 +670,11 @@ fn plan(cmd: &ResourceCmd) -> Call {
                     name,
                     node,
                     unbind,
+                    security_groups,
+                    no_security_groups,
+                    port_security,
+                    allowed_address_pairs,
+                    no_allowed_address_pairs,
                 } => {
                     // `"node": null` unbinds; an absent field leaves it.
                     let node = if *unbind {
@@ -496,6 +688,15 @@ fn plan(cmd: &ResourceCmd) -> Call {
                         Some(obj(vec![
                             ("name", name.as_ref().map(|s| json!(s))),
                             ("node", node),
+                            (
+                                "security_groups",
+                                groups_arg(security_groups, *no_security_groups),
+                            ),
+                            ("port_security", port_security.map(|b| json!(b))),
+                            (
+                                "allowed_address_pairs",
+                                pairs_arg(allowed_address_pairs, *no_allowed_address_pairs),
+                            ),
                         ])),
                         k,
                     )
@@ -505,6 +706,117 @@ fn plan(cmd: &ResourceCmd) -> Call {
                 }
             }
         }
+        ResourceCmd::Sg(c) => plan_sg(c),
+    }
+}
+
+/// `--security-group` values, or `[]` with `--no-security-groups`; absent
+/// (the API's default) if neither was given.
+fn groups_arg(groups: &[String], none: bool) -> Option<Value> {
+    if none {
+        Some(json!([]))
+    } else {
+        some_vec(groups.to_vec())
+    }
+}
+
+fn pairs_arg(pairs: &[String], none: bool) -> Option<Value> {
+    if none {
+        Some(json!([]))
+    } else {
+        (!pairs.is_empty())
+            .then(|| json!(pairs.iter().map(|p| address_pair(p)).collect::<Vec<_>>()))
+    }
+}
+
+fn plan_sg(c: &SgCmd) -> Call {
+    use reqwest::Method as M;
+    let k = Kind::Sg;
+    let path = |id: &str| format!("/v1/security-groups/{}", encode(id));
+    match c {
+        SgCmd::Create {
+            name,
+            vpc_id,
+            description,
+        } => call(
+            M::POST,
+            "/v1/security-groups".into(),
+            Some(obj(vec![
+                ("vpc_id", Some(json!(vpc_id))),
+                ("name", Some(json!(name))),
+                ("description", description.as_ref().map(|s| json!(s))),
+            ])),
+            k,
+        ),
+        SgCmd::List { vpc_id } => call(
+            M::GET,
+            format!("/v1/security-groups{}", query(&[("vpc_id", vpc_id)])),
+            None,
+            k,
+        ),
+        SgCmd::Show { id } => call(M::GET, path(id), None, k),
+        SgCmd::Update {
+            id,
+            name,
+            description,
+        } => call(
+            M::PATCH,
+            path(id),
+            Some(obj(vec![
+                ("name", name.as_ref().map(|s| json!(s))),
+                ("description", description.as_ref().map(|s| json!(s))),
+            ])),
+            k,
+        ),
+        SgCmd::Delete { id } => call(M::DELETE, path(id), None, k),
+        SgCmd::Rule(RuleCmd::Add {
+            group,
+            direction,
+            protocol,
+            port,
+            icmp_type,
+            icmp_code,
+            remote_cidr,
+            remote_group,
+            description,
+        }) => {
+            let (min, max) = match port.as_deref().map(port_range) {
+                Some((a, b)) => (Some(a), b),
+                None => (None, None),
+            };
+            let direction = match direction {
+                DirectionArg::Ingress => "ingress",
+                DirectionArg::Egress => "egress",
+            };
+            let protocol = match protocol {
+                ProtocolArg::Any => "any",
+                ProtocolArg::Tcp => "tcp",
+                ProtocolArg::Udp => "udp",
+                ProtocolArg::Icmp => "icmp",
+            };
+            call(
+                M::POST,
+                format!("{}/rules", path(group)),
+                Some(obj(vec![
+                    ("direction", Some(json!(direction))),
+                    ("protocol", Some(json!(protocol))),
+                    ("port_range_min", min),
+                    ("port_range_max", max),
+                    ("icmp_type", icmp_type.map(|t| json!(t))),
+                    ("icmp_code", icmp_code.map(|t| json!(t))),
+                    ("remote_cidr", remote_cidr.as_ref().map(|s| json!(s))),
+                    ("remote_group_id", remote_group.as_ref().map(|s| json!(s))),
+                    ("description", description.as_ref().map(|s| json!(s))),
+                ])),
+                Kind::Rule,
+            )
+        }
+        SgCmd::Rule(RuleCmd::Delete { group, rule }) => call(
+            M::DELETE,
+            format!("{}/rules/{}", path(group), encode(rule)),
+            None,
+            Kind::Rule,
+        ),
     }
 }
 
@@ -547,6 +859,7 @@ pub async fn run(args: &ApiArgs, cmd: &ResourceCmd) -> Result<String> {
         Output::Json => serde_json::to_string_pretty(&value).unwrap_or(text),
         Output::Table => match &value {
             Value::Array(items) => table(c.kind, items),
+            v if c.kind == Kind::Sg => group_details(v),
             v => details(v),
         },
     })
@@ -620,6 +933,24 @@ fn table(kind: Kind, items: &[Value]) -> String {
     table_of(&headers, &rows)
 }
 
+/// A group's fields, then its rules as a table.
+fn group_details(v: &Value) -> String {
+    let mut head = v.clone();
+    let rules = head
+        .as_object_mut()
+        .and_then(|m| m.remove("rules"))
+        .unwrap_or(Value::Null);
+    let rows: Vec<Vec<String>> = rules
+        .as_array()
+        .map(|rs| rs.iter().map(rule_row).collect())
+        .unwrap_or_default();
+    format!(
+        "{}\n\n{}",
+        details(&head),
+        table_of(&["RULE", "DIRECTION", "PROTOCOL", "PORTS", "REMOTE"], &rows)
+    )
+}
+
 /// One object as `field: value` lines.
 fn details(v: &Value) -> String {
     match v {
@@ -645,6 +976,11 @@ mod tests {
             name: None,
             node: None,
             unbind: true,
+            security_groups: vec![],
+            no_security_groups: false,
+            port_security: None,
+            allowed_address_pairs: vec![],
+            no_allowed_address_pairs: false,
         }));
         assert_eq!(c.method, reqwest::Method::PATCH);
         assert_eq!(c.path, "/v1/nics/nic-1");
@@ -696,5 +1032,93 @@ mod tests {
         );
         let e = problem(502, "bad gateway");
         assert!(e.to_string().ends_with("bad gateway"));
+    }
+
+    #[test]
+    fn security_group_commands_become_api_calls() {
+        let c = plan(&ResourceCmd::Sg(SgCmd::Rule(RuleCmd::Add {
+            group: "sg-1".into(),
+            direction: DirectionArg::Ingress,
+            protocol: ProtocolArg::Tcp,
+            port: Some("8000-8080".into()),
+            icmp_type: None,
+            icmp_code: None,
+            remote_cidr: None,
+            remote_group: Some("sg-2".into()),
+            description: None,
+        })));
+        assert_eq!(c.method, reqwest::Method::POST);
+        assert_eq!(c.path, "/v1/security-groups/sg-1/rules");
+        assert_eq!(
+            c.body,
+            Some(
+                json!({"direction": "ingress", "protocol": "tcp", "port_range_min": 8000,
+                "port_range_max": 8080, "remote_group_id": "sg-2"})
+            )
+        );
+        let c = plan(&ResourceCmd::Sg(SgCmd::Rule(RuleCmd::Delete {
+            group: "sg-1".into(),
+            rule: "sgr-9".into(),
+        })));
+        assert_eq!(c.method, reqwest::Method::DELETE);
+        assert_eq!(c.path, "/v1/security-groups/sg-1/rules/sgr-9");
+
+        let c = plan(&ResourceCmd::Nic(NicCmd::Create {
+            subnet_id: "s".into(),
+            name: None,
+            ip: None,
+            mac: None,
+            node: None,
+            security_groups: vec!["sg-1".into(), "sg-2".into()],
+            no_security_groups: false,
+            no_port_security: false,
+            allowed_address_pairs: vec!["10.0.0.9".into(), "10.0.5.0/24,02:00:00:00:00:09".into()],
+        }));
+        assert_eq!(
+            c.body,
+            Some(
+                json!({"subnet_id": "s", "security_groups": ["sg-1", "sg-2"],
+                "allowed_address_pairs": [{"ip_address": "10.0.0.9"},
+                    {"ip_address": "10.0.5.0/24", "mac_address": "02:00:00:00:00:09"}]})
+            )
+        );
+        let c = plan(&ResourceCmd::Nic(NicCmd::Update {
+            id: "nic-1".into(),
+            name: None,
+            node: None,
+            unbind: false,
+            security_groups: vec![],
+            no_security_groups: true,
+            port_security: Some(false),
+            allowed_address_pairs: vec![],
+            no_allowed_address_pairs: true,
+        }));
+        assert_eq!(
+            c.body,
+            Some(
+                json!({"security_groups": [], "port_security": false, "allowed_address_pairs": []})
+            )
+        );
+    }
+
+    #[test]
+    fn a_group_shows_its_rules_as_a_table() {
+        let g = json!({"id": "sg-1", "name": "web", "vpc_id": "vpc-1", "is_default": false,
+        "rules": [
+            {"id": "sgr-1", "direction": "ingress", "protocol": "tcp",
+             "port_range_min": 22, "port_range_max": 22, "remote_cidr": "192.0.2.0/24"},
+            {"id": "sgr-2", "direction": "egress", "protocol": "icmp", "icmp_type": 8},
+            {"id": "sgr-3", "direction": "ingress", "protocol": "udp",
+             "port_range_min": 53, "port_range_max": 54, "remote_group_id": "sg-2"}
+        ]});
+        let out = group_details(&g);
+        assert!(out.contains("name:"), "{out}");
+        assert!(!out.contains("rules:"), "{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        let rule_lines: Vec<&&str> = lines.iter().filter(|l| l.starts_with("sgr-")).collect();
+        assert_eq!(rule_lines.len(), 3, "{out}");
+        assert!(rule_lines[0].contains("22") && rule_lines[0].ends_with("192.0.2.0/24"));
+        assert!(rule_lines[1].contains("type 8") && rule_lines[1].ends_with("0.0.0.0/0"));
+        assert!(rule_lines[2].contains("53-54") && rule_lines[2].ends_with("group sg-2"));
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! A node gets a VPC only when at least one NIC of that VPC is bound to it;
 //! then it gets the VPC, all its subnets, all its NICs that are bound to some
-//! node, and a peer entry for every other node hosting one of those NICs.
+//! node, all its security groups, and a peer entry for every other node
+//! hosting one of those NICs. A group's members are the NICs naming it, so
+//! a rule change reaches exactly the nodes carrying the group's VPC.
 //!
 //! Incremental updates never recompile whole nodes: an event marks the
 //! objects it can have changed ("dirty keys") on the nodes it concerns, found
@@ -20,6 +22,17 @@ use api::store::{EventKind, KeyValue, WatchEvent};
 use proto::{Change, Ipv4Prefix, NodeInfo, NodeState, Object, ObjectKey, Revision};
 use serde::de::DeserializeOwned;
 
+/// An `ipnet::Ipv4Net` (not a dependency here) as the protocol's prefix.
+macro_rules! prefix {
+    ($net:expr) => {{
+        let net = $net;
+        Ipv4Prefix {
+            addr: net.network(),
+            len: net.prefix_len(),
+        }
+    }};
+}
+
 /// The DHCP lease offered to VMs.
 pub const LEASE_SECS: u32 = 86_400;
 
@@ -31,6 +44,7 @@ pub enum KeyKind<'a> {
     Subnet(&'a str),
     Nic(&'a str),
     NicStatus(&'a str),
+    SecurityGroup(&'a str),
 }
 
 /// Classifies a store key; `None` for keys outside the model (indexes,
@@ -54,6 +68,9 @@ pub fn classify(key: &str) -> Option<KeyKind<'_>> {
     }
     if let Some(id) = id(keys::NICS) {
         return Some(KeyKind::Nic(id));
+    }
+    if let Some(id) = id(keys::SECURITY_GROUPS) {
+        return Some(KeyKind::SecurityGroup(id));
     }
     None
 }
@@ -84,10 +101,13 @@ pub struct Model {
     vpcs: HashMap<String, model::Vpc>,
     subnets: HashMap<String, model::Subnet>,
     nics: HashMap<String, NicEntry>,
+    groups: HashMap<String, model::SecurityGroup>,
     /// Not compiled: kept so acks and moves can be turned into status writes.
     statuses: HashMap<String, StatusEntry>,
     /// VPC → its subnets.
     vpc_subnets: HashMap<String, BTreeSet<String>>,
+    /// VPC → its security groups.
+    vpc_groups: HashMap<String, BTreeSet<String>>,
     /// VPC → its NICs (bound or not).
     vpc_nics: HashMap<String, BTreeSet<String>>,
     /// VPC → node → how many NICs of the VPC are bound to the node.
@@ -153,6 +173,11 @@ impl Model {
                                 bound_since: kv.mod_revision,
                             }),
                         );
+                    }
+                }
+                Some(KeyKind::SecurityGroup(id)) => {
+                    if let Some(g) = decode(kv) {
+                        m.set_group(id, Some(g));
                     }
                 }
                 Some(KeyKind::NicStatus(id)) => {
@@ -242,6 +267,27 @@ impl Model {
         old
     }
 
+    fn set_group(
+        &mut self,
+        id: &str,
+        new: Option<model::SecurityGroup>,
+    ) -> Option<model::SecurityGroup> {
+        let old = match new {
+            Some(g) => {
+                set_insert(&mut self.vpc_groups, &g.vpc_id, id);
+                self.groups.insert(id.to_string(), g)
+            }
+            None => self.groups.remove(id),
+        };
+        if let Some(o) = &old {
+            let still = self.groups.get(id).is_some_and(|g| g.vpc_id == o.vpc_id);
+            if !still {
+                set_remove(&mut self.vpc_groups, &o.vpc_id, id);
+            }
+        }
+        old
+    }
+
     /// Replaces a NIC and keeps the indexes; returns the previous entry.
     fn set_nic(&mut self, id: &str, new: Option<NicEntry>) -> Option<NicEntry> {
         let old = self.nics.remove(id);
@@ -310,10 +356,7 @@ impl Model {
         self.subnets.get(id).map(|s| proto::Subnet {
             id: id.to_string(),
             vpc_id: s.vpc_id.clone(),
-            cidr: Ipv4Prefix {
-                addr: s.cidr.network(),
-                len: s.cidr.prefix_len(),
-            },
+            cidr: prefix!(s.cidr),
             gateway_ip: s.gateway_ip,
             gateway_mac: s.gateway_mac,
             dns_servers: s.dns_servers.clone(),
@@ -337,6 +380,25 @@ impl Model {
             mac: n.mac,
             ip: n.ip,
             node: bound.to_string(),
+            port_security: n.port_security,
+            security_groups: n.security_groups.clone(),
+            allowed_address_pairs: n
+                .allowed_address_pairs
+                .iter()
+                .map(|p| proto::AddressPair {
+                    ip: prefix!(p.ip_address),
+                    mac: p.mac_address,
+                })
+                .collect(),
+        })
+    }
+
+    fn group_object(&self, id: &str) -> Option<proto::SecurityGroup> {
+        let g = self.groups.get(id)?;
+        Some(proto::SecurityGroup {
+            id: id.to_string(),
+            vpc_id: g.vpc_id.clone(),
+            rules: g.rules.iter().map(rule_object).collect(),
         })
     }
 
@@ -372,6 +434,14 @@ impl Model {
                 let n = &self.nics.get(id)?.nic;
                 if self.vpc_present(node, &n.vpc_id) {
                     self.nic_object(id, node).map(Object::Nic)
+                } else {
+                    None
+                }
+            }
+            ObjectKey::SecurityGroup(id) => {
+                let g = self.groups.get(id)?;
+                if self.vpc_present(node, &g.vpc_id) {
+                    self.group_object(id).map(Object::SecurityGroup)
                 } else {
                     None
                 }
@@ -416,6 +486,11 @@ pub fn compile_node(model: &Model, node: &str) -> NodeState {
         for id in model.vpc_nics.get(vpc).into_iter().flatten() {
             if let Some(obj) = model.nic_object(id, node) {
                 nics.push((id.clone(), obj));
+            }
+        }
+        for g in model.vpc_groups.get(vpc).into_iter().flatten() {
+            if let Some(obj) = model.group_object(g) {
+                st.security_groups.insert(g.clone(), obj);
             }
         }
         for peer in model.hosts(vpc) {
@@ -650,6 +725,20 @@ impl Compiler {
                     self.mark_vpc(dirty, &h, id);
                 }
             }
+            Some(KeyKind::SecurityGroup(id)) => {
+                let new: Option<model::SecurityGroup> = if put { decode(kv) } else { None };
+                let new_vpc = new.as_ref().map(|g| g.vpc_id.clone());
+                let old = self.model.set_group(id, new);
+                for vpc in old.map(|g| g.vpc_id).iter().chain(new_vpc.iter()) {
+                    for h in self.model.hosts(vpc) {
+                        dirty
+                            .entry(h.clone())
+                            .or_default()
+                            .keys
+                            .insert(ObjectKey::SecurityGroup(id.to_string()));
+                    }
+                }
+            }
             Some(KeyKind::Subnet(id)) => {
                 let new: Option<model::Subnet> = if put { decode(kv) } else { None };
                 let new_vpc = new.as_ref().map(|s| s.vpc_id.clone());
@@ -730,6 +819,9 @@ impl Compiler {
         for n in m.vpc_nics.get(vpc).into_iter().flatten() {
             d.keys.insert(ObjectKey::Nic(n.clone()));
         }
+        for g in m.vpc_groups.get(vpc).into_iter().flatten() {
+            d.keys.insert(ObjectKey::SecurityGroup(g.clone()));
+        }
         for h in m.hosts(vpc) {
             d.keys.insert(ObjectKey::Peer(h.clone()));
         }
@@ -743,6 +835,7 @@ fn has(st: &NodeState, key: &ObjectKey) -> bool {
         ObjectKey::Subnet(id) => st.subnets.contains_key(id),
         ObjectKey::Nic(id) => st.nics.contains_key(id),
         ObjectKey::Peer(id) => st.peers.contains_key(id),
+        ObjectKey::SecurityGroup(id) => st.security_groups.contains_key(id),
     }
 }
 
@@ -754,6 +847,43 @@ fn holds(st: &NodeState, obj: &Object) -> bool {
         Object::Subnet(s) => st.subnets.get(&s.id) == Some(s),
         Object::Nic(n) => st.nics.get(&n.id) == Some(n),
         Object::Peer(p) => st.peers.get(&p.node) == Some(p),
+        Object::SecurityGroup(g) => st.security_groups.get(&g.id) == Some(g),
+    }
+}
+
+/// A stored rule in the agent's terms. The API has validated it; anything
+/// inconsistent that got into the store anyway (a port range on ICMP)
+/// compiles to the narrower reading rather than to "allow all".
+fn rule_object(r: &model::SecurityGroupRule) -> proto::SgRule {
+    let ports = r.port_range_min.map(|min| proto::PortRange {
+        min,
+        max: r.port_range_max.unwrap_or(min).max(min),
+    });
+    let protocol = match r.protocol {
+        model::Protocol::Any => proto::RuleProtocol::Any,
+        model::Protocol::Tcp => proto::RuleProtocol::Tcp { ports },
+        model::Protocol::Udp => proto::RuleProtocol::Udp { ports },
+        model::Protocol::Icmp => proto::RuleProtocol::Icmp {
+            icmp_type: r.icmp_type,
+            icmp_code: r.icmp_type.and(r.icmp_code),
+        },
+    };
+    let remote = match (&r.remote_group_id, r.remote_cidr) {
+        (Some(g), _) => proto::Remote::Group(g.clone()),
+        (None, Some(c)) => proto::Remote::Cidr(prefix!(c)),
+        (None, None) => proto::Remote::Cidr(Ipv4Prefix {
+            addr: std::net::Ipv4Addr::UNSPECIFIED,
+            len: 0,
+        }),
+    };
+    proto::SgRule {
+        id: r.id.clone(),
+        direction: match r.direction {
+            model::Direction::Ingress => proto::Direction::Ingress,
+            model::Direction::Egress => proto::Direction::Egress,
+        },
+        protocol,
+        remote,
     }
 }
 

@@ -173,6 +173,7 @@ fn slot(c: &Change) -> Option<ObjectKey> {
             Object::Subnet(s) => Some(ObjectKey::Subnet(s.id.clone())),
             Object::Nic(n) => Some(ObjectKey::Nic(n.id.clone())),
             Object::Peer(p) => Some(ObjectKey::Peer(p.node.clone())),
+            Object::SecurityGroup(g) => Some(ObjectKey::SecurityGroup(g.id.clone())),
         },
     }
 }

@@ -93,6 +93,7 @@ pub fn vpc(id: &str, vni: u32) -> Op {
         set: "set-1".into(),
         cidrs: vec!["10.0.0.0/16".parse().unwrap()],
         vni,
+        default_security_group_id: None,
         created_at: "2024-01-01T00:00:00Z".into(),
     };
     Op::Put(keys::vpc(id), serde_json::to_vec(&v).unwrap())
@@ -114,6 +115,18 @@ pub fn subnet(id: &str, vpc: &str, third: u8, mtu: u16) -> Op {
 }
 
 pub fn nic(id: &str, vpc: &str, subnet: &str, host: Option<&str>, last: u8) -> Op {
+    nic_in(id, vpc, subnet, host, last, &[])
+}
+
+/// A NIC that is a member of `groups` (port security off if empty).
+pub fn nic_in(
+    id: &str,
+    vpc: &str,
+    subnet: &str,
+    host: Option<&str>,
+    last: u8,
+    groups: &[&str],
+) -> Op {
     let n = model::Nic {
         id: id.into(),
         name: id.into(),
@@ -123,9 +136,41 @@ pub fn nic(id: &str, vpc: &str, subnet: &str, host: Option<&str>, last: u8) -> O
         ip: Ipv4Addr::new(10, 0, 0, last),
         node: host.map(str::to_string),
         interface_id: id.into(),
+        port_security: !groups.is_empty(),
+        security_groups: groups.iter().map(|g| g.to_string()).collect(),
+        allowed_address_pairs: vec![],
         created_at: "2024-01-01T00:00:00Z".into(),
     };
     Op::Put(keys::nic(id), serde_json::to_vec(&n).unwrap())
+}
+
+/// A security group of `vpc` with one rule per port in `ports` (tcp,
+/// ingress), from `remote` if given (else from anyone).
+pub fn group(id: &str, vpc: &str, ports: &[u16], remote: Option<&str>) -> Op {
+    let g = model::SecurityGroup {
+        id: id.into(),
+        name: id.into(),
+        vpc_id: vpc.into(),
+        description: String::new(),
+        is_default: false,
+        rules: ports
+            .iter()
+            .map(|p| model::SecurityGroupRule {
+                id: format!("{id}-r{p}"),
+                direction: model::Direction::Ingress,
+                protocol: model::Protocol::Tcp,
+                port_range_min: Some(*p),
+                port_range_max: Some(*p),
+                icmp_type: None,
+                icmp_code: None,
+                remote_cidr: None,
+                remote_group_id: remote.map(str::to_string),
+                description: String::new(),
+            })
+            .collect(),
+        created_at: "2024-01-01T00:00:00Z".into(),
+    };
+    Op::Put(keys::security_group(id), serde_json::to_vec(&g).unwrap())
 }
 
 pub fn status(id: &str, host: &str) -> Op {

@@ -56,6 +56,9 @@ async fn snapshot_delta_ack() {
                     mac: v.mac,
                     ip: v.ip,
                     node: "n2".into(),
+                    port_security: true,
+                    security_groups: vec![],
+                    allowed_address_pairs: vec![],
                 })
             }]
         }

@@ -83,6 +83,18 @@ impl Ipv4Prefix {
     }
 }
 
+impl Ipv4Prefix {
+    /// The /32 of one address.
+    pub fn host(addr: Ipv4Addr) -> Self {
+        Ipv4Prefix { addr, len: 32 }
+    }
+
+    /// The address with its host bits cleared.
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & u32::from(self.netmask()))
+    }
+}
+
 impl std::fmt::Display for Ipv4Prefix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.addr, self.len)
@@ -129,6 +141,109 @@ pub struct Nic {
     pub mac: Mac,
     pub ip: Ipv4Addr,
     pub node: String,
+    /// Anti-spoofing and security groups apply. Off: the NIC sends and
+    /// receives anything (and has no groups).
+    #[serde(default = "enabled")]
+    pub port_security: bool,
+    /// Ids of the security groups of the NIC's VPC it is a member of.
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    /// Extra addresses the NIC may send from (and is reached at).
+    #[serde(default)]
+    pub allowed_address_pairs: Vec<AddressPair>,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+impl Nic {
+    /// The addresses the NIC may use as source: its own, then its pairs'.
+    pub fn source_addresses(&self) -> impl Iterator<Item = (Mac, Ipv4Prefix)> + '_ {
+        std::iter::once((self.mac, Ipv4Prefix::host(self.ip))).chain(
+            self.allowed_address_pairs
+                .iter()
+                .map(|p| (p.mac.unwrap_or(self.mac), p.ip)),
+        )
+    }
+}
+
+/// An extra source address of a NIC: an IPv4 address or prefix, with the
+/// MAC it is used with (the NIC's own if none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AddressPair {
+    pub ip: Ipv4Prefix,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<Mac>,
+}
+
+/// Which traffic of a NIC a rule admits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Connections the NIC accepts.
+    Ingress,
+    /// Connections the NIC opens.
+    Egress,
+}
+
+/// An inclusive port range, `min <= max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+/// The protocol part of a rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "protocol", rename_all = "snake_case")]
+pub enum RuleProtocol {
+    /// Any IPv4 protocol.
+    Any,
+    /// TCP to `ports` (all if `None`).
+    Tcp {
+        ports: Option<PortRange>,
+    },
+    Udp {
+        ports: Option<PortRange>,
+    },
+    /// ICMP of `icmp_type` (any if `None`) and `icmp_code` (any if `None`;
+    /// only with a type).
+    Icmp {
+        icmp_type: Option<u8>,
+        icmp_code: Option<u8>,
+    },
+}
+
+/// Who is on the other side of a rule's connections.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Remote {
+    /// Any address in the prefix (`0.0.0.0/0` for anyone).
+    Cidr(Ipv4Prefix),
+    /// The addresses of the NICs that are members of this group (of the
+    /// same VPC), their allowed address pairs included.
+    Group(String),
+}
+
+/// One allow rule of a security group.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SgRule {
+    pub id: String,
+    pub direction: Direction,
+    #[serde(flatten)]
+    pub protocol: RuleProtocol,
+    pub remote: Remote,
+}
+
+/// A security group of a VPC the node carries. Its members are the NICs
+/// whose `security_groups` name it. Traffic is allowed if any rule of any
+/// group of the NIC allows it; everything else is dropped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityGroup {
+    pub id: String,
+    pub vpc_id: String,
+    pub rules: Vec<SgRule>,
 }
 
 /// Another node this node tunnels to.
@@ -149,6 +264,9 @@ pub struct NodeState {
     pub subnets: BTreeMap<String, Subnet>,
     pub nics: BTreeMap<String, Nic>,
     pub peers: BTreeMap<String, Peer>,
+    /// Every security group of the VPCs present.
+    #[serde(default)]
+    pub security_groups: BTreeMap<String, SecurityGroup>,
 }
 
 /// One object of a [`NodeState`], the unit a delta carries.
@@ -160,6 +278,7 @@ pub enum Object {
     Subnet(Subnet),
     Nic(Nic),
     Peer(Peer),
+    SecurityGroup(SecurityGroup),
 }
 
 /// The key of an [`Object`] within a [`NodeState`].
@@ -170,6 +289,7 @@ pub enum ObjectKey {
     Subnet(String),
     Nic(String),
     Peer(String),
+    SecurityGroup(String),
 }
 
 /// One step of a delta.
@@ -199,6 +319,9 @@ impl NodeState {
                 Object::Peer(p) => {
                     self.peers.insert(p.node.clone(), p.clone());
                 }
+                Object::SecurityGroup(g) => {
+                    self.security_groups.insert(g.id.clone(), g.clone());
+                }
             },
             Change::Remove { key } => match key {
                 ObjectKey::Vpc(id) => {
@@ -212,6 +335,9 @@ impl NodeState {
                 }
                 ObjectKey::Peer(id) => {
                     self.peers.remove(id);
+                }
+                ObjectKey::SecurityGroup(id) => {
+                    self.security_groups.remove(id);
                 }
             },
         }
@@ -252,6 +378,13 @@ impl NodeState {
             &mut out,
             ObjectKey::Peer,
             Object::Peer,
+        );
+        diff_map(
+            &self.security_groups,
+            &target.security_groups,
+            &mut out,
+            ObjectKey::SecurityGroup,
+            Object::SecurityGroup,
         );
         out
     }
@@ -295,6 +428,9 @@ mod tests {
             mac: Mac([2, 0, 0, 0, 0, 1]),
             ip: Ipv4Addr::new(10, 0, 0, 5),
             node: node.into(),
+            port_security: true,
+            security_groups: vec![],
+            allowed_address_pairs: vec![],
         }
     }
 
@@ -336,13 +472,81 @@ mod tests {
         };
         b.nics.insert("nic-b".into(), nic("nic-b", "n2"));
         b.nics.insert("nic-c".into(), nic("nic-c", "n1"));
+        b.security_groups.insert(
+            "sg-1".into(),
+            SecurityGroup {
+                id: "sg-1".into(),
+                vpc_id: "vpc-1".into(),
+                rules: vec![],
+            },
+        );
         let changes = a.diff(&b);
-        assert_eq!(changes.len(), 3);
+        assert_eq!(changes.len(), 4);
         let mut c = a.clone();
         for ch in &changes {
             c.apply(ch);
         }
         c.revision = b.revision;
         assert_eq!(c, b);
+    }
+
+    #[test]
+    fn security_types_have_a_stable_wire_form() {
+        let rule = SgRule {
+            id: "sgr-1".into(),
+            direction: Direction::Ingress,
+            protocol: RuleProtocol::Tcp {
+                ports: Some(PortRange { min: 22, max: 23 }),
+            },
+            remote: Remote::Group("sg-2".into()),
+        };
+        let v = serde_json::to_value(&rule).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": "sgr-1", "direction": "ingress", "protocol": "tcp",
+                "ports": {"min": 22, "max": 23}, "remote": {"kind": "group", "value": "sg-2"}})
+        );
+        assert_eq!(serde_json::from_value::<SgRule>(v).unwrap(), rule);
+        let icmp = SgRule {
+            id: "sgr-2".into(),
+            direction: Direction::Egress,
+            protocol: RuleProtocol::Icmp {
+                icmp_type: Some(8),
+                icmp_code: None,
+            },
+            remote: Remote::Cidr(Ipv4Prefix {
+                addr: Ipv4Addr::UNSPECIFIED,
+                len: 0,
+            }),
+        };
+        let back: SgRule = serde_json::from_str(&serde_json::to_string(&icmp).unwrap()).unwrap();
+        assert_eq!(back, icmp);
+        // A NIC written by an older flowctl has port security on, no groups.
+        let old = r#"{"id":"n","vpc_id":"v","subnet_id":"s","mac":"02:00:00:00:00:01","ip":"10.0.0.5","node":"n1"}"#;
+        let n: Nic = serde_json::from_str(old).unwrap();
+        assert!(n.port_security && n.security_groups.is_empty());
+    }
+
+    #[test]
+    fn source_addresses_include_pairs() {
+        let mut n = nic("a", "n1");
+        n.allowed_address_pairs = vec![
+            AddressPair {
+                ip: Ipv4Prefix {
+                    addr: Ipv4Addr::new(10, 0, 9, 0),
+                    len: 24,
+                },
+                mac: None,
+            },
+            AddressPair {
+                ip: Ipv4Prefix::host(Ipv4Addr::new(10, 0, 0, 99)),
+                mac: Some(Mac([2, 0, 0, 0, 0, 0x99])),
+            },
+        ];
+        let got: Vec<_> = n.source_addresses().collect();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0], (n.mac, Ipv4Prefix::host(n.ip)));
+        assert_eq!(got[1].0, n.mac);
+        assert_eq!(got[2].0, Mac([2, 0, 0, 0, 0, 0x99]));
     }
 }

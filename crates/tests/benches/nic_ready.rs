@@ -184,7 +184,10 @@ struct Plug {
 
 impl Plug {
     fn connect(db: &std::path::Path) -> Self {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let (client, _updates) = rt
             .block_on(ovsdb::Client::connect_unix(db, Default::default()))
             .unwrap();
@@ -198,7 +201,10 @@ impl Plug {
         let iface: Row = [
             ("name".to_string(), Datum::string(name)),
             ("type".to_string(), Datum::string("internal")),
-            ("external_ids".to_string(), Datum::map([("iface-id", nic_id)])),
+            (
+                "external_ids".to_string(),
+                Datum::map([("iface-id", nic_id)]),
+            ),
         ]
         .into();
         let port: Row = [
@@ -207,14 +213,28 @@ impl Plug {
         ]
         .into();
         let ops = [
-            Operation::Insert { table: "Interface".into(), row: iface, uuid_name: Some("iface".into()) },
-            Operation::Insert { table: "Port".into(), row: port, uuid_name: Some("port".into()) },
+            Operation::Insert {
+                table: "Interface".into(),
+                row: iface,
+                uuid_name: Some("iface".into()),
+            },
+            Operation::Insert {
+                table: "Port".into(),
+                row: port,
+                uuid_name: Some("port".into()),
+            },
             Operation::Mutate {
                 table: "Bridge".into(),
                 conditions: vec![Condition::eq("name", Datum::string("br-int"))],
-                mutations: vec![Mutation::new("ports", Mutator::Insert, Datum::named_uuid("port"))],
+                mutations: vec![Mutation::new(
+                    "ports",
+                    Mutator::Insert,
+                    Datum::named_uuid("port"),
+                )],
             },
         ];
-        self.rt.block_on(self.client.transact("Open_vSwitch", &ops)).unwrap();
+        self.rt
+            .block_on(self.client.transact("Open_vSwitch", &ops))
+            .unwrap();
     }
 }

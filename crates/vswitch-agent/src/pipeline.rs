@@ -17,9 +17,14 @@
 //! | 1  | [`table::TUNNEL_CLASSIFY`] | tun_id of a VPC this node carries → metadata = VNI, straight to L2 (routing happened on the sender) |
 //! | 10 | [`table::PORT_SECURITY`] | only the NIC's own MAC/IP (ARP sha/spa too), DHCP from 0.0.0.0; DHCP server replies from a VM dropped |
 //! | 20 | [`table::SERVICES`] | ARP responder for every known address of the VPC, DHCP punted to the agent |
+//! | 21-23 | [`table::EGRESS_CT`] … | security groups, egress: conntrack in the sender's zone, rules, verdict |
 //! | 30 | [`table::ROUTER_MAC`] | IPv4 to a gateway MAC of the VPC → routing, anything else → L2 |
 //! | 31 | [`table::ROUTE`] | distributed router: ipv4_dst of a NIC of the VPC → MACs rewritten, TTL decremented; pings to a gateway answered |
 //! | 40 | [`table::L2_LOOKUP`] | (VPC, eth_dst) → local port, or tunnel to the NIC's node (only for local senders) |
+//! | 41-44 | [`table::INGRESS_CT`] … | security groups, ingress: conntrack in the receiver's zone, rules, verdict, output |
+//! | 50, 51 | [`table::SG_EGRESS`], [`table::SG_INGRESS`] | the rules of each group (resubmitted to per group of the NIC) |
+//!
+//! Port security and security groups are described in [`security`].
 //!
 //! The router forwards whatever a VM sends to a gateway MAC of its VPC toward
 //! the NIC owning ipv4_dst, whichever subnet it is in (same-subnet traffic
@@ -44,6 +49,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 mod incremental;
+pub mod security;
 
 pub use incremental::{IncrementalRenderer, Scope};
 
@@ -61,12 +67,30 @@ pub mod table {
     pub const PORT_SECURITY: u8 = 10;
     /// ARP responder and DHCP punt.
     pub const SERVICES: u8 = 20;
+    /// Security groups, egress: tracks the packet in the sender's zone.
+    pub const EGRESS_CT: u8 = 21;
+    /// ... judges it by the sender's groups ...
+    pub const EGRESS_STATE: u8 = 22;
+    /// ... and passes it on only if a rule allowed it.
+    pub const EGRESS_VERDICT: u8 = 23;
     /// Is the packet addressed to the distributed router?
     pub const ROUTER_MAC: u8 = 30;
     /// The distributed router's host routes.
     pub const ROUTE: u8 = 31;
     /// Delivery by (VPC, eth_dst).
     pub const L2_LOOKUP: u8 = 40;
+    /// Security groups, ingress: tracks the packet in the receiver's zone.
+    pub const INGRESS_CT: u8 = 41;
+    /// ... judges it by the receiver's groups ...
+    pub const INGRESS_STATE: u8 = 42;
+    /// ... and passes it on only if a rule allowed it ...
+    pub const INGRESS_VERDICT: u8 = 43;
+    /// ... to the port in `reg7`.
+    pub const DELIVER: u8 = 44;
+    /// The egress rules of every group (by `reg8`), resubmitted to.
+    pub const SG_EGRESS: u8 = 50;
+    /// The ingress rules of every group (by `reg8`), resubmitted to.
+    pub const SG_INGRESS: u8 = 51;
 }
 
 /// Registers the pipeline uses (Nicira `reg0`..`reg15`).
@@ -79,6 +103,15 @@ pub mod reg {
     pub const SRC_TUNNEL: u32 = 2;
     /// `reg6`: ofport of the local NIC the packet came from (unset from a tunnel).
     pub const IN_NIC: u8 = 6;
+    /// `reg7`: ofport of the local NIC a packet is being delivered to.
+    pub const OUT_NIC: u8 = 7;
+    /// `reg8`: tag of the security group whose rules are being evaluated.
+    pub const SG: u8 = 8;
+    /// `reg9`: the security verdict; [`VERDICT_ALLOW`] once a rule allowed.
+    pub const VERDICT: u8 = 9;
+    pub const VERDICT_ALLOW: u32 = 1;
+    /// `reg10`: the conntrack zone of the stage (the NIC's ofport).
+    pub const ZONE: u8 = 10;
 }
 
 /// Flow priorities within a table.
@@ -139,6 +172,7 @@ pub enum ObjectKind {
     Subnet,
     Nic,
     Peer,
+    SecurityGroup,
 }
 
 impl ObjectKind {
@@ -148,6 +182,7 @@ impl ObjectKind {
             ObjectKind::Subnet => b"subnet/",
             ObjectKind::Nic => b"nic/",
             ObjectKind::Peer => b"peer/",
+            ObjectKind::SecurityGroup => b"sg/",
         }
     }
 }
@@ -332,6 +367,7 @@ fn shared_flows(ctx: &Ctx<'_>, out: &mut Vec<Flow>) {
             peer_flows(ctx, &peer.node, out);
         }
     }
+    security::shared_flows(ctx, out);
 }
 
 pub fn render_nic(state: &NodeState, ports: &PortMap, generation: u16, nic_id: &str) -> Vec<Flow> {
@@ -424,25 +460,14 @@ fn ip_value(ip: Ipv4Addr) -> u128 {
     u128::from(u32::from(ip))
 }
 
-/// Flows that do not depend on any object: table misses, the DHCP punt and
-/// the DHCP-server guard.
+/// Flows that do not depend on any object: table misses and the DHCP punt
+/// (the DHCP-server guard is per NIC: port security off lifts it).
 fn base_flows(generation: u16, out: &mut Vec<Flow>) {
     let c = cookie(generation, 0);
     let drop = |t| flow(t, priority::DEFAULT, c, Match::new());
     out.push(drop(table::CLASSIFY));
     out.push(drop(table::TUNNEL_CLASSIFY));
     out.push(drop(table::PORT_SECURITY));
-    out.push(
-        flow(
-            table::PORT_SECURITY,
-            priority::DHCP_SERVER_DROP,
-            c,
-            Match::new()
-                .eth_type(ETH_TYPE_IPV4)
-                .ip_proto(IP_PROTO_UDP)
-                .udp_src(DHCP_SERVER_PORT),
-        ), // no actions: drop
-    );
     out.push(
         flow(
             table::SERVICES,
@@ -465,7 +490,7 @@ fn base_flows(generation: u16, out: &mut Vec<Flow>) {
         c,
         Match::new().eth_type(ETH_TYPE_ARP),
     ));
-    out.push(flow(table::SERVICES, priority::DEFAULT, c, Match::new()).goto(table::ROUTER_MAC));
+    out.push(flow(table::SERVICES, priority::DEFAULT, c, Match::new()).goto(table::EGRESS_CT));
     out.push(flow(table::ROUTER_MAC, priority::DEFAULT, c, Match::new()).goto(table::L2_LOOKUP));
     out.push(drop(table::ROUTE));
     out.push(drop(table::L2_LOOKUP));
@@ -572,43 +597,61 @@ fn nic_flows(ctx: &Ctx<'_>, vpc: &Vpc, nic: &Nic, out: &mut Vec<Flow>) {
     } else if let Some(tunnel) = ctx.ports.tunnel(&nic.node) {
         // Only what a local VM sent may leave through a tunnel: a packet
         // that came from one is never sent back out of another.
-        out.push(
-            flow(
-                table::L2_LOOKUP,
-                priority::OBJECT,
-                c,
-                Match::new()
-                    .metadata(vni)
-                    .eth_dst(nic.mac)
-                    .reg(reg::SRC, reg::SRC_LOCAL),
-            )
-            .actions(vec![
-                set_field(Field::TunnelId, vni.into()),
-                Action::Output(tunnel),
-            ]),
+        let macs = std::iter::once((priority::OBJECT, nic.mac)).chain(
+            security::pair_macs(nic)
+                .into_iter()
+                .map(|m| (security::sg_priority::PAIR, m)),
         );
+        for (prio, mac) in macs {
+            out.push(
+                flow(
+                    table::L2_LOOKUP,
+                    prio,
+                    c,
+                    Match::new()
+                        .metadata(vni)
+                        .eth_dst(mac)
+                        .reg(reg::SRC, reg::SRC_LOCAL),
+                )
+                .actions(vec![
+                    set_field(Field::TunnelId, vni.into()),
+                    Action::Output(tunnel),
+                ]),
+            );
+        }
     }
-    out.push(arp_responder(c, vni, nic.ip, nic.mac));
-    match ctx.state.subnets.get(&nic.subnet_id) {
-        Some(subnet) if subnet.vpc_id == nic.vpc_id => out.push(
-            flow(
-                table::ROUTE,
-                priority::OBJECT,
-                c,
-                Match::new()
-                    .metadata(vni)
-                    .eth_type(ETH_TYPE_IPV4)
-                    .ipv4_dst(nic.ip),
-            )
-            .actions(vec![
-                set_field(Field::EthSrc, mac_value(subnet.gateway_mac)),
-                set_field(Field::EthDst, mac_value(nic.mac)),
-                Action::DecTtl,
-            ])
-            .goto(table::L2_LOOKUP),
-        ),
-        _ => {
-            tracing::debug!(nic = %nic.id, subnet = %nic.subnet_id, "NIC without its subnet: not routable");
+    // A pair's single addresses are answered and routed too, below any
+    // NIC's own address: a pair never takes over another NIC's address.
+    let hosts = std::iter::once((priority::OBJECT, nic.ip, nic.mac)).chain(
+        security::pair_hosts(nic)
+            .into_iter()
+            .map(|(ip, mac)| (security::sg_priority::PAIR, ip, mac)),
+    );
+    for (prio, ip, mac) in hosts {
+        let mut arp = arp_responder(c, vni, ip, mac);
+        arp.priority = prio;
+        out.push(arp);
+        match ctx.state.subnets.get(&nic.subnet_id) {
+            Some(subnet) if subnet.vpc_id == nic.vpc_id => out.push(
+                flow(
+                    table::ROUTE,
+                    prio,
+                    c,
+                    Match::new()
+                        .metadata(vni)
+                        .eth_type(ETH_TYPE_IPV4)
+                        .ipv4_dst(ip),
+                )
+                .actions(vec![
+                    set_field(Field::EthSrc, mac_value(subnet.gateway_mac)),
+                    set_field(Field::EthDst, mac_value(mac)),
+                    Action::DecTtl,
+                ])
+                .goto(table::L2_LOOKUP),
+            ),
+            _ => {
+                tracing::debug!(nic = %nic.id, subnet = %nic.subnet_id, "NIC without its subnet: not routable");
+            }
         }
     }
 }
@@ -628,44 +671,7 @@ fn local_port_flows(c: u64, vni: u64, nic: &Nic, ofport: u32, out: &mut Vec<Flow
         ])
         .goto(table::PORT_SECURITY),
     );
-    let from_vm = Match::new().in_port(ofport).eth_src(nic.mac);
-    out.push(
-        flow(
-            table::PORT_SECURITY,
-            priority::OBJECT,
-            c,
-            from_vm.clone().eth_type(ETH_TYPE_IPV4).ipv4_src(nic.ip),
-        )
-        .goto(table::SERVICES),
-    );
-    // A DHCP client has no address yet.
-    out.push(
-        flow(
-            table::PORT_SECURITY,
-            priority::OBJECT,
-            c,
-            from_vm
-                .clone()
-                .eth_type(ETH_TYPE_IPV4)
-                .ipv4_src(Ipv4Addr::UNSPECIFIED)
-                .ip_proto(IP_PROTO_UDP)
-                .udp_src(DHCP_CLIENT_PORT)
-                .udp_dst(DHCP_SERVER_PORT),
-        )
-        .goto(table::SERVICES),
-    );
-    out.push(
-        flow(
-            table::PORT_SECURITY,
-            priority::OBJECT,
-            c,
-            from_vm
-                .eth_type(ETH_TYPE_ARP)
-                .arp_spa(nic.ip)
-                .arp_sha(nic.mac),
-        )
-        .goto(table::SERVICES),
-    );
+    security::local_nic_flows(c, vni, nic, ofport, out);
     out.push(flow(
         table::SERVICES,
         priority::ARP_SELF,
@@ -675,15 +681,6 @@ fn local_port_flows(c: u64, vni: u64, nic: &Nic, ofport: u32, out: &mut Vec<Flow
             .eth_type(ETH_TYPE_ARP)
             .arp_tpa(nic.ip),
     ));
-    out.push(
-        flow(
-            table::L2_LOOKUP,
-            priority::OBJECT,
-            c,
-            Match::new().metadata(vni).eth_dst(nic.mac),
-        )
-        .actions(vec![Action::Output(ofport)]),
-    );
 }
 
 /// Answers "who has `ip`" in the VPC with `mac`, back out of the asking port.

@@ -12,6 +12,7 @@ pub mod nics;
 pub mod nodes;
 mod openapi;
 pub mod problem;
+pub mod security_groups;
 pub mod subnets;
 mod validate;
 pub mod vpcs;
@@ -58,6 +59,24 @@ pub fn router(store: Arc<dyn Store>) -> Router {
         .route(
             "/nics/{id}",
             get(nics::get).patch(nics::patch).delete(nics::delete),
+        )
+        .route(
+            "/security-groups",
+            get(security_groups::list).post(security_groups::create),
+        )
+        .route(
+            "/security-groups/{id}",
+            get(security_groups::get)
+                .patch(security_groups::patch)
+                .delete(security_groups::delete),
+        )
+        .route(
+            "/security-groups/{id}/rules",
+            axum::routing::post(security_groups::add_rule),
+        )
+        .route(
+            "/security-groups/{id}/rules/{rule_id}",
+            axum::routing::delete(security_groups::delete_rule),
         )
         .route("/openapi.json", get(openapi::document));
     Router::new()

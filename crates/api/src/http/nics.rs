@@ -16,7 +16,7 @@ use super::db::{self, index, Attempt};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problem::{ApiResult, Problem};
 use super::validate;
-use super::{subnets, vpcs, AppState};
+use super::{security_groups, subnets, vpcs, AppState};
 use crate::model::{keys, Nic, NicStatus, NicStatusRecord, Node};
 use crate::store::{Compare, Op, Store};
 
@@ -38,6 +38,71 @@ pub struct CreateNic {
     /// The node to bind the NIC to; it must exist and be in the VPC's Set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// On if omitted. Off: no anti-spoofing, no security groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_security: Option<bool>,
+    /// Groups of the NIC's VPC; the VPC's default group if omitted (none
+    /// with port security off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_groups: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_address_pairs: Option<Vec<AddressPairRequest>>,
+}
+
+/// An allowed address pair as requested.
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddressPairRequest {
+    /// An IPv4 address or CIDR.
+    #[schema(example = "10.0.1.100")]
+    pub ip_address: String,
+    /// The NIC's own MAC if omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+}
+
+fn pair_specs(raw: &[AddressPairRequest]) -> Vec<validate::PairSpec> {
+    raw.iter()
+        .map(|p| validate::PairSpec {
+            ip_address: p.ip_address.clone(),
+            mac_address: p.mac_address.clone(),
+        })
+        .collect()
+}
+
+/// Port security off excludes groups and address pairs.
+fn check_port_security(nic: &Nic) -> ApiResult<()> {
+    if nic.port_security {
+        return Ok(());
+    }
+    if !nic.security_groups.is_empty() {
+        return Err(Problem::invalid(
+            "security_groups",
+            "a NIC with port_security off cannot have security groups; remove them \
+             (\"security_groups\": []) in the same request",
+        ));
+    }
+    if !nic.allowed_address_pairs.is_empty() {
+        return Err(Problem::invalid(
+            "allowed_address_pairs",
+            "a NIC with port_security off cannot have allowed address pairs; remove them \
+             in the same request",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that every group of `nic` is a group of its VPC; returns the
+/// compares and ops that keep them from being deleted before the commit.
+async fn group_refs(store: &dyn Store, nic: &Nic) -> ApiResult<(Vec<Compare>, Vec<Op>)> {
+    let (mut compare, mut ops) = (vec![], vec![]);
+    for (i, g) in nic.security_groups.iter().enumerate() {
+        let field = format!("security_groups[{i}]");
+        let (c, op) = security_groups::reference(store, g, &nic.vpc_id, &field).await?;
+        compare.push(c);
+        ops.push(op);
+    }
+    Ok((compare, ops))
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
@@ -53,6 +118,14 @@ pub struct PatchNic {
     )]
     #[schema(value_type = Option<String>)]
     pub node: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_security: Option<bool>,
+    /// Replaces the NIC's groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_groups: Option<Vec<String>>,
+    /// Replaces the NIC's address pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_address_pairs: Option<Vec<AddressPairRequest>>,
 }
 
 /// Tells `"node": null` (unbind) from an absent `node` (leave as is).
@@ -166,6 +239,16 @@ pub async fn create(
         .as_deref()
         .map(|s| validate::mac("mac", s))
         .transpose()?;
+    let want_groups = req
+        .security_groups
+        .as_deref()
+        .map(validate::security_group_ids)
+        .transpose()?;
+    let pairs = validate::address_pairs(&pair_specs(
+        req.allowed_address_pairs.as_deref().unwrap_or_default(),
+    ))?;
+    let port_security = req.port_security.unwrap_or(true);
+    let (want_groups, pairs) = (&want_groups, &pairs);
     let store = st.store.as_ref();
     let created_at = validate::now_rfc3339();
     let (id, name, req, created_at) = (&id, &name, &req, &created_at);
@@ -248,6 +331,22 @@ pub async fn create(
             Compare::absent(&ip_key),
             Compare::absent(&mac_key),
         ];
+        let vpc = vpcs::load(store, &sn.vpc_id).await?.ok_or_else(|| {
+            Problem::invalid(
+                "subnet_id",
+                format!("`subnet_id`: the VPC of subnet {:?} is gone", sn.id),
+            )
+        })?;
+        let security_groups = match want_groups {
+            Some(g) => g.clone(),
+            None if port_security => vpc
+                .value
+                .default_security_group_id
+                .iter()
+                .cloned()
+                .collect(),
+            None => vec![],
+        };
         let nic = Nic {
             id: id.clone(),
             name: name.clone(),
@@ -257,21 +356,22 @@ pub async fn create(
             ip,
             node: req.node.clone(),
             interface_id: id.clone(),
+            port_security,
+            security_groups,
+            allowed_address_pairs: pairs.clone(),
             created_at: created_at.clone(),
         };
+        check_port_security(&nic)?;
         let mut ops = vec![
             db::put_json(&key, &nic)?,
             Op::put(ip_key, id.as_bytes().to_vec()),
             Op::put(mac_key, id.as_bytes().to_vec()),
             db::bump(guard),
         ];
+        let (c, o) = group_refs(store, &nic).await?;
+        compare.extend(c);
+        ops.extend(o);
         if let Some(node) = &req.node {
-            let vpc = vpcs::load(store, &sn.vpc_id).await?.ok_or_else(|| {
-                Problem::invalid(
-                    "subnet_id",
-                    format!("`subnet_id`: the VPC of subnet {:?} is gone", sn.id),
-                )
-            })?;
             let (c, op) = bind(store, node, &vpc.value.set, &vpc.value.id).await?;
             compare.extend(c);
             ops.push(op);
@@ -352,6 +452,17 @@ pub async fn patch(
     if let Some(name) = &req.name {
         validate::name("name", name)?;
     }
+    let want_groups = req
+        .security_groups
+        .as_deref()
+        .map(validate::security_group_ids)
+        .transpose()?;
+    let want_pairs = req
+        .allowed_address_pairs
+        .as_deref()
+        .map(|p| validate::address_pairs(&pair_specs(p)))
+        .transpose()?;
+    let (want_groups, want_pairs) = (&want_groups, &want_pairs);
     let store = st.store.as_ref();
     let (id, req) = (&id, &req);
     let nic = db::retry("update the NIC", || async move {
@@ -376,6 +487,29 @@ pub async fn patch(
             ops.push(Op::delete(keys::nic_status(id)));
             nic.node = node.clone();
         }
+        if let Some(ps) = req.port_security {
+            nic.port_security = ps;
+        }
+        if let Some(p) = want_pairs {
+            nic.allowed_address_pairs = p.clone();
+        }
+        if let Some(g) = want_groups {
+            // Only groups joining now need a reference: the others were
+            // checked when they joined and their guards stop their delete.
+            let joining = Nic {
+                security_groups: g
+                    .iter()
+                    .filter(|x| !cur.value.security_groups.contains(x))
+                    .cloned()
+                    .collect(),
+                ..nic.clone()
+            };
+            let (c, o) = group_refs(store, &joining).await?;
+            compare.extend(c);
+            ops.extend(o);
+            nic.security_groups = g.clone();
+        }
+        check_port_security(&nic)?;
         if nic == cur.value {
             return Ok(Attempt::Done(nic));
         }
@@ -387,7 +521,12 @@ pub async fn patch(
         })
     })
     .await?;
-    tracing::info!(node = ?nic.node, "NIC updated");
+    tracing::info!(
+        node = ?nic.node,
+        port_security = nic.port_security,
+        groups = ?nic.security_groups,
+        "NIC updated"
+    );
     Ok(Json(view(store, nic).await?))
 }
 

@@ -12,6 +12,7 @@ use proto::Mac;
 use rand::Rng;
 
 use super::problem::Problem;
+use crate::model::{AllowedAddressPair, Direction, Protocol, SecurityGroupRule};
 
 /// Longest name, the DNS label limit.
 const MAX_NAME_LEN: usize = 63;
@@ -291,6 +292,283 @@ pub fn is_id(prefix: &str, id: &str) -> bool {
         })
 }
 
+/// At most this many rules in one security group.
+pub const MAX_RULES_PER_GROUP: usize = 1000;
+/// At most this many security groups on one NIC.
+pub const MAX_GROUPS_PER_NIC: usize = 16;
+/// At most this many allowed address pairs on one NIC.
+pub const MAX_ADDRESS_PAIRS: usize = 10;
+/// Longest free-text description.
+pub const MAX_DESCRIPTION_LEN: usize = 255;
+
+pub fn description(field: &str, s: &str) -> Result<(), Problem> {
+    if s.len() > MAX_DESCRIPTION_LEN || s.chars().any(char::is_control) {
+        return Err(Problem::invalid(
+            field,
+            format!(
+                "`{field}` must be at most {MAX_DESCRIPTION_LEN} bytes without control characters"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An IPv4 address (taken as /32) or prefix given by a tenant for a rule or
+/// an address pair: canonical, and IPv4 (an IPv6 one is named as such).
+pub fn ipv4_prefix(field: &str, s: &str) -> Result<Ipv4Net, Problem> {
+    let t = s.trim();
+    if t.contains(':') {
+        return Err(Problem::invalid(
+            field,
+            format!("`{field}` {s:?} is an IPv6 address or prefix; only IPv4 is supported"),
+        ));
+    }
+    let net = match t.parse::<Ipv4Net>() {
+        Ok(n) => n,
+        Err(_) => match t.parse::<Ipv4Addr>() {
+            Ok(ip) => Ipv4Net::new(ip, 32).unwrap_or_default(),
+            Err(_) => {
+                return Err(Problem::invalid(
+                    field,
+                    format!("`{field}` {s:?} is not an IPv4 address or CIDR like 10.0.0.0/24"),
+                ))
+            }
+        },
+    };
+    if net.trunc() != net {
+        return Err(Problem::invalid(
+            field,
+            format!(
+                "`{field}` {s:?} has host bits set; the network is {}",
+                net.trunc()
+            ),
+        ));
+    }
+    Ok(net)
+}
+
+/// A rule as requested, before the store-dependent checks (the remote
+/// group must exist in the same VPC; no duplicate in the group).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleSpec {
+    pub direction: Option<Direction>,
+    pub protocol: Option<Protocol>,
+    pub port_range_min: Option<u16>,
+    pub port_range_max: Option<u16>,
+    pub icmp_type: Option<u8>,
+    pub icmp_code: Option<u8>,
+    pub remote_cidr: Option<String>,
+    pub remote_group_id: Option<String>,
+    pub description: Option<String>,
+}
+
+/// Checks a rule on its own and gives it an id. `at` prefixes field names
+/// (`rules[3].`) when the rule is part of a larger request.
+pub fn rule(at: &str, r: &RuleSpec) -> Result<SecurityGroupRule, Problem> {
+    let f = |name: &str| format!("{at}{name}");
+    let direction = r.direction.ok_or_else(|| {
+        Problem::invalid(
+            f("direction"),
+            format!("`{}` is required: ingress or egress", f("direction")),
+        )
+    })?;
+    let protocol = r.protocol.unwrap_or_default();
+    let ports = r.port_range_min.is_some() || r.port_range_max.is_some();
+    match protocol {
+        Protocol::Tcp | Protocol::Udp => {}
+        _ if ports => {
+            let field = if r.port_range_min.is_some() {
+                f("port_range_min")
+            } else {
+                f("port_range_max")
+            };
+            return Err(Problem::invalid(
+                field,
+                format!(
+                    "a port range needs protocol tcp or udp, not {}",
+                    protocol_name(protocol)
+                ),
+            ));
+        }
+        _ => {}
+    }
+    let (port_range_min, port_range_max) = match (r.port_range_min, r.port_range_max) {
+        (None, None) => (None, None),
+        (None, Some(_)) => {
+            return Err(Problem::invalid(
+                f("port_range_min"),
+                format!(
+                    "`{}` is required with `{}`",
+                    f("port_range_min"),
+                    f("port_range_max")
+                ),
+            ))
+        }
+        (Some(min), max) => {
+            let max = max.unwrap_or(min);
+            if min == 0 {
+                return Err(Problem::invalid(
+                    f("port_range_min"),
+                    format!("`{}` must be between 1 and 65535", f("port_range_min")),
+                ));
+            }
+            if min > max {
+                return Err(Problem::invalid(
+                    f("port_range_min"),
+                    format!(
+                        "`{}` {min} is greater than `{}` {max}",
+                        f("port_range_min"),
+                        f("port_range_max")
+                    ),
+                ));
+            }
+            (Some(min), Some(max))
+        }
+    };
+    if protocol != Protocol::Icmp && (r.icmp_type.is_some() || r.icmp_code.is_some()) {
+        let field = if r.icmp_type.is_some() {
+            f("icmp_type")
+        } else {
+            f("icmp_code")
+        };
+        return Err(Problem::invalid(
+            field,
+            format!(
+                "an ICMP type or code needs protocol icmp, not {}",
+                protocol_name(protocol)
+            ),
+        ));
+    }
+    if r.icmp_code.is_some() && r.icmp_type.is_none() {
+        return Err(Problem::invalid(
+            f("icmp_code"),
+            format!("`{}` needs `{}`", f("icmp_code"), f("icmp_type")),
+        ));
+    }
+    if r.remote_cidr.is_some() && r.remote_group_id.is_some() {
+        return Err(Problem::invalid(
+            f("remote_group_id"),
+            format!(
+                "give `{}` or `{}`, not both",
+                f("remote_cidr"),
+                f("remote_group_id")
+            ),
+        ));
+    }
+    let remote_cidr = r
+        .remote_cidr
+        .as_deref()
+        .map(|c| ipv4_prefix(&f("remote_cidr"), c))
+        .transpose()?;
+    if let Some(g) = &r.remote_group_id {
+        if !is_id("sg", g) {
+            return Err(Problem::invalid(
+                f("remote_group_id"),
+                format!(
+                    "`{}`: security group {g:?} does not exist",
+                    f("remote_group_id")
+                ),
+            ));
+        }
+    }
+    let description = r.description.clone().unwrap_or_default();
+    self::description(&f("description"), &description)?;
+    Ok(SecurityGroupRule {
+        id: new_id("sgr"),
+        direction,
+        protocol,
+        port_range_min,
+        port_range_max,
+        icmp_type: r.icmp_type,
+        icmp_code: r.icmp_code,
+        remote_cidr,
+        remote_group_id: r.remote_group_id.clone(),
+        description,
+    })
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Any => "any",
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Icmp => "icmp",
+    }
+}
+
+/// The security group ids of a NIC: well-formed, no repeats, not too many.
+/// Whether they exist (in the NIC's VPC) is checked against the store.
+pub fn security_group_ids(raw: &[String]) -> Result<Vec<String>, Problem> {
+    if raw.len() > MAX_GROUPS_PER_NIC {
+        return Err(Problem::invalid(
+            "security_groups",
+            format!(
+                "`security_groups` has {} groups; at most {MAX_GROUPS_PER_NIC}",
+                raw.len()
+            ),
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(raw.len());
+    for (i, id) in raw.iter().enumerate() {
+        let field = format!("security_groups[{i}]");
+        if !is_id("sg", id) {
+            return Err(Problem::invalid(
+                field.clone(),
+                format!("`{field}`: security group {id:?} does not exist"),
+            ));
+        }
+        if out.contains(id) {
+            return Err(Problem::invalid(
+                field.clone(),
+                format!("`{field}` {id:?} is listed twice"),
+            ));
+        }
+        out.push(id.clone());
+    }
+    Ok(out)
+}
+
+/// An allowed address pair as requested.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PairSpec {
+    pub ip_address: String,
+    pub mac_address: Option<String>,
+}
+
+pub fn address_pairs(raw: &[PairSpec]) -> Result<Vec<AllowedAddressPair>, Problem> {
+    if raw.len() > MAX_ADDRESS_PAIRS {
+        return Err(Problem::invalid(
+            "allowed_address_pairs",
+            format!(
+                "`allowed_address_pairs` has {} entries; at most {MAX_ADDRESS_PAIRS}",
+                raw.len()
+            ),
+        ));
+    }
+    let mut out: Vec<AllowedAddressPair> = Vec::with_capacity(raw.len());
+    for (i, p) in raw.iter().enumerate() {
+        let at = format!("allowed_address_pairs[{i}]");
+        let ip_address = ipv4_prefix(&format!("{at}.ip_address"), &p.ip_address)?;
+        let mac_address = p
+            .mac_address
+            .as_deref()
+            .map(|m| mac(&format!("{at}.mac_address"), m))
+            .transpose()?;
+        let pair = AllowedAddressPair {
+            ip_address,
+            mac_address,
+        };
+        if out.contains(&pair) {
+            return Err(Problem::invalid(
+                at.clone(),
+                format!("`{at}` is listed twice"),
+            ));
+        }
+        out.push(pair);
+    }
+    Ok(out)
+}
+
 /// Now, as RFC 3339 UTC with seconds (`2025-01-31T12:00:00Z`).
 pub fn now_rfc3339() -> String {
     let secs = std::time::SystemTime::now()
@@ -455,5 +733,167 @@ mod tests {
         assert_eq!(DEFAULT_MTU, 1450);
         assert!(mtu(576).is_ok() && mtu(8950).is_ok());
         assert!(mtu(575).is_err() && mtu(8951).is_err());
+    }
+
+    fn spec(dir: Direction, proto: Protocol) -> RuleSpec {
+        RuleSpec {
+            direction: Some(dir),
+            protocol: Some(proto),
+            ..RuleSpec::default()
+        }
+    }
+
+    #[test]
+    fn rules_are_checked_field_by_field() {
+        let ok = rule(
+            "",
+            &RuleSpec {
+                port_range_min: Some(22),
+                remote_cidr: Some("192.0.2.7".into()),
+                ..spec(Direction::Ingress, Protocol::Tcp)
+            },
+        )
+        .unwrap();
+        assert_eq!((ok.port_range_min, ok.port_range_max), (Some(22), Some(22)));
+        assert_eq!(ok.remote_cidr, Some(net("192.0.2.7/32")));
+        assert!(is_id("sgr", &ok.id));
+
+        let cases: Vec<(RuleSpec, &str, &str)> = vec![
+            (RuleSpec::default(), "direction", "required"),
+            (
+                RuleSpec {
+                    port_range_min: Some(1),
+                    ..spec(Direction::Ingress, Protocol::Icmp)
+                },
+                "port_range_min",
+                "tcp or udp",
+            ),
+            (
+                RuleSpec {
+                    port_range_max: Some(80),
+                    ..spec(Direction::Ingress, Protocol::Any)
+                },
+                "port_range_max",
+                "tcp or udp",
+            ),
+            (
+                RuleSpec {
+                    port_range_min: Some(90),
+                    port_range_max: Some(80),
+                    ..spec(Direction::Ingress, Protocol::Udp)
+                },
+                "port_range_min",
+                "greater than",
+            ),
+            (
+                RuleSpec {
+                    port_range_max: Some(80),
+                    ..spec(Direction::Ingress, Protocol::Udp)
+                },
+                "port_range_min",
+                "required",
+            ),
+            (
+                RuleSpec {
+                    icmp_type: Some(8),
+                    ..spec(Direction::Egress, Protocol::Tcp)
+                },
+                "icmp_type",
+                "needs protocol icmp",
+            ),
+            (
+                RuleSpec {
+                    icmp_code: Some(0),
+                    ..spec(Direction::Egress, Protocol::Icmp)
+                },
+                "icmp_code",
+                "needs",
+            ),
+            (
+                RuleSpec {
+                    remote_cidr: Some("2001:db8::/32".into()),
+                    ..spec(Direction::Egress, Protocol::Any)
+                },
+                "remote_cidr",
+                "IPv6",
+            ),
+            (
+                RuleSpec {
+                    remote_cidr: Some("10.0.0.1/8".into()),
+                    ..spec(Direction::Egress, Protocol::Any)
+                },
+                "remote_cidr",
+                "host bits",
+            ),
+            (
+                RuleSpec {
+                    remote_cidr: Some("10.0.0.0/8".into()),
+                    remote_group_id: Some("sg-0123456789abcdef".into()),
+                    ..spec(Direction::Egress, Protocol::Any)
+                },
+                "remote_group_id",
+                "not both",
+            ),
+            (
+                RuleSpec {
+                    remote_group_id: Some("default".into()),
+                    ..spec(Direction::Egress, Protocol::Any)
+                },
+                "remote_group_id",
+                "does not exist",
+            ),
+        ];
+        for (spec, field, words) in cases {
+            let p = rule("rules[2].", &spec).unwrap_err();
+            assert_eq!(p.status, 422, "{spec:?}");
+            assert_eq!(
+                p.field.as_deref(),
+                Some(format!("rules[2].{field}").as_str()),
+                "{spec:?}: {}",
+                p.detail
+            );
+            assert!(p.detail.contains(words), "{spec:?}: {}", p.detail);
+        }
+    }
+
+    #[test]
+    fn address_pairs_and_group_lists() {
+        let pairs = address_pairs(&[
+            PairSpec {
+                ip_address: "10.0.1.100".into(),
+                mac_address: None,
+            },
+            PairSpec {
+                ip_address: "10.0.9.0/24".into(),
+                mac_address: Some("02:00:00:00:00:99".into()),
+            },
+        ])
+        .unwrap();
+        assert_eq!(pairs[0].ip_address, net("10.0.1.100/32"));
+        assert_eq!(pairs[1].mac_address, Some(Mac([2, 0, 0, 0, 0, 0x99])));
+        let p = address_pairs(&[PairSpec {
+            ip_address: "fe80::1".into(),
+            mac_address: None,
+        }])
+        .unwrap_err();
+        assert_eq!(
+            p.field.as_deref(),
+            Some("allowed_address_pairs[0].ip_address")
+        );
+        let dup = PairSpec {
+            ip_address: "10.0.1.5".into(),
+            mac_address: None,
+        };
+        assert!(address_pairs(&[dup.clone(), dup])
+            .unwrap_err()
+            .detail
+            .contains("twice"));
+
+        let g = "sg-0123456789abcdef".to_string();
+        let one = security_group_ids(std::slice::from_ref(&g)).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0], g);
+        assert!(security_group_ids(&[g.clone(), g]).is_err());
+        assert!(security_group_ids(&["nope".into()]).is_err());
     }
 }

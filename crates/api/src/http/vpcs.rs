@@ -12,6 +12,7 @@ use super::db::{self, index, Attempt};
 use super::extract::{ApiJson, ApiPath};
 use super::nodes::DEFAULT_SET;
 use super::problem::{ApiResult, Problem};
+use super::security_groups::{self, sg_index};
 use super::validate;
 use super::AppState;
 use crate::model::{keys, Subnet, Vpc};
@@ -90,12 +91,19 @@ pub async fn create(
             vni = validate::random_vni();
         }
         let vni_key = index::vni(vni);
+        // The default security group is born with the VPC, in the same
+        // transaction: a VPC never exists without it.
+        let sg_id = validate::new_id("sg");
+        let sg = security_groups::default_group(&sg_id, id, created_at);
+        let sg_key = keys::security_group(&sg_id);
+        let sg_name_key = sg_index::name(id, &sg.name);
         let vpc = Vpc {
             id: id.clone(),
             name: name.clone(),
             set: set.clone(),
             cidrs: cidrs.clone(),
             vni,
+            default_security_group_id: Some(sg_id.clone()),
             created_at: created_at.clone(),
         };
         let key = keys::vpc(id);
@@ -105,11 +113,15 @@ pub async fn create(
                 Compare::absent(&key),
                 Compare::absent(&name_key),
                 Compare::absent(&vni_key),
+                Compare::absent(&sg_key),
+                Compare::absent(&sg_name_key),
             ],
             vec![
                 db::put_json(&key, &vpc)?,
                 Op::put(name_key, id.as_bytes().to_vec()),
                 Op::put(vni_key, id.as_bytes().to_vec()),
+                db::put_json(&sg_key, &sg)?,
+                Op::put(sg_name_key, sg_id.as_bytes().to_vec()),
             ],
         )
         .await?;
@@ -227,8 +239,29 @@ pub async fn delete(
                 db::in_use("subnets", &subnets)
             )));
         }
+        let (defaults, others): (Vec<_>, Vec<_>) = security_groups::groups_of(store, id)
+            .await?
+            .into_iter()
+            .partition(|g| g.is_default);
+        if !others.is_empty() {
+            let ids: Vec<String> = others.into_iter().map(|g| g.id).collect();
+            return Err(Problem::conflict(format!(
+                "VPC {id:?} still has {}; delete them first",
+                db::in_use("security groups", &ids)
+            )));
+        }
         let key = keys::vpc(id);
         let mut ops = vec![Op::delete(&key), Op::delete(&guard)];
+        // The default group goes with the VPC (no NIC can be in it: the VPC
+        // has no subnets left, so no NICs).
+        for g in defaults {
+            ops.push(Op::delete(keys::security_group(&g.id)));
+            ops.push(Op::delete(sg_index::guard(&g.id)));
+            let name_key = sg_index::name(id, &g.name);
+            if db::get_text(store, &name_key).await?.as_deref() == Some(g.id.as_str()) {
+                ops.push(Op::delete(name_key));
+            }
+        }
         for idx in [index::vpc_name(&cur.value.name), index::vni(cur.value.vni)] {
             if db::get_text(store, &idx).await?.as_deref() == Some(id.as_str()) {
                 ops.push(Op::delete(idx));

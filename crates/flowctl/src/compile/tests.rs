@@ -158,6 +158,60 @@ fn relist_reports_the_difference() {
     assert_eq!(c.revision(), kv.rev);
 }
 
+#[test]
+fn security_groups_reach_exactly_the_nodes_of_their_vpc() {
+    let mut kv = small_world();
+    kv.txn(vec![
+        group("sg-a", "vpc-a", &[22], None),
+        group("sg-b", "vpc-b", &[80], None),
+        nic_in("nic-a1", "vpc-a", "sub-a", Some("n1"), 11, &["sg-a"]),
+    ]);
+    let mut c = Compiler::from_listing(&kv.listing(), kv.rev);
+    let n1 = c.state("n1");
+    assert_eq!(n1.security_groups.keys().collect::<Vec<_>>(), ["sg-a"]);
+    let g = &n1.security_groups["sg-a"];
+    assert_eq!(g.vpc_id, "vpc-a");
+    assert_eq!(
+        g.rules[0].protocol,
+        proto::RuleProtocol::Tcp {
+            ports: Some(proto::PortRange { min: 22, max: 22 })
+        }
+    );
+    assert_eq!(g.rules[0].direction, proto::Direction::Ingress);
+    assert_eq!(
+        g.rules[0].remote,
+        proto::Remote::Cidr(proto::Ipv4Prefix {
+            addr: Ipv4Addr::UNSPECIFIED,
+            len: 0
+        })
+    );
+    assert_eq!(n1.nics["nic-a1"].security_groups, ["sg-a"]);
+    assert!(n1.nics["nic-a1"].port_security);
+    assert_eq!(
+        c.state("n3").security_groups.keys().collect::<Vec<_>>(),
+        ["sg-b"]
+    );
+
+    // A rule change in vpc-a reaches n1 and n2 (they carry vpc-a), not n3.
+    let out = c.apply(&kv.txn(vec![group("sg-a", "vpc-a", &[22, 443], Some("sg-a"))]));
+    assert_eq!(out.changes.keys().collect::<Vec<_>>(), ["n1", "n2"]);
+    assert!(matches!(
+        &out.changes["n2"][..],
+        [Change::Upsert { object: Object::SecurityGroup(g) }] if g.rules.len() == 2
+            && g.rules[1].remote == proto::Remote::Group("sg-a".into())
+    ));
+    // Deleting the group removes it there too.
+    let out = c.apply(&kv.txn(vec![Op::Del(keys::security_group("sg-a"))]));
+    assert_eq!(out.changes.keys().collect::<Vec<_>>(), ["n1", "n2"]);
+    assert!(c.state("n1").security_groups.is_empty());
+    // A node that joins vpc-b gets its groups.
+    c.apply(&kv.txn(vec![nic("nic-b2", "vpc-b", "sub-b", Some("n2"), 22)]));
+    assert_eq!(
+        c.state("n2").security_groups.keys().collect::<Vec<_>>(),
+        ["sg-b"]
+    );
+}
+
 /// One random store write of the property test.
 #[derive(Debug, Clone)]
 enum Step {
@@ -167,8 +221,10 @@ enum Step {
     DelVpc(u8),
     Subnet(u8, u8, u16),
     DelSubnet(u8),
-    Nic(u8, u8, u8, Option<u8>, u8),
+    Nic(u8, u8, u8, Option<u8>, u8, u8),
     DelNic(u8),
+    Group(u8, u8, u8, Option<u8>),
+    DelGroup(u8),
     Status(u8, u8),
     Junk(u8),
 }
@@ -187,10 +243,14 @@ fn step() -> impl Strategy<Value = Step> {
             0..3u8,
             0..5u8,
             proptest::option::of(0..5u8),
-            1..3u8
+            1..3u8,
+            0..8u8,
         )
-            .prop_map(|(i, v, s, n, ip)| Step::Nic(i, v, s, n, ip)),
+            .prop_map(|(i, v, s, n, ip, g)| Step::Nic(i, v, s, n, ip, g)),
         (0..10u8).prop_map(Step::DelNic),
+        (0..3u8, 0..3u8, 0..3u8, proptest::option::of(0..3u8))
+            .prop_map(|(g, v, rules, remote)| Step::Group(g, v, rules, remote)),
+        (0..3u8).prop_map(Step::DelGroup),
         (0..10u8, 0..5u8).prop_map(|(i, n)| Step::Status(i, n)),
         (0..3u8).prop_map(Step::Junk),
     ]
@@ -205,13 +265,33 @@ fn to_op(s: &Step) -> Op {
         Step::DelVpc(v) => Op::Del(keys::vpc(&format!("v{v}"))),
         Step::Subnet(s, v, mtu) => subnet(&format!("s{s}"), &format!("v{v}"), *s, *mtu),
         Step::DelSubnet(s) => Op::Del(keys::subnet(&format!("s{s}"))),
-        Step::Nic(i, v, s, n, ip) => nic(
-            &format!("i{i}"),
-            &format!("v{v}"),
-            &format!("s{s}"),
-            n.map(|n| name(&n)).as_deref(),
-            *ip,
-        ),
+        Step::Nic(i, v, s, n, ip, groups) => {
+            // Bit k of `groups`: member of g{k}.
+            let names: Vec<String> = (0..3u8)
+                .filter(|k| groups & (1 << k) != 0)
+                .map(|k| format!("g{k}"))
+                .collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            nic_in(
+                &format!("i{i}"),
+                &format!("v{v}"),
+                &format!("s{s}"),
+                n.map(|n| name(&n)).as_deref(),
+                *ip,
+                &refs,
+            )
+        }
+        Step::Group(g, v, rules, remote) => {
+            let ports: Vec<u16> = (0..u16::from(*rules)).map(|p| 22 + p).collect();
+            let remote = remote.map(|r| format!("g{r}"));
+            group(
+                &format!("g{g}"),
+                &format!("v{v}"),
+                &ports,
+                remote.as_deref(),
+            )
+        }
+        Step::DelGroup(g) => Op::Del(keys::security_group(&format!("g{g}"))),
         Step::DelNic(i) => Op::Del(keys::nic(&format!("i{i}"))),
         Step::Status(i, n) => status(&format!("i{i}"), &name(n)),
         Step::Junk(j) => Op::Put(format!("/stacknet/index/x/{j}"), vec![b'{']),

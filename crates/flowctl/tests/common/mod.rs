@@ -138,6 +138,7 @@ pub fn vpc(id: &str, vni: u32) -> (String, model::Vpc) {
             set: "set-1".into(),
             cidrs: vec!["10.0.0.0/16".parse().unwrap()],
             vni,
+            default_security_group_id: None,
             created_at: "2024-01-01T00:00:00Z".into(),
         },
     )
@@ -178,6 +179,9 @@ pub fn nic(
             ip: Ipv4Addr::new(10, 0, 1, last),
             node: host.map(str::to_string),
             interface_id: id.into(),
+            port_security: true,
+            security_groups: vec![],
+            allowed_address_pairs: vec![],
             created_at: "2024-01-01T00:00:00Z".into(),
         },
     )

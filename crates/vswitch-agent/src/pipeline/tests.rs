@@ -2,16 +2,17 @@
 //! behaviour checked by walking packets through the rendered tables with a
 //! small OpenFlow interpreter ([`trace`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use openflow::flow::{port, Action, Field, Flow};
+use openflow::flow::{ct_state, port, Action, CtZone, Field, Flow};
 use proto::{Ipv4Prefix, Mac, Nic, NodeInfo, NodeState, Peer, Subnet, Vpc};
 
 use super::*;
 
 mod on_ovs;
+mod security_groups;
 
 // ---------------------------------------------------------------- fixtures
 
@@ -57,8 +58,34 @@ fn nic(id: &str, vpc: &str, subnet: &str, m: &str, addr: &str, node: &str) -> Ni
         ip: ip(addr),
         node: node.into(),
         port_security: true,
-        security_groups: vec![],
+        security_groups: vec![open_group(vpc)],
         allowed_address_pairs: vec![],
+    }
+}
+
+/// The group every fixture NIC is in: any traffic, both directions, so the
+/// tests of the other stages see packets cross the security stages.
+fn open_group(vpc: &str) -> String {
+    format!("open-{vpc}")
+}
+
+fn allow_all(vpc: &str) -> proto::SecurityGroup {
+    let any = |id: &str, direction| proto::SgRule {
+        id: id.into(),
+        direction,
+        protocol: proto::RuleProtocol::Any,
+        remote: proto::Remote::Cidr(Ipv4Prefix {
+            addr: Ipv4Addr::UNSPECIFIED,
+            len: 0,
+        }),
+    };
+    proto::SecurityGroup {
+        id: open_group(vpc),
+        vpc_id: vpc.into(),
+        rules: vec![
+            any("in", proto::Direction::Ingress),
+            any("out", proto::Direction::Egress),
+        ],
     }
 }
 
@@ -69,6 +96,10 @@ fn node_state(vpcs: Vec<Vpc>, subnets: Vec<Subnet>, nics: Vec<Nic>, peers: &[&st
             underlay_ip: Some(ip("192.0.2.1")),
         },
         revision: 7,
+        security_groups: vpcs
+            .iter()
+            .map(|v| (open_group(&v.id), allow_all(&v.id)))
+            .collect(),
         vpcs: vpcs.into_iter().map(|v| (v.id.clone(), v)).collect(),
         subnets: subnets.into_iter().map(|s| (s.id.clone(), s)).collect(),
         nics: nics.into_iter().map(|n| (n.id.clone(), n)).collect(),
@@ -83,7 +114,6 @@ fn node_state(vpcs: Vec<Vpc>, subnets: Vec<Subnet>, nics: Vec<Nic>, peers: &[&st
                 (peer.node.clone(), peer)
             })
             .collect(),
-        security_groups: Default::default(),
     }
 }
 
@@ -181,9 +211,176 @@ fn matches(flow: &Flow, pkt: &Packet) -> bool {
 
 /// Walks `pkt` through `flows` like OVS would: highest priority match per
 /// table, apply-actions in order, then goto. Panics if two flows of the same
-/// priority match (OpenFlow leaves that undefined, so the pipeline must not
-/// rely on it) or if a goto goes backwards.
-fn trace(flows: &[Flow], mut pkt: Packet) -> Trace {
+/// priority match with different actions (OpenFlow leaves that undefined,
+/// so the pipeline must not rely on it) or if a goto goes backwards.
+/// Conntrack starts empty: every connection is new.
+fn trace(flows: &[Flow], pkt: Packet) -> Trace {
+    trace_ct(flows, pkt, &mut Conntrack::default())
+}
+
+/// The connection key: zone and the (src, dst, proto, sport, dport) tuple.
+type Tuple = (u128, u128, u128, u128, u128);
+
+/// A conntrack model: connections per zone, keyed by their original
+/// tuple, with their mark. Enough for the security-group stages: new, est,
+/// rpl, commit with a mark; never `+inv` or `+rel`.
+#[derive(Debug, Default, Clone)]
+struct Conntrack {
+    conns: BTreeMap<(u16, Tuple), u32>,
+}
+
+impl Conntrack {
+    fn tuple(pkt: &Packet) -> Tuple {
+        let g = |f| pkt.get(&f).copied().unwrap_or(0);
+        let proto = g(Field::IpProto);
+        let (sp, dp) = match proto {
+            1 => (g(Field::IcmpType), g(Field::IcmpCode)),
+            6 => (g(Field::TcpSrc), g(Field::TcpDst)),
+            17 => (g(Field::UdpSrc), g(Field::UdpDst)),
+            _ => (0, 0),
+        };
+        (g(Field::Ipv4Src), g(Field::Ipv4Dst), proto, sp, dp)
+    }
+
+    fn reverse(t: Tuple) -> Tuple {
+        let (sp, dp) = if t.2 == 1 {
+            // An echo reply (type 0) answers a request (type 8).
+            let ty = match t.3 {
+                0 => 8,
+                8 => 0,
+                x => x,
+            };
+            (ty, t.4)
+        } else {
+            (t.4, t.3)
+        };
+        (t.1, t.0, t.2, sp, dp)
+    }
+
+    /// `ct(zone)`: sets ct_state, ct_mark and the original tuple.
+    fn track(&self, zone: u16, pkt: &mut Packet) {
+        let t = Self::tuple(pkt);
+        let (state, orig, mark) = if let Some(m) = self.conns.get(&(zone, t)) {
+            (ct_state::TRK | ct_state::EST, t, *m)
+        } else if let Some(m) = self.conns.get(&(zone, Self::reverse(t))) {
+            (
+                ct_state::TRK | ct_state::EST | ct_state::RPL,
+                Self::reverse(t),
+                *m,
+            )
+        } else {
+            (ct_state::TRK | ct_state::NEW, t, 0)
+        };
+        pkt.insert(Field::CtState, state.into());
+        pkt.insert(Field::CtZone, zone.into());
+        pkt.insert(Field::CtMark, mark.into());
+        pkt.insert(Field::CtNwSrc, orig.0);
+        pkt.insert(Field::CtNwDst, orig.1);
+        pkt.insert(Field::CtNwProto, orig.2);
+        pkt.insert(Field::CtTpSrc, orig.3);
+        pkt.insert(Field::CtTpDst, orig.4);
+    }
+
+    fn commit(&mut self, zone: u16, pkt: &Packet, mark: Option<u32>) {
+        let orig = (
+            pkt[&Field::CtNwSrc],
+            pkt[&Field::CtNwDst],
+            pkt[&Field::CtNwProto],
+            pkt[&Field::CtTpSrc],
+            pkt[&Field::CtTpDst],
+        );
+        let m = self.conns.entry((zone, orig)).or_insert(0);
+        if let Some(mark) = mark {
+            *m = mark;
+        }
+    }
+
+    fn clear(pkt: &mut Packet) {
+        for f in [
+            Field::CtState,
+            Field::CtZone,
+            Field::CtMark,
+            Field::CtNwSrc,
+            Field::CtNwDst,
+            Field::CtNwProto,
+            Field::CtTpSrc,
+            Field::CtTpDst,
+        ] {
+            pkt.remove(&f);
+        }
+    }
+}
+
+/// The flow a lookup in `table` picks, with OVS's conjunctive matches:
+/// at each priority a plain flow wins; otherwise the clauses matched at
+/// that priority may complete a conjunction, whose `conj_id` flow is then
+/// looked up (without conjunctive flows); else lower priorities are tried.
+fn lookup<'f>(flows: &'f [Flow], table: u8, pkt: &Packet) -> Option<&'f Flow> {
+    let is_conj = |f: &Flow| {
+        !f.actions.is_empty()
+            && f.actions
+                .iter()
+                .all(|a| matches!(a, Action::Conjunction { .. }))
+    };
+    let hits: Vec<&Flow> = flows
+        .iter()
+        .filter(|f| f.table == table && matches(f, pkt))
+        .collect();
+    let mut prios: Vec<u16> = hits.iter().map(|f| f.priority).collect();
+    prios.sort_unstable_by(|a, b| b.cmp(a));
+    prios.dedup();
+    for prio in prios {
+        let at: Vec<&Flow> = hits
+            .iter()
+            .copied()
+            .filter(|f| f.priority == prio)
+            .collect();
+        let hard: Vec<&Flow> = at.iter().copied().filter(|f| !is_conj(f)).collect();
+        if let Some(first) = hard.first() {
+            for other in &hard[1..] {
+                assert!(
+                    other.actions == first.actions && other.goto_table == first.goto_table,
+                    "ambiguous match in table {table}: {hard:#?}"
+                );
+            }
+            return Some(first);
+        }
+        let mut clauses: BTreeMap<u32, (u8, BTreeSet<u8>)> = BTreeMap::new();
+        for f in &at {
+            for a in &f.actions {
+                if let Action::Conjunction {
+                    id,
+                    clause,
+                    n_clauses,
+                } = a
+                {
+                    clauses
+                        .entry(*id)
+                        .or_insert((*n_clauses, BTreeSet::new()))
+                        .1
+                        .insert(*clause);
+                }
+            }
+        }
+        for (id, (n, got)) in clauses {
+            if got.len() == usize::from(n) {
+                let mut with = pkt.clone();
+                with.insert(Field::ConjId, id.into());
+                let found = flows
+                    .iter()
+                    .filter(|f| f.table == table && !is_conj(f) && matches(f, &with))
+                    .max_by_key(|f| f.priority);
+                if found.is_some() {
+                    return found;
+                }
+            }
+        }
+    }
+    None
+}
+
+/// [`trace`] against a conntrack that keeps what earlier packets committed.
+fn trace_ct(flows: &[Flow], mut pkt: Packet, ct: &mut Conntrack) -> Trace {
     for f in [
         Field::Metadata,
         Field::Reg(reg::SRC),
@@ -192,18 +389,29 @@ fn trace(flows: &[Flow], mut pkt: Packet) -> Trace {
         pkt.entry(f).or_insert(0);
     }
     let mut t = Trace::default();
-    let mut table = 0u8;
+    run_table(flows, 0, &mut pkt, ct, &mut t, 0);
+    t
+}
+
+/// Runs one table and what follows it (goto, recirculation); `depth`
+/// bounds resubmits like OVS does.
+fn run_table(
+    flows: &[Flow],
+    mut table: u8,
+    pkt: &mut Packet,
+    ct: &mut Conntrack,
+    t: &mut Trace,
+    depth: u8,
+) {
+    assert!(depth < 64, "resubmit loop");
+    for r in 8..=10 {
+        pkt.entry(Field::Reg(r)).or_insert(0);
+    }
+    pkt.entry(Field::Reg(reg::OUT_NIC)).or_insert(0);
     loop {
-        let hits: Vec<&Flow> = flows
-            .iter()
-            .filter(|f| f.table == table && matches(f, &pkt))
-            .collect();
-        let Some(best) = hits.iter().map(|f| f.priority).max() else {
-            return t; // table miss: dropped (fail_mode=secure)
+        let Some(f) = lookup(flows, table, pkt) else {
+            return; // table miss: dropped (fail_mode=secure)
         };
-        let top: Vec<&&Flow> = hits.iter().filter(|f| f.priority == best).collect();
-        assert_eq!(top.len(), 1, "ambiguous match in table {table}: {top:#?}");
-        let f = top[0];
         t.path.push((table, f.cookie));
         for a in &f.actions {
             match a {
@@ -237,9 +445,59 @@ fn trace(flows: &[Flow], mut pkt: Packet) -> Trace {
                     let ttl = pkt[&Field::NwTtl];
                     if ttl <= 1 {
                         t.ttl_expired = true;
-                        return t;
+                        return;
                     }
                     pkt.insert(Field::NwTtl, ttl - 1);
+                }
+                Action::Resubmit { table: rt } => {
+                    let mut sub = Trace::default();
+                    // A resubmitted table's flows have no goto here; its
+                    // outputs would still count.
+                    run_table(flows, *rt, pkt, ct, &mut sub, depth + 1);
+                    t.path.extend(sub.path);
+                    t.outputs.extend(sub.outputs);
+                    t.controller.extend(sub.controller);
+                }
+                Action::CtClear => Conntrack::clear(pkt),
+                Action::Ct {
+                    commit,
+                    zone,
+                    table: next,
+                    nat,
+                    actions,
+                } => {
+                    assert!(nat.is_none(), "no NAT modelled");
+                    assert!(
+                        f.matches.get(Field::EthType).is_some(),
+                        "ct needs an IP eth_type match: {f:?}"
+                    );
+                    let zone = match zone {
+                        CtZone::Imm(z) => *z,
+                        CtZone::Field { field, ofs } => (pkt[field] >> ofs) as u16,
+                    };
+                    if *commit {
+                        let mark = actions.iter().find_map(|a| match a {
+                            Action::SetField {
+                                field: Field::CtMark,
+                                value,
+                            } => Some(*value as u32),
+                            _ => None,
+                        });
+                        ct.commit(zone, pkt, mark);
+                    }
+                    if let Some(next) = next {
+                        // The tracked copy resumes in `next`; this one
+                        // ends here (nothing follows ct in our flows).
+                        ct.track(zone, pkt);
+                        assert!(*next > table, "recirculation backwards: {f:?}");
+                        table = *next;
+                        for r in 8..=10 {
+                            pkt.entry(Field::Reg(r)).or_insert(0);
+                        }
+                        assert!(f.goto_table.is_none());
+                        run_table(flows, table, pkt, ct, t, depth);
+                        return;
+                    }
                 }
                 other => panic!("interpreter does not model {other:?}"),
             }
@@ -249,7 +507,7 @@ fn trace(flows: &[Flow], mut pkt: Packet) -> Trace {
                 assert!(next > table, "goto backwards: {f:?}");
                 table = next;
             }
-            None => return t,
+            None => return,
         }
     }
 }
@@ -363,6 +621,39 @@ fn show(f: &Flow, labels: &HashMap<u64, &str>) -> String {
                 src, dst, n_bits, ..
             } => format!("move:{}->{}/{n_bits}", field_name(*src), field_name(*dst)),
             Action::DecTtl => "dec_ttl".into(),
+            Action::CtClear => "ct_clear".into(),
+            Action::Resubmit { table } => format!("resubmit:{table}"),
+            Action::Conjunction {
+                id,
+                clause,
+                n_clauses,
+            } => format!("conjunction({id},{}/{n_clauses})", clause + 1),
+            Action::Ct {
+                commit,
+                zone,
+                table,
+                actions,
+                ..
+            } => {
+                let zone = match zone {
+                    CtZone::Imm(z) => z.to_string(),
+                    CtZone::Field { field, ofs } => format!("{}[{ofs}..]", field_name(*field)),
+                };
+                let mut parts = vec![];
+                if *commit {
+                    parts.push("commit".to_string());
+                }
+                parts.push(format!("zone={zone}"));
+                if let Some(t) = table {
+                    parts.push(format!("table={t}"));
+                }
+                for a in actions {
+                    if let Action::SetField { field, value } = a {
+                        parts.push(format!("set:{}={value:#x}", field_name(*field)));
+                    }
+                }
+                format!("ct({})", parts.join(","))
+            }
             other => format!("{other:?}"),
         })
         .collect();
@@ -404,6 +695,7 @@ fn small_state_renders_the_written_out_flows() {
         (cookie(gen, object_tag(ObjectKind::Peer, PEER)), "peer-n2"),
         (cookie(gen, object_tag(ObjectKind::Nic, "nic-a1")), "nic-a1"),
         (cookie(gen, object_tag(ObjectKind::Nic, "nic-a3")), "nic-a3"),
+        (cookie(gen, security::group_tag("open-vpc-a")), "sg-open"),
     ]);
     let got: Vec<String> = render(&state, &ports, gen)
         .iter()
@@ -421,7 +713,7 @@ fn small_state_renders_the_written_out_flows() {
         "table=0 priority=0 cookie=base => drop".into(),
         "table=1 priority=100 cookie=vpc-a tunnel_id=100 => set:metadata=100,goto:40".into(),
         "table=1 priority=0 cookie=base => drop".into(),
-        "table=10 priority=300 cookie=base eth_type=0x0800 ip_proto=17 udp_src=67 => drop".into(),
+        "table=10 priority=300 cookie=nic-a1 in_port=5 eth_type=0x0800 ip_proto=17 udp_src=67 => drop".into(),
         "table=10 priority=100 cookie=nic-a1 in_port=5 eth_src=02:aa:00:00:00:01 eth_type=0x0800 ip_proto=17 ipv4_src=0.0.0.0 udp_src=68 udp_dst=67 => goto:20".into(),
         "table=10 priority=100 cookie=nic-a1 in_port=5 eth_src=02:aa:00:00:00:01 eth_type=0x0800 ipv4_src=10.0.1.10 => goto:20".into(),
         "table=10 priority=100 cookie=nic-a1 in_port=5 eth_src=02:aa:00:00:00:01 eth_type=0x0806 arp_spa=10.0.1.10 arp_sha=02:aa:00:00:00:01 => goto:20".into(),
@@ -431,17 +723,46 @@ fn small_state_renders_the_written_out_flows() {
         format!("table=20 priority=100 cookie=nic-a1 metadata=100 eth_type=0x0806 arp_op=1 arp_tpa=10.0.1.10 => {}", arp_reply(A1_MAC, "10.0.1.10")),
         format!("table=20 priority=100 cookie=nic-a3 metadata=100 eth_type=0x0806 arp_op=1 arp_tpa=10.0.1.30 => {}", arp_reply(A3_MAC, "10.0.1.30")),
         "table=20 priority=100 cookie=base eth_type=0x0800 ip_proto=17 udp_src=68 udp_dst=67 => controller:[1]".into(),
+        "table=20 priority=20 cookie=base eth_type=0x0806 arp_op=2 => goto:21".into(),
         "table=20 priority=10 cookie=base eth_type=0x0806 => drop".into(),
-        "table=20 priority=0 cookie=base => goto:30".into(),
+        "table=20 priority=0 cookie=base => goto:21".into(),
+        "table=21 priority=100 cookie=nic-a1 eth_type=0x0800 reg6=5 => set:reg10=5,ct(zone=5,table=22)".into(),
+        "table=21 priority=10 cookie=base eth_type=0x0806 => goto:30".into(),
+        "table=21 priority=0 cookie=base => drop".into(),
+        "table=22 priority=300 cookie=base eth_type=0x0800 ct_state=48/0x30 => drop".into(),
+        "table=22 priority=100 cookie=nic-a1 eth_type=0x0800 reg6=5 ct_state=32/0x28 => set:reg9=0,set:reg8=798193376,resubmit:50,goto:23".into(),
+        "table=22 priority=100 cookie=nic-a1 eth_type=0x0800 reg6=5 ct_state=40/0x28 => set:reg9=0,set:reg8=798193376,resubmit:51,goto:23".into(),
+        "table=22 priority=0 cookie=base => drop".into(),
+        "table=23 priority=100 cookie=base reg9=1 => goto:30".into(),
+        "table=23 priority=0 cookie=base => drop".into(),
         "table=30 priority=100 cookie=sub-a1 metadata=100 eth_dst=02:00:00:00:01:01 eth_type=0x0800 => goto:31".into(),
         "table=30 priority=0 cookie=base => goto:40".into(),
         "table=31 priority=110 cookie=sub-a1 metadata=100 eth_type=0x0800 ip_proto=1 ipv4_dst=10.0.1.1 icmp_type=8 => move:eth_src->eth_dst/48,set:eth_src=02:00:00:00:01:01,move:ipv4_src->ipv4_dst/32,set:ipv4_src=10.0.1.1,set:icmp_type=0,output:in_port".into(),
         "table=31 priority=100 cookie=nic-a1 metadata=100 eth_type=0x0800 ipv4_dst=10.0.1.10 => set:eth_src=02:00:00:00:01:01,set:eth_dst=02:aa:00:00:00:01,dec_ttl,goto:40".into(),
         "table=31 priority=100 cookie=nic-a3 metadata=100 eth_type=0x0800 ipv4_dst=10.0.1.30 => set:eth_src=02:00:00:00:01:01,set:eth_dst=02:aa:00:00:00:03,dec_ttl,goto:40".into(),
         "table=31 priority=0 cookie=base => drop".into(),
-        "table=40 priority=100 cookie=nic-a1 metadata=100 eth_dst=02:aa:00:00:00:01 => output:5".into(),
+        "table=40 priority=100 cookie=nic-a1 metadata=100 eth_dst=02:aa:00:00:00:01 => set:reg7=5,goto:41".into(),
         "table=40 priority=100 cookie=nic-a3 metadata=100 eth_dst=02:aa:00:00:00:03 reg5=1 => set:tunnel_id=100,output:100".into(),
         "table=40 priority=0 cookie=base => drop".into(),
+        "table=41 priority=100 cookie=nic-a1 eth_type=0x0800 reg7=5 => ct_clear,set:reg10=5,ct(zone=5,table=42)".into(),
+        "table=41 priority=10 cookie=base eth_type=0x0806 => goto:44".into(),
+        "table=41 priority=0 cookie=base => drop".into(),
+        "table=42 priority=300 cookie=base eth_type=0x0800 ct_state=48/0x30 => drop".into(),
+        "table=42 priority=100 cookie=nic-a1 eth_type=0x0800 reg7=5 ct_state=32/0x28 => set:reg9=0,set:reg8=798193376,resubmit:51,goto:43".into(),
+        "table=42 priority=100 cookie=nic-a1 eth_type=0x0800 reg7=5 ct_state=40/0x28 => set:reg9=0,set:reg8=798193376,resubmit:50,goto:43".into(),
+        "table=42 priority=0 cookie=base => drop".into(),
+        "table=43 priority=100 cookie=base reg9=1 => goto:44".into(),
+        "table=43 priority=0 cookie=base => drop".into(),
+        "table=44 priority=100 cookie=nic-a1 reg7=5 => output:5".into(),
+        "table=44 priority=0 cookie=base => drop".into(),
+        "table=50 priority=200 cookie=sg-open eth_type=0x0800 reg8=798193376 ct_state=32/0x31 ct_mark=1915135350 => set:reg9=1".into(),
+        "table=50 priority=150 cookie=base eth_type=0x0800 ct_state=36/0x24 => drop".into(),
+        "table=50 priority=100 cookie=sg-open eth_type=0x0800 reg8=798193376 ct_state=32/0x30 => ct(commit,zone=reg10[0..],set:ct_mark=0x7226a576),set:reg9=1".into(),
+        "table=50 priority=0 cookie=base => drop".into(),
+        "table=51 priority=200 cookie=sg-open eth_type=0x0800 reg8=798193376 ct_state=32/0x31 ct_mark=3702538324 => set:reg9=1".into(),
+        "table=51 priority=150 cookie=base eth_type=0x0800 ct_state=36/0x24 => drop".into(),
+        "table=51 priority=100 cookie=sg-open eth_type=0x0800 reg8=798193376 ct_state=32/0x30 => ct(commit,zone=reg10[0..],set:ct_mark=0xdcb04054),set:reg9=1".into(),
+        "table=51 priority=0 cookie=base => drop".into(),
     ];
     assert_eq!(got, expected, "\n{}", got.join("\n"));
 }
@@ -599,11 +920,22 @@ fn arp_for_unknown_or_own_addresses_is_dropped_not_flooded() {
     assert!(trace(&flows, arp_request(7, A1_MAC, "10.0.1.10", "10.0.2.20")).dropped());
     // Gratuitous ARP for the NIC's own address: no answer.
     assert!(trace(&flows, arp_request(5, A1_MAC, "10.0.1.10", "10.0.1.10")).dropped());
-    // ARP replies from a VM go nowhere.
-    let mut reply = arp_request(5, A1_MAC, "10.0.1.10", "10.0.1.30");
+    // A VM's ARP reply (sender fields checked) is delivered like unicast,
+    // to a known MAC only; it is never answered or flooded.
+    let mut reply = arp_request(5, A1_MAC, "10.0.1.10", "10.0.1.20");
     reply.insert(Field::ArpOp, 2);
-    reply.insert(Field::EthDst, mac_value(mac(A3_MAC)));
-    assert!(trace(&flows, reply).dropped());
+    reply.insert(Field::EthDst, mac_value(mac(A2_MAC)));
+    let (p, out) = trace(&flows, reply.clone()).single_output();
+    assert_eq!(p, 6);
+    assert_eq!(get(&out, Field::ArpSpa), ip_value(ip("10.0.1.10")));
+    reply.insert(Field::EthDst, mac_value(mac("02:aa:00:00:00:99")));
+    assert!(trace(&flows, reply.clone()).dropped());
+    reply.insert(Field::ArpSpa, ip_value(ip("10.0.1.20")));
+    reply.insert(Field::EthDst, mac_value(mac(A2_MAC)));
+    assert!(
+        trace(&flows, reply).dropped(),
+        "claims another NIC's address"
+    );
 }
 
 // ---------------------------------------------------------------- routing
@@ -827,6 +1159,7 @@ fn rendering_is_deterministic() {
     }
     rebuilt.vpcs = state.vpcs.clone();
     rebuilt.peers = state.peers.clone();
+    rebuilt.security_groups = state.security_groups.clone();
     let mut ports2 = PortMap::new().with_tunnel(PEER, TUN);
     for (id, p) in ports.nics().collect::<Vec<_>>().into_iter().rev() {
         ports2.set_nic(id, p);
@@ -978,7 +1311,7 @@ fn render_nic_gives_exactly_that_nics_flows() {
         let (value, mask) = object_cookie_match(ObjectKind::Nic, id);
         assert!(from_all.iter().all(|f| f.cookie & mask == value));
     }
-    assert_eq!(render_nic(&state, &ports, 4, "nic-a1").len(), 8);
+    assert_eq!(render_nic(&state, &ports, 4, "nic-a1").len(), 16);
     assert_eq!(render_nic(&state, &ports, 4, "nic-a3").len(), 3);
     assert!(render_nic(&state, &ports, 4, "nic-c1").is_empty());
     assert!(render_nic(&state, &ports, 4, "nope").is_empty());
@@ -1060,7 +1393,7 @@ fn one_nic_changes_only_its_own_flows() {
     let mut removed = state.clone();
     removed.nics.remove("nic-a2");
     let changes = diff(&before, &render(&removed, &ports, 1));
-    assert_eq!(changes.len(), 8, "{changes:#?}");
+    assert_eq!(changes.len(), 16, "{changes:#?}");
     assert!(changes.iter().all(|c| matches!(c, FlowChange::Delete(_))));
 
     let changes = diff(&before, &render(&state, &ports, 2));
@@ -1132,9 +1465,10 @@ fn ten_thousand_nics_render_fast_and_linearly() {
         "10,000 NICs: {} flows in {took:?} (debug build)",
         flows.len()
     );
-    // Per node: 3 flows per remote NIC, 8 per local NIC, 3 per subnet, 1 per
-    // peer, 1 per VPC, 10 shared.
-    assert_eq!(flows.len(), 9_950 * 3 + 50 * 8 + 40 * 3 + 44 + 1 + 10);
+    // Per node: 3 flows per remote NIC, 16 per local NIC (8 of them the
+    // security stages), 3 per subnet, 1 per peer, 1 per VPC, 27 shared,
+    // 4 for the VPC's one security group.
+    assert_eq!(flows.len(), 9_950 * 3 + 50 * 16 + 40 * 3 + 44 + 1 + 27 + 4);
     // Generous bound for an unoptimised build on a shared 2-core machine;
     // a release build takes a few milliseconds.
     assert!(took.as_secs_f64() < 5.0, "{took:?}");

@@ -5,6 +5,7 @@ mod failures;
 mod nics;
 mod nodes;
 mod protocol;
+mod security_groups;
 mod server;
 mod subnets;
 mod vpcs;

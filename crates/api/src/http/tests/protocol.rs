@@ -120,12 +120,12 @@ fn request_types_round_trip_for_clients() {
     // Absent `node` leaves the binding alone, null unbinds.
     let keep = PatchNic {
         name: Some("x".into()),
-        node: None,
+        ..PatchNic::default()
     };
     assert_eq!(serde_json::to_value(&keep).unwrap(), json!({"name": "x"}));
     let unbind = PatchNic {
-        name: None,
         node: Some(None),
+        ..PatchNic::default()
     };
     let v = serde_json::to_value(&unbind).unwrap();
     assert_eq!(v, json!({"node": null}));

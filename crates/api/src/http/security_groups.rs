@@ -1,0 +1,567 @@
+//! `/v1/security-groups`: stateful allow-lists scoped to a VPC, and their
+//! rules (`/v1/security-groups/{id}/rules`).
+//!
+//! A group lives in one VPC; its rules may only name groups of that VPC as
+//! their remote side, and only NICs of that VPC may join it, so no rule of
+//! one tenant can ever admit another's traffic by naming its group. Every
+//! VPC gets a default group with it (egress to anyone, ingress from its own
+//! members), deleted with the VPC.
+//!
+//! References to a group (a NIC joining it, a rule naming it as remote)
+//! bump the group's guard key in the same transaction; a delete compares
+//! that guard, so a group in use is never deleted (see [`super::db`]).
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use tracing::instrument;
+use utoipa::{IntoParams, ToSchema};
+
+use super::db::{self, index, Attempt};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::problem::{ApiResult, Problem};
+use super::validate::{self, RuleSpec};
+use super::{vpcs, AppState};
+use crate::model::{keys, Direction, Nic, Protocol, SecurityGroup, SecurityGroupRule};
+use crate::store::{Compare, Op, Store};
+
+/// Index and guard keys of security groups.
+pub(super) mod sg_index {
+    use crate::model::keys::INDEX;
+
+    /// Group names, unique within a VPC.
+    pub fn name(vpc_id: &str, name: &str) -> String {
+        format!("{INDEX}sg-name/{vpc_id}/{name}")
+    }
+    /// Bumped by every NIC joining the group and every rule naming it.
+    pub fn guard(id: &str) -> String {
+        format!("{INDEX}guard/sg/{id}")
+    }
+}
+
+/// The name of the group every VPC gets.
+pub const DEFAULT_GROUP_NAME: &str = "default";
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRule {
+    pub direction: Option<Direction>,
+    /// `any` if omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    /// TCP/UDP only. `port_range_max` defaults to `port_range_min`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_range_min: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_range_max: Option<u16>,
+    /// ICMP only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_type: Option<u8>,
+    /// ICMP with a type only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_code: Option<u8>,
+    /// An IPv4 address or CIDR; anyone if neither this nor
+    /// `remote_group_id` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "192.0.2.0/24")]
+    pub remote_cidr: Option<String>,
+    /// A group of the same VPC: its members' addresses, kept current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_group_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+impl CreateRule {
+    fn spec(&self) -> RuleSpec {
+        RuleSpec {
+            direction: self.direction,
+            protocol: self.protocol,
+            port_range_min: self.port_range_min,
+            port_range_max: self.port_range_max,
+            icmp_type: self.icmp_type,
+            icmp_code: self.icmp_code,
+            remote_cidr: self.remote_cidr.clone(),
+            remote_group_id: self.remote_group_id.clone(),
+            description: self.description.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSecurityGroup {
+    pub vpc_id: String,
+    /// Unique within the VPC.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Initial rules (none if omitted: the group then admits nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Vec<CreateRule>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchSecurityGroup {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct GroupFilter {
+    /// Only the groups of this VPC.
+    pub vpc_id: Option<String>,
+}
+
+fn not_found(id: &str) -> Problem {
+    Problem::not_found(format!("security group {id:?} not found"))
+}
+
+fn name_taken(name: &str, vpc_id: &str, owner: &str) -> Problem {
+    Problem::conflict(format!(
+        "VPC {vpc_id:?} already has a security group named {name:?} ({owner})"
+    ))
+    .with_field("name")
+}
+
+pub(super) async fn load(
+    store: &dyn Store,
+    id: &str,
+) -> ApiResult<Option<db::Versioned<SecurityGroup>>> {
+    if !validate::is_id("sg", id) {
+        return Ok(None);
+    }
+    db::get_json(store, &keys::security_group(id)).await
+}
+
+/// The default group of a new VPC: egress to anyone, ingress (any
+/// protocol) from the group's own members.
+pub(super) fn default_group(id: &str, vpc_id: &str, created_at: &str) -> SecurityGroup {
+    let rule = |direction, remote_group_id: Option<String>| SecurityGroupRule {
+        id: validate::new_id("sgr"),
+        direction,
+        protocol: Protocol::Any,
+        port_range_min: None,
+        port_range_max: None,
+        icmp_type: None,
+        icmp_code: None,
+        remote_cidr: None,
+        remote_group_id,
+        description: String::new(),
+    };
+    SecurityGroup {
+        id: id.to_string(),
+        name: DEFAULT_GROUP_NAME.to_string(),
+        vpc_id: vpc_id.to_string(),
+        description: "egress to anyone, ingress from members of this group".into(),
+        is_default: true,
+        rules: vec![
+            rule(Direction::Egress, None),
+            rule(Direction::Ingress, Some(id.to_string())),
+        ],
+        created_at: created_at.to_string(),
+    }
+}
+
+/// Checks that `group_id` is a group of `vpc_id` and returns the compare
+/// and op that keep it from being deleted before the commit. `field` names
+/// the request field for the error.
+pub(super) async fn reference(
+    store: &dyn Store,
+    group_id: &str,
+    vpc_id: &str,
+    field: &str,
+) -> ApiResult<(Compare, Op)> {
+    let missing = || {
+        Problem::invalid(
+            field,
+            format!("`{field}`: security group {group_id:?} does not exist"),
+        )
+    };
+    let g = load(store, group_id).await?.ok_or_else(missing)?;
+    if g.value.vpc_id != vpc_id {
+        // Saying which VPC would tell one tenant about another's resources.
+        return Err(Problem::invalid(
+            field,
+            format!(
+                "`{field}`: security group {group_id:?} is not in VPC {vpc_id:?}; only groups \
+                 of the same VPC can be used"
+            ),
+        ));
+    }
+    Ok((
+        db::created_at(keys::security_group(group_id), g.create_revision),
+        db::bump(sg_index::guard(group_id)),
+    ))
+}
+
+/// Validates every requested rule; `at` is the field prefix per rule.
+fn check_rules(reqs: &[CreateRule]) -> ApiResult<Vec<SecurityGroupRule>> {
+    if reqs.len() > validate::MAX_RULES_PER_GROUP {
+        return Err(Problem::invalid(
+            "rules",
+            format!(
+                "`rules` has {} rules; a group holds at most {}",
+                reqs.len(),
+                validate::MAX_RULES_PER_GROUP
+            ),
+        ));
+    }
+    let mut out: Vec<SecurityGroupRule> = Vec::with_capacity(reqs.len());
+    for (i, r) in reqs.iter().enumerate() {
+        let rule = validate::rule(&format!("rules[{i}]."), &r.spec())?;
+        if let Some(j) = out.iter().position(|o| o.same_match(&rule)) {
+            return Err(Problem::invalid(
+                format!("rules[{i}]"),
+                format!("`rules[{i}]` is the same rule as `rules[{j}]`"),
+            ));
+        }
+        out.push(rule);
+    }
+    Ok(out)
+}
+
+#[utoipa::path(post, path = "/v1/security-groups", tag = "security-groups",
+    request_body = CreateSecurityGroup,
+    responses((status = 201, body = SecurityGroup), (status = 400, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem)))]
+#[instrument(skip_all, fields(sg_id = tracing::field::Empty, vpc_id = %req.vpc_id))]
+pub async fn create(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<CreateSecurityGroup>,
+) -> ApiResult<impl IntoResponse> {
+    validate::name("name", &req.name)?;
+    let description = req.description.clone().unwrap_or_default();
+    validate::description("description", &description)?;
+    let rules = check_rules(req.rules.as_deref().unwrap_or_default())?;
+    let id = validate::new_id("sg");
+    tracing::Span::current().record("sg_id", id.as_str());
+    let store = st.store.as_ref();
+    let created_at = validate::now_rfc3339();
+    let (id, req, rules, description, created_at) = (&id, &req, &rules, &description, &created_at);
+    let group = db::retry("create the security group", || async move {
+        let vpc = vpcs::load(store, &req.vpc_id).await?.ok_or_else(|| {
+            Problem::invalid(
+                "vpc_id",
+                format!("`vpc_id`: VPC {:?} does not exist", req.vpc_id),
+            )
+        })?;
+        let vpc_id = &vpc.value.id;
+        let name_key = sg_index::name(vpc_id, &req.name);
+        if let Some(owner) = db::get_text(store, &name_key).await? {
+            return Err(name_taken(&req.name, vpc_id, &owner));
+        }
+        let key = keys::security_group(id);
+        let mut compare = vec![
+            db::created_at(keys::vpc(vpc_id), vpc.create_revision),
+            Compare::absent(&key),
+            Compare::absent(&name_key),
+        ];
+        let group = SecurityGroup {
+            id: id.clone(),
+            name: req.name.clone(),
+            vpc_id: vpc_id.clone(),
+            description: description.clone(),
+            is_default: false,
+            rules: rules.clone(),
+            created_at: created_at.clone(),
+        };
+        let mut ops = vec![
+            db::put_json(&key, &group)?,
+            Op::put(name_key, id.as_bytes().to_vec()),
+            // The VPC's delete compares its guard: it sees this group.
+            db::bump(index::vpc_guard(vpc_id)),
+        ];
+        for (i, r) in rules.iter().enumerate() {
+            if let Some(remote) = &r.remote_group_id {
+                let field = format!("rules[{i}].remote_group_id");
+                let (c, op) = reference(store, remote, vpc_id, &field).await?;
+                compare.push(c);
+                ops.push(op);
+            }
+        }
+        Ok(if db::commit(store, compare, ops).await? {
+            Attempt::Done(group)
+        } else {
+            Attempt::Retry
+        })
+    })
+    .await?;
+    tracing::info!(rules = group.rules.len(), "security group created");
+    let location = format!("/v1/security-groups/{}", group.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(group),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/security-groups", tag = "security-groups", params(GroupFilter),
+    responses((status = 200, body = Vec<SecurityGroup>), (status = 400, body = Problem)))]
+#[instrument(skip_all)]
+pub async fn list(
+    State(st): State<AppState>,
+    ApiQuery(f): ApiQuery<GroupFilter>,
+) -> ApiResult<Json<Vec<SecurityGroup>>> {
+    let all: Vec<SecurityGroup> = db::list_json(st.store.as_ref(), keys::SECURITY_GROUPS).await?;
+    Ok(Json(
+        all.into_iter()
+            .filter(|g| f.vpc_id.as_ref().is_none_or(|v| &g.vpc_id == v))
+            .collect(),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/security-groups/{id}", tag = "security-groups",
+    params(("id" = String, Path)),
+    responses((status = 200, body = SecurityGroup), (status = 404, body = Problem)))]
+#[instrument(skip_all, fields(sg_id = %id))]
+pub async fn get(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<SecurityGroup>> {
+    let g = load(st.store.as_ref(), &id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    Ok(Json(g.value))
+}
+
+#[utoipa::path(patch, path = "/v1/security-groups/{id}", tag = "security-groups",
+    request_body = PatchSecurityGroup, params(("id" = String, Path)),
+    responses((status = 200, body = SecurityGroup), (status = 404, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem)))]
+#[instrument(skip_all, fields(sg_id = %id))]
+pub async fn patch(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<PatchSecurityGroup>,
+) -> ApiResult<Json<SecurityGroup>> {
+    if let Some(name) = &req.name {
+        validate::name("name", name)?;
+    }
+    if let Some(d) = &req.description {
+        validate::description("description", d)?;
+    }
+    let store = st.store.as_ref();
+    let (id, req) = (&id, &req);
+    let group = db::retry("update the security group", || async move {
+        let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
+        let mut g = cur.value.clone();
+        let key = keys::security_group(id);
+        let mut compare = vec![Compare::mod_revision_is(&key, cur.mod_revision)];
+        let mut ops = vec![];
+        if let Some(name) = req.name.as_ref().filter(|n| **n != g.name) {
+            let new_key = sg_index::name(&g.vpc_id, name);
+            if let Some(owner) = db::get_text(store, &new_key).await? {
+                return Err(name_taken(name, &g.vpc_id, &owner));
+            }
+            let old_key = sg_index::name(&g.vpc_id, &g.name);
+            if db::get_text(store, &old_key).await?.as_deref() == Some(id.as_str()) {
+                ops.push(Op::delete(old_key));
+            }
+            compare.push(Compare::absent(&new_key));
+            ops.push(Op::put(new_key, id.as_bytes().to_vec()));
+            g.name = name.clone();
+        }
+        if let Some(d) = &req.description {
+            g.description = d.clone();
+        }
+        if g == cur.value {
+            return Ok(Attempt::Done(g));
+        }
+        ops.push(db::put_json(&key, &g)?);
+        Ok(if db::commit(store, compare, ops).await? {
+            Attempt::Done(g)
+        } else {
+            Attempt::Retry
+        })
+    })
+    .await?;
+    tracing::info!(name = %group.name, "security group updated");
+    Ok(Json(group))
+}
+
+#[utoipa::path(delete, path = "/v1/security-groups/{id}", tag = "security-groups",
+    params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+#[instrument(skip_all, fields(sg_id = %id))]
+pub async fn delete(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    let store = st.store.as_ref();
+    let id = &id;
+    db::retry("delete the security group", || async move {
+        let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
+        if cur.value.is_default {
+            return Err(Problem::conflict(format!(
+                "security group {id:?} is the default group of VPC {:?}; it is deleted with \
+                 the VPC",
+                cur.value.vpc_id
+            )));
+        }
+        // Guard first, then the references: one added after this read bumps
+        // the guard and fails the compare.
+        let guard = sg_index::guard(id);
+        let guard_rev = db::mod_revision(store, &guard).await?;
+        let users = users_of(store, id).await?;
+        if !users.is_empty() {
+            return Err(Problem::conflict(format!(
+                "security group {id:?} is still used by {}; remove those first",
+                db::in_use("NICs or groups", &users)
+            )));
+        }
+        let key = keys::security_group(id);
+        let mut ops = vec![Op::delete(&key), Op::delete(&guard)];
+        let name_key = sg_index::name(&cur.value.vpc_id, &cur.value.name);
+        if db::get_text(store, &name_key).await?.as_deref() == Some(id.as_str()) {
+            ops.push(Op::delete(name_key));
+        }
+        let ok = db::commit(
+            store,
+            vec![
+                Compare::mod_revision_is(&key, cur.mod_revision),
+                Compare::mod_revision_is(&guard, guard_rev),
+            ],
+            ops,
+        )
+        .await?;
+        Ok(if ok {
+            Attempt::Done(())
+        } else {
+            Attempt::Retry
+        })
+    })
+    .await?;
+    tracing::info!("security group deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// NICs that are members of `id` and other groups whose rules name it.
+async fn users_of(store: &dyn Store, id: &str) -> ApiResult<Vec<String>> {
+    let nics: Vec<Nic> = db::list_json(store, keys::NICS).await?;
+    let groups: Vec<SecurityGroup> = db::list_json(store, keys::SECURITY_GROUPS).await?;
+    let mut out: Vec<String> = nics
+        .into_iter()
+        .filter(|n| n.security_groups.iter().any(|g| g == id))
+        .map(|n| n.id)
+        .collect();
+    out.extend(
+        groups
+            .into_iter()
+            .filter(|g| g.id != id)
+            .filter(|g| {
+                g.rules
+                    .iter()
+                    .any(|r| r.remote_group_id.as_deref() == Some(id))
+            })
+            .map(|g| g.id),
+    );
+    Ok(out)
+}
+
+/// Non-default groups of `vpc_id` (what blocks deleting the VPC).
+pub(super) async fn groups_of(store: &dyn Store, vpc_id: &str) -> ApiResult<Vec<SecurityGroup>> {
+    let all: Vec<SecurityGroup> = db::list_json(store, keys::SECURITY_GROUPS).await?;
+    Ok(all.into_iter().filter(|g| g.vpc_id == vpc_id).collect())
+}
+
+#[utoipa::path(post, path = "/v1/security-groups/{id}/rules", tag = "security-groups",
+    request_body = CreateRule, params(("id" = String, Path)),
+    responses((status = 201, body = SecurityGroupRule), (status = 400, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem),
+        (status = 422, body = Problem)))]
+#[instrument(skip_all, fields(sg_id = %id, rule_id = tracing::field::Empty))]
+pub async fn add_rule(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<CreateRule>,
+) -> ApiResult<impl IntoResponse> {
+    let rule = validate::rule("", &req.spec())?;
+    tracing::Span::current().record("rule_id", rule.id.as_str());
+    let store = st.store.as_ref();
+    let (id, rule) = (&id, &rule);
+    db::retry("add the rule", || async move {
+        let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
+        let mut g = cur.value.clone();
+        if let Some(same) = g.rules.iter().find(|r| r.same_match(rule)) {
+            return Err(Problem::conflict(format!(
+                "security group {id:?} already has this rule ({})",
+                same.id
+            )));
+        }
+        if g.rules.len() >= validate::MAX_RULES_PER_GROUP {
+            return Err(Problem::conflict(format!(
+                "security group {id:?} already has {} rules, the most a group may hold",
+                g.rules.len()
+            )));
+        }
+        let key = keys::security_group(id);
+        let mut compare = vec![Compare::mod_revision_is(&key, cur.mod_revision)];
+        let mut ops = vec![];
+        if let Some(remote) = rule.remote_group_id.as_ref().filter(|r| *r != id) {
+            let (c, op) = reference(store, remote, &g.vpc_id, "remote_group_id").await?;
+            compare.push(c);
+            ops.push(op);
+        }
+        g.rules.push(rule.clone());
+        ops.push(db::put_json(&key, &g)?);
+        Ok(if db::commit(store, compare, ops).await? {
+            Attempt::Done(())
+        } else {
+            Attempt::Retry
+        })
+    })
+    .await?;
+    tracing::info!("security group rule added");
+    let location = format!("/v1/security-groups/{id}/rules/{}", rule.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(rule.clone()),
+    ))
+}
+
+#[utoipa::path(delete, path = "/v1/security-groups/{id}/rules/{rule_id}", tag = "security-groups",
+    params(("id" = String, Path), ("rule_id" = String, Path)),
+    responses((status = 204), (status = 404, body = Problem)))]
+#[instrument(skip_all, fields(sg_id = %path.0, rule_id = %path.1))]
+pub async fn delete_rule(
+    State(st): State<AppState>,
+    ApiPath(path): ApiPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let store = st.store.as_ref();
+    let (id, rule_id) = (&path.0, &path.1);
+    db::retry("delete the rule", || async move {
+        let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
+        let mut g = cur.value.clone();
+        let before = g.rules.len();
+        g.rules.retain(|r| r.id != *rule_id);
+        if g.rules.len() == before {
+            return Err(Problem::not_found(format!(
+                "security group {id:?} has no rule {rule_id:?}"
+            )));
+        }
+        let key = keys::security_group(id);
+        let ok = db::commit(
+            store,
+            vec![Compare::mod_revision_is(&key, cur.mod_revision)],
+            vec![db::put_json(&key, &g)?],
+        )
+        .await?;
+        Ok(if ok {
+            Attempt::Done(())
+        } else {
+            Attempt::Retry
+        })
+    })
+    .await?;
+    tracing::info!("security group rule deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
