@@ -456,7 +456,7 @@ mod timing {
                 "id": format!("nic-{i:05}"), "vpc_id": "v", "subnet_id": "s",
                 "mac": proto::Mac([2, 1, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8]).to_string(),
                 "ip": Ipv4Addr::from(0x0a00_0000 + 2 + i).to_string(),
-                "node": if i % 2 == 0 { "n0" } else { "n1" },
+                "node": if i.is_multiple_of(2) { "n0" } else { "n1" },
             }))
             .unwrap()
         };
