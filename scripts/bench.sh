@@ -8,3 +8,6 @@ cargo bench --locked -p flowctl --bench compile
 cargo bench --locked -p api --bench store
 cargo bench --locked -p openflow --bench bundle_install
 cargo bench --locked -p tests --bench nic_ready
+cargo bench --locked -p tests --bench sg_flows
+cargo bench --locked -p tests --bench sg_enforce
+cargo bench --locked -p tests --bench sg_throughput

@@ -436,6 +436,14 @@ fn change_scope(change: &Change) -> Scope {
         Change::Remove {
             key: ObjectKey::Nic(id),
         } => Scope::nic(id),
+        // Group rules render as shared flows, re-rendered on every update;
+        // membership is part of each NIC.
+        Change::Upsert {
+            object: Object::SecurityGroup(_),
+        }
+        | Change::Remove {
+            key: ObjectKey::SecurityGroup(_),
+        } => Scope::default(),
         _ => Scope::All,
     }
 }
