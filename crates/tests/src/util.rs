@@ -278,6 +278,12 @@ pub fn cleanup_stale(prefix: &str) -> Result<Vec<String>> {
         if live_runs.iter().any(|r| r == owner) {
             continue;
         }
+        // A run that started after the directories were listed: its
+        // directory exists before its namespace, so look again.
+        let dir = root.join(owner);
+        if dir.exists() && !run_is_stale(&dir) {
+            continue;
+        }
         if let Ok(pids) = run("ip", &["netns", "pids", &ns]) {
             for pid in pids
                 .split_whitespace()
