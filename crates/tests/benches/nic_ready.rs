@@ -83,7 +83,7 @@ fn preload(cloud: &Cloud, subnets: &[Value], from: usize, to: usize) {
 /// Create → plugged → up, `SAMPLES` times, one at a time.
 fn measure(cloud: &mut Cloud, subnet: &Value, present: usize) -> Vec<Duration> {
     let mut phases: Vec<(f64, f64)> = Vec::new();
-    let plug = Plug::connect(&cloud.lab.node(0).unwrap().ovs().db_socket());
+    let plug = tests::VifPlug::connect(&cloud.lab.node(0).unwrap().ovs().db_socket()).unwrap();
     let node0 = cloud.lab.node(0).unwrap().name().to_string();
     let mut out = Vec::with_capacity(SAMPLES);
     for k in 0..SAMPLES + 5 {
@@ -97,7 +97,7 @@ fn measure(cloud: &mut Cloud, subnet: &Value, present: usize) -> Vec<Duration> {
             .unwrap();
         let id = nic["id"].as_str().unwrap();
         let created = t0.elapsed();
-        plug.plug(&format!("b{present}x{k}"), id);
+        plug.plug(&format!("b{present}x{k}"), id).unwrap();
         let plugged = t0.elapsed();
         let path = format!("/v1/nics/{id}");
         loop {
@@ -174,67 +174,4 @@ fn agent_breakdown(cloud: &Cloud, n: usize) {
         field("apply_us"),
         field("changes") * 1e3,
     );
-}
-
-/// Plugs VIFs into br-int as a compute driver does, over one OVSDB session.
-struct Plug {
-    rt: tokio::runtime::Runtime,
-    client: ovsdb::Client,
-}
-
-impl Plug {
-    fn connect(db: &std::path::Path) -> Self {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let (client, _updates) = rt
-            .block_on(ovsdb::Client::connect_unix(db, Default::default()))
-            .unwrap();
-        Plug { rt, client }
-    }
-
-    /// An internal port `name` with `external_ids:iface-id=<nic_id>`.
-    fn plug(&self, name: &str, nic_id: &str) {
-        use ovsdb::{Condition, Datum, Mutation, Mutator, Operation, Row};
-        let name = &name[..name.len().min(15)];
-        let iface: Row = [
-            ("name".to_string(), Datum::string(name)),
-            ("type".to_string(), Datum::string("internal")),
-            (
-                "external_ids".to_string(),
-                Datum::map([("iface-id", nic_id)]),
-            ),
-        ]
-        .into();
-        let port: Row = [
-            ("name".to_string(), Datum::string(name)),
-            ("interfaces".to_string(), Datum::named_uuid("iface")),
-        ]
-        .into();
-        let ops = [
-            Operation::Insert {
-                table: "Interface".into(),
-                row: iface,
-                uuid_name: Some("iface".into()),
-            },
-            Operation::Insert {
-                table: "Port".into(),
-                row: port,
-                uuid_name: Some("port".into()),
-            },
-            Operation::Mutate {
-                table: "Bridge".into(),
-                conditions: vec![Condition::eq("name", Datum::string("br-int"))],
-                mutations: vec![Mutation::new(
-                    "ports",
-                    Mutator::Insert,
-                    Datum::named_uuid("port"),
-                )],
-            },
-        ];
-        self.rt
-            .block_on(self.client.transact("Open_vSwitch", &ops))
-            .unwrap();
-    }
 }

@@ -41,7 +41,7 @@ fn main() {
     let gid = g["id"].as_str().unwrap().to_string();
     for n in 0..2 {
         let node = cloud.lab.node(n).unwrap();
-        let plug = Plug::connect(&node.ovs().db_socket());
+        let plug = tests::VifPlug::connect(&node.ovs().db_socket()).unwrap();
         for k in 0..PER_NODE {
             let nic = cloud
                 .api
@@ -50,7 +50,8 @@ fn main() {
                     &json!({"subnet_id": sn["id"], "node": node.name(), "security_groups": [gid]}),
                 )
                 .unwrap();
-            plug.plug(&format!("w{n}x{k}"), nic["id"].as_str().unwrap());
+            plug.plug(&format!("w{n}x{k}"), nic["id"].as_str().unwrap())
+                .unwrap();
         }
     }
     let nodes = [cloud.lab.node(0).unwrap(), cloud.lab.node(1).unwrap()];
@@ -208,67 +209,4 @@ fn report(what: &str, lat: Vec<Duration>) {
         ms[ms.len() - 1],
         ms.len()
     );
-}
-
-/// Plugs VIFs into br-int as a compute driver does, over one OVSDB session.
-struct Plug {
-    rt: tokio::runtime::Runtime,
-    client: ovsdb::Client,
-}
-
-impl Plug {
-    fn connect(db: &std::path::Path) -> Self {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let (client, _updates) = rt
-            .block_on(ovsdb::Client::connect_unix(db, Default::default()))
-            .unwrap();
-        Plug { rt, client }
-    }
-
-    /// An internal port `name` with `external_ids:iface-id=<nic_id>`.
-    fn plug(&self, name: &str, nic_id: &str) {
-        use ovsdb::{Condition, Datum, Mutation, Mutator, Operation, Row};
-        let name = &name[..name.len().min(15)];
-        let iface: Row = [
-            ("name".to_string(), Datum::string(name)),
-            ("type".to_string(), Datum::string("internal")),
-            (
-                "external_ids".to_string(),
-                Datum::map([("iface-id", nic_id)]),
-            ),
-        ]
-        .into();
-        let port: Row = [
-            ("name".to_string(), Datum::string(name)),
-            ("interfaces".to_string(), Datum::named_uuid("iface")),
-        ]
-        .into();
-        let ops = [
-            Operation::Insert {
-                table: "Interface".into(),
-                row: iface,
-                uuid_name: Some("iface".into()),
-            },
-            Operation::Insert {
-                table: "Port".into(),
-                row: port,
-                uuid_name: Some("port".into()),
-            },
-            Operation::Mutate {
-                table: "Bridge".into(),
-                conditions: vec![Condition::eq("name", Datum::string("br-int"))],
-                mutations: vec![Mutation::new(
-                    "ports",
-                    Mutator::Insert,
-                    Datum::named_uuid("port"),
-                )],
-            },
-        ];
-        self.rt
-            .block_on(self.client.transact("Open_vSwitch", &ops))
-            .unwrap();
-    }
 }

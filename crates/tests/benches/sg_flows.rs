@@ -56,9 +56,9 @@ fn main() {
         LOCAL_NICS,
         |_| json!({"node": node0, "security_groups": [g["id"]]}),
     );
-    let plug = Plug::connect(&cloud.lab.node(0).unwrap().ovs().db_socket());
+    let plug = tests::VifPlug::connect(&cloud.lab.node(0).unwrap().ovs().db_socket()).unwrap();
     for (k, id) in ids.iter().enumerate() {
-        plug.plug(&format!("sv{k}"), id);
+        plug.plug(&format!("sv{k}"), id).unwrap();
     }
     println!(
         "{LOCAL_NICS} NICs of group `servers` created and plugged on node0 in {:.1}s",
@@ -212,67 +212,4 @@ fn create_nics(
         }
     });
     out.into_inner().unwrap()
-}
-
-/// Plugs VIFs into br-int as a compute driver does, over one OVSDB session.
-struct Plug {
-    rt: tokio::runtime::Runtime,
-    client: ovsdb::Client,
-}
-
-impl Plug {
-    fn connect(db: &std::path::Path) -> Self {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let (client, _updates) = rt
-            .block_on(ovsdb::Client::connect_unix(db, Default::default()))
-            .unwrap();
-        Plug { rt, client }
-    }
-
-    /// An internal port `name` with `external_ids:iface-id=<nic_id>`.
-    fn plug(&self, name: &str, nic_id: &str) {
-        use ovsdb::{Condition, Datum, Mutation, Mutator, Operation, Row};
-        let name = &name[..name.len().min(15)];
-        let iface: Row = [
-            ("name".to_string(), Datum::string(name)),
-            ("type".to_string(), Datum::string("internal")),
-            (
-                "external_ids".to_string(),
-                Datum::map([("iface-id", nic_id)]),
-            ),
-        ]
-        .into();
-        let port: Row = [
-            ("name".to_string(), Datum::string(name)),
-            ("interfaces".to_string(), Datum::named_uuid("iface")),
-        ]
-        .into();
-        let ops = [
-            Operation::Insert {
-                table: "Interface".into(),
-                row: iface,
-                uuid_name: Some("iface".into()),
-            },
-            Operation::Insert {
-                table: "Port".into(),
-                row: port,
-                uuid_name: Some("port".into()),
-            },
-            Operation::Mutate {
-                table: "Bridge".into(),
-                conditions: vec![Condition::eq("name", Datum::string("br-int"))],
-                mutations: vec![Mutation::new(
-                    "ports",
-                    Mutator::Insert,
-                    Datum::named_uuid("port"),
-                )],
-            },
-        ];
-        self.rt
-            .block_on(self.client.transact("Open_vSwitch", &ops))
-            .unwrap();
-    }
 }

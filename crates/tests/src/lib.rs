@@ -12,6 +12,7 @@ pub mod etcd;
 pub mod lab;
 pub mod netns;
 pub mod ovs;
+pub mod plug;
 pub mod process;
 pub mod traffic;
 pub mod util;
@@ -21,6 +22,7 @@ pub use error::{LabError, Result};
 pub use lab::{Lab, LabConfig, Node, Vm, VmAddr, VmSpec};
 pub use netns::Netns;
 pub use ovs::OvsSandbox;
+pub use plug::VifPlug;
 pub use process::Proc;
 pub use util::{
     cleanup_stale, require_root_and_ovs, require_root_and_tools, wait_for, wait_until, RunDir,
