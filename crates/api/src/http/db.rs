@@ -152,6 +152,21 @@ pub async fn commit(store: &dyn Store, compare: Vec<Compare>, success: Vec<Op>) 
     Ok(r.succeeded)
 }
 
+/// Commits like [`commit`] and turns the outcome into an [`Attempt`]:
+/// `Done(value)` when the compares held, `Retry` when something read moved.
+pub async fn commit_attempt<T>(
+    store: &dyn Store,
+    compare: Vec<Compare>,
+    success: Vec<Op>,
+    value: T,
+) -> ApiResult<Attempt<T>> {
+    Ok(if commit(store, compare, success).await? {
+        Attempt::Done(value)
+    } else {
+        Attempt::Retry
+    })
+}
+
 /// The outcome of one optimistic attempt.
 pub enum Attempt<T> {
     Done(T),

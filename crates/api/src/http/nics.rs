@@ -551,17 +551,13 @@ pub async fn delete(
                 ops.push(Op::delete(idx));
             }
         }
-        let ok = db::commit(
+        db::commit_attempt(
             store,
             vec![Compare::mod_revision_is(&key, cur.mod_revision)],
             ops,
+            (),
         )
-        .await?;
-        Ok(if ok {
-            Attempt::Done(())
-        } else {
-            Attempt::Retry
-        })
+        .await
     })
     .await?;
     tracing::info!("NIC deleted");

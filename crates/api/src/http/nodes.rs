@@ -138,7 +138,7 @@ pub async fn create(
         if members(store, &node.set).await? >= MAX_NODES_PER_SET {
             return Err(set_full(&node.set));
         }
-        let ok = db::commit(
+        db::commit_attempt(
             store,
             vec![
                 Compare::absent(&key),
@@ -150,13 +150,9 @@ pub async fn create(
                 crate::store::Op::put(&ip_key, node.name.as_bytes().to_vec()),
                 db::bump(&guard),
             ],
+            node.clone(),
         )
-        .await?;
-        Ok(if ok {
-            Attempt::Done(node.clone())
-        } else {
-            Attempt::Retry
-        })
+        .await
     })
     .await?;
     tracing::info!(set = %node.set, "node created");
@@ -318,20 +314,16 @@ pub async fn delete(
         if db::get_text(store, &ip_key).await?.as_deref() == Some(name.as_str()) {
             ops.push(crate::store::Op::delete(ip_key));
         }
-        let ok = db::commit(
+        db::commit_attempt(
             store,
             vec![
                 Compare::mod_revision_is(&key, cur.mod_revision),
                 Compare::mod_revision_is(&guard, guard_rev),
             ],
             ops,
+            (),
         )
-        .await?;
-        Ok(if ok {
-            Attempt::Done(())
-        } else {
-            Attempt::Retry
-        })
+        .await
     })
     .await?;
     tracing::info!("node deleted");

@@ -423,20 +423,16 @@ pub async fn delete(
         if db::get_text(store, &name_key).await?.as_deref() == Some(id.as_str()) {
             ops.push(Op::delete(name_key));
         }
-        let ok = db::commit(
+        db::commit_attempt(
             store,
             vec![
                 Compare::mod_revision_is(&key, cur.mod_revision),
                 Compare::mod_revision_is(&guard, guard_rev),
             ],
             ops,
+            (),
         )
-        .await?;
-        Ok(if ok {
-            Attempt::Done(())
-        } else {
-            Attempt::Retry
-        })
+        .await
     })
     .await?;
     tracing::info!("security group deleted");
@@ -549,17 +545,13 @@ pub async fn delete_rule(
             )));
         }
         let key = keys::security_group(id);
-        let ok = db::commit(
+        db::commit_attempt(
             store,
             vec![Compare::mod_revision_is(&key, cur.mod_revision)],
             vec![db::put_json(&key, &g)?],
+            (),
         )
-        .await?;
-        Ok(if ok {
-            Attempt::Done(())
-        } else {
-            Attempt::Retry
-        })
+        .await
     })
     .await?;
     tracing::info!("security group rule deleted");

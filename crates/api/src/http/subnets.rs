@@ -147,7 +147,7 @@ pub async fn create(
             created_at: created_at.clone(),
         };
         let key = keys::subnet(id);
-        let ok = db::commit(
+        db::commit_attempt(
             store,
             vec![
                 db::created_at(keys::vpc(&vpc.value.id), vpc.create_revision),
@@ -160,13 +160,9 @@ pub async fn create(
                 Op::put(mac_key, id.as_bytes().to_vec()),
                 db::bump(guard),
             ],
+            subnet,
         )
-        .await?;
-        Ok(if ok {
-            Attempt::Done(subnet)
-        } else {
-            Attempt::Retry
-        })
+        .await
     })
     .await?;
     tracing::info!(cidr = %subnet.cidr, "subnet created");
@@ -239,17 +235,13 @@ pub async fn patch(
             return Ok(Attempt::Done(subnet));
         }
         let key = keys::subnet(id);
-        let ok = db::commit(
+        db::commit_attempt(
             store,
             vec![Compare::mod_revision_is(&key, cur.mod_revision)],
             vec![db::put_json(&key, &subnet)?],
+            subnet,
         )
-        .await?;
-        Ok(if ok {
-            Attempt::Done(subnet)
-        } else {
-            Attempt::Retry
-        })
+        .await
     })
     .await?;
     tracing::info!("subnet updated");
@@ -284,20 +276,16 @@ pub async fn delete(
         if db::get_text(store, &mac_key).await?.as_deref() == Some(id.as_str()) {
             ops.push(Op::delete(mac_key));
         }
-        let ok = db::commit(
+        db::commit_attempt(
             store,
             vec![
                 Compare::mod_revision_is(&key, cur.mod_revision),
                 Compare::mod_revision_is(&guard, guard_rev),
             ],
             ops,
+            (),
         )
-        .await?;
-        Ok(if ok {
-            Attempt::Done(())
-        } else {
-            Attempt::Retry
-        })
+        .await
     })
     .await?;
     tracing::info!("subnet deleted");

@@ -107,7 +107,7 @@ pub async fn create(
             created_at: created_at.clone(),
         };
         let key = keys::vpc(id);
-        let ok = db::commit(
+        db::commit_attempt(
             store,
             vec![
                 Compare::absent(&key),
@@ -123,13 +123,9 @@ pub async fn create(
                 db::put_json(&sg_key, &sg)?,
                 Op::put(sg_name_key, sg_id.as_bytes().to_vec()),
             ],
+            vpc,
         )
-        .await?;
-        Ok(if ok {
-            Attempt::Done(vpc)
-        } else {
-            Attempt::Retry
-        })
+        .await
     })
     .await?;
     tracing::info!(vni = vpc.vni, "VPC created");
@@ -193,20 +189,16 @@ pub async fn patch(
         if db::get_text(store, &old_key).await?.as_deref() == Some(id.as_str()) {
             ops.push(Op::delete(old_key));
         }
-        let ok = db::commit(
+        db::commit_attempt(
             store,
             vec![
                 Compare::mod_revision_is(&key, cur.mod_revision),
                 Compare::absent(&new_key),
             ],
             ops,
+            vpc,
         )
-        .await?;
-        Ok(if ok {
-            Attempt::Done(vpc)
-        } else {
-            Attempt::Retry
-        })
+        .await
     })
     .await?;
     tracing::info!(name = %vpc.name, "VPC updated");
@@ -267,20 +259,16 @@ pub async fn delete(
                 ops.push(Op::delete(idx));
             }
         }
-        let ok = db::commit(
+        db::commit_attempt(
             store,
             vec![
                 Compare::mod_revision_is(&key, cur.mod_revision),
                 Compare::mod_revision_is(&guard, guard_rev),
             ],
             ops,
+            (),
         )
-        .await?;
-        Ok(if ok {
-            Attempt::Done(())
-        } else {
-            Attempt::Retry
-        })
+        .await
     })
     .await?;
     tracing::info!("VPC deleted");
