@@ -56,14 +56,15 @@ const RETRY: Duration = Duration::from_secs(1);
 const PACKET_IN_RATE: f64 = 20.0;
 const PACKET_IN_BURST: u32 = 40;
 
-/// Runs the agent until `shutdown` resolves. Flows stay installed when it
-/// returns: the data path must outlive the agent.
+/// Runs the agent until `shutdown` resolves, whatever it is waiting for
+/// then (OVS coming back included). Flows stay installed when it returns:
+/// the data path must outlive the agent; the local copy is still written.
 pub async fn run(
     cfg: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let span = info_span!("agent", node = %cfg.node);
-    async move {
+    let agent = async move {
         let local = LocalState::new(&cfg.state_dir);
         let persisted = local.load()?;
         let generation = persisted.generation.wrapping_add(1).max(1);
@@ -96,10 +97,16 @@ pub async fn run(
         };
         node.dumped = Some(node.switch.dump_ours().await?);
         node.persisted_revision = node.desired.as_ref().map(|s| s.revision);
-        node.event_loop(updates, shutdown).await
+        node.event_loop(updates).await
     }
-    .instrument(span)
-    .await
+    .instrument(span.clone());
+    tokio::select! {
+        result = agent => result,
+        _ = shutdown => {
+            span.in_scope(|| info!("stopping; flows stay installed"));
+            Ok(())
+        }
+    }
 }
 
 /// What the control task sends back: acks and nacks.
@@ -172,14 +179,9 @@ struct Node {
 }
 
 impl Node {
-    async fn event_loop(
-        &mut self,
-        mut updates: mpsc::Receiver<Update>,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> Result<(), AgentError> {
+    async fn event_loop(&mut self, mut updates: mpsc::Receiver<Update>) -> Result<(), AgentError> {
         let mut ofports = self.vswitch.ofports();
         let mut events = self.vswitch.events();
-        tokio::pin!(shutdown);
         let mut dirty = self.desired.is_some();
         let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
@@ -200,10 +202,6 @@ impl Node {
                 }
             };
             tokio::select! {
-                _ = &mut shutdown => {
-                    info!("stopping; flows stay installed");
-                    return Ok(());
-                }
                 Some(update) = updates.recv() => {
                     self.take(update);
                     // Coalesce whatever else is already queued.
