@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod frame;
+pub mod sign;
 mod state;
 
 pub use state::*;
