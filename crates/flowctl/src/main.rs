@@ -5,12 +5,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use api::store::embedded::EmbeddedStore;
 use api::store::etcd::{EtcdOptions, EtcdStore, EtcdTls};
 use api::store::Store;
 use clap::{Parser, Subcommand};
 use flowctl::cli::{ApiArgs, ResourceCmd};
+use flowctl::duties::{run_compaction, CompactionConfig};
 use flowctl::service::{Config, Service};
 use flowctl::{Error, Result};
 use tracing::info;
@@ -63,6 +65,20 @@ enum Cmd {
         /// The cluster secret node tokens derive from.
         #[arg(long)]
         cluster_secret_file: PathBuf,
+        /// Store history kept, in revisions behind the current one. One
+        /// replica at a time (elected under a store lease) compacts the
+        /// rest away. 0 turns the duty off.
+        #[arg(long, default_value_t = 10_000)]
+        compact_keep_revisions: u64,
+        /// Seconds between compactions by the elected replica.
+        #[arg(long, default_value_t = 60)]
+        compact_every: u64,
+        /// Seconds a silent duty holder keeps its lease.
+        #[arg(long, default_value_t = 10)]
+        duty_ttl: u64,
+        /// This replica's name in duty elections (default: host:pid).
+        #[arg(long)]
+        replica_name: Option<String>,
     },
     /// Prints the token the agent of NODE presents.
     NodeToken {
@@ -132,11 +148,18 @@ async fn open_store(args: &StoreArgs) -> Result<(Arc<dyn Store>, Option<Embedded
     Ok((Arc::new(etcd), None))
 }
 
+/// The singleton duties' settings (`None`: off).
+struct Duties {
+    compaction: Option<CompactionConfig>,
+    candidate: String,
+}
+
 async fn serve(
     store_args: StoreArgs,
     agent_listen: Option<SocketAddr>,
     api_listen: Option<SocketAddr>,
     secret: Vec<u8>,
+    duties: Duties,
 ) -> Result<()> {
     // Neither role named: the all-in-one default, both roles.
     let (agent_listen, api_listen) = match (agent_listen, api_listen) {
@@ -174,6 +197,19 @@ async fn serve(
             .map_or("-".to_string(), |a| a.to_string())
     };
     info!(agents = %addr(&agents), api = %addr(&api), "flowctl serving");
+    // Aborted when serving ends (below), which ends its lease's keep-alives.
+    let compaction = duties.compaction.map(|cfg| {
+        let metrics = service
+            .as_ref()
+            .map(|s| s.shared.metrics.clone())
+            .unwrap_or_default();
+        tokio::spawn(run_compaction(
+            store.clone(),
+            duties.candidate.clone(),
+            cfg,
+            metrics,
+        ))
+    });
     let mut router = api::http::router(store);
     if let Some(service) = &service {
         let metrics = service.shared.clone();
@@ -205,6 +241,9 @@ async fn serve(
             Ok(())
         }
     };
+    if let Some(c) = compaction {
+        c.abort();
+    }
     drop(service);
     if let Some(embedded) = embedded {
         embedded.close().await?;
@@ -238,8 +277,20 @@ async fn run(cli: Cli) -> Result<()> {
             agent_listen,
             api_listen,
             cluster_secret_file,
+            compact_keep_revisions,
+            compact_every,
+            duty_ttl,
+            replica_name,
         } => {
             let secret = read_secret(&cluster_secret_file)?;
+            let duties = Duties {
+                compaction: (compact_keep_revisions > 0).then(|| CompactionConfig {
+                    keep_revisions: compact_keep_revisions,
+                    every: Duration::from_secs(compact_every.max(1)),
+                    ttl: Duration::from_secs(duty_ttl.max(2)),
+                }),
+                candidate: replica_name.unwrap_or_else(default_replica_name),
+            };
             let store = StoreArgs {
                 store,
                 etcd_ca,
@@ -247,7 +298,7 @@ async fn run(cli: Cli) -> Result<()> {
                 etcd_key,
                 etcd_namespace,
             };
-            serve(store, agent_listen, api_listen, secret).await
+            serve(store, agent_listen, api_listen, secret, duties).await
         }
         Cmd::NodeToken {
             cluster_secret_file,
@@ -265,6 +316,14 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `host:pid`, unique among live replicas.
+fn default_replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "flowctl".into());
+    format!("{host}:{}", std::process::id())
 }
 
 /// The error and its causes on one line.
