@@ -132,14 +132,19 @@ impl Cloud {
         })?;
         lab.start_flowctl(&FlowctlSpec::default())?;
         let api = ApiClient::new(lab.api_url()?)?;
-        for i in 0..nodes {
-            let node = lab.node(i)?;
+        Cloud::on(lab, api)
+    }
+
+    /// stacknet on `lab` whose control plane answers at `api` (started by
+    /// the caller, e.g. HA replicas): every node registered, agents started.
+    pub fn on(mut lab: Lab, api: ApiClient) -> Result<Cloud> {
+        for node in lab.nodes() {
             api.create(
                 "/v1/nodes",
                 &json!({"name": node.name(), "underlay_ip": node.underlay_ip().to_string()}),
             )?;
         }
-        for i in 0..nodes {
+        for i in 0..lab.nodes().len() {
             lab.start_agent(i, &AgentSpec::default())?;
         }
         Ok(Cloud { lab, api })
