@@ -434,7 +434,7 @@ fn change_scope(change: &Change) -> Scope {
         Change::Remove {
             key: ObjectKey::Nic(id),
         } => Scope::nic(id),
-        // Group rules render as shared flows, re-rendered on every update;
+        // The renderer compares every group of the node on each update;
         // membership is part of each NIC.
         Change::Upsert {
             object: Object::SecurityGroup(_),

@@ -338,6 +338,7 @@ pub fn render(state: &NodeState, ports: &PortMap, generation: u16) -> Vec<Flow> 
         return out;
     }
     shared_flows(&ctx, &mut out);
+    security::all_group_flows(&ctx, &mut out);
     for nic in state.nics.values() {
         if let Some(vpc) = ctx.local_vpcs.get(nic.vpc_id.as_str()) {
             nic_flows(&ctx, vpc, nic, &mut out);
@@ -346,9 +347,9 @@ pub fn render(state: &NodeState, ports: &PortMap, generation: u16) -> Vec<Flow> 
     finish(out)
 }
 
-/// Every flow that is not one NIC's: the fixed tables, and the flows of the
-/// node's VPCs, their subnets and the peers. Small: it grows with subnets
-/// and nodes, not with NICs.
+/// Every flow that is not one NIC's or one security group's: the fixed
+/// tables, and the flows of the node's VPCs, their subnets and the peers.
+/// Small: it grows with subnets and nodes, not with NICs.
 fn shared_flows(ctx: &Ctx<'_>, out: &mut Vec<Flow>) {
     let state = ctx.state;
     base_flows(ctx.generation, out);
@@ -367,7 +368,7 @@ fn shared_flows(ctx: &Ctx<'_>, out: &mut Vec<Flow>) {
             peer_flows(ctx, &peer.node, out);
         }
     }
-    security::shared_flows(ctx, out);
+    security::stage_flows(ctx, out);
 }
 
 pub fn render_nic(state: &NodeState, ports: &PortMap, generation: u16, nic_id: &str) -> Vec<Flow> {

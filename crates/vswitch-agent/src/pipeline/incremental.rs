@@ -7,6 +7,8 @@
 //! [`super::render`] stays the reference: the flows here are always the same
 //! set (a property test holds them together).
 
+mod groups;
+
 use std::collections::{HashMap, HashSet};
 
 use openflow::{Flow, FlowKey};
@@ -92,6 +94,7 @@ pub struct IncrementalRenderer {
     generation: u16,
     shared: HashMap<FlowKey, Flow>,
     nics: HashMap<String, Rendered>,
+    groups: groups::Groups,
     /// The VPCs with a local NIC at the last render: when that set changes,
     /// NICs outside `Scope::Nics` gain or lose their flows too.
     local_vpcs: Vec<String>,
@@ -104,6 +107,7 @@ impl IncrementalRenderer {
             generation,
             shared: HashMap::new(),
             nics: HashMap::new(),
+            groups: groups::Groups::default(),
             local_vpcs: Vec::new(),
         }
     }
@@ -185,11 +189,10 @@ impl IncrementalRenderer {
                 deps,
                 flows,
             };
-            let old = self
-                .nics
-                .insert(nic.id.clone(), rendered)
-                .map(|r| r.flows)
-                .unwrap_or_default();
+            let old = self.nics.insert(nic.id.clone(), rendered);
+            self.groups
+                .nic_changed(old.as_ref().map(|r| &r.nic), Some(nic));
+            let old = old.map(|r| r.flows).unwrap_or_default();
             let new = &self.nics[&nic.id].flows;
             diff_owned(&old, new, &mut deleted, &mut added);
         }
@@ -209,9 +212,11 @@ impl IncrementalRenderer {
         };
         for id in gone {
             if let Some(r) = self.nics.remove(&id) {
+                self.groups.nic_changed(Some(&r.nic), None);
                 deleted.extend(r.flows.iter().map(Flow::key));
             }
         }
+        self.groups.update(&ctx, &mut deleted, &mut added);
 
         let re_added: HashSet<FlowKey> = added.iter().map(FlowChange::key).collect();
         let mut changes: Vec<FlowChange> = deleted
@@ -230,6 +235,7 @@ impl IncrementalRenderer {
             .values()
             .cloned()
             .chain(self.nics.values().flat_map(|r| r.flows.iter().cloned()))
+            .chain(self.groups.flows().cloned())
             .collect()
     }
 }
@@ -263,6 +269,71 @@ mod tests {
     /// A node with `nics` NICs over two subnets of one VPC, spread over
     /// three nodes; NICs with an even index have a port or tunnel.
     fn state(nics: &[(u8, u8, bool)]) -> (NodeState, PortMap) {
+        let nics: Vec<Nic4> = nics.iter().map(|&(i, n, p)| (i, n, p, 0)).collect();
+        state_with_groups(&nics, false)
+    }
+
+    /// (index, node, plugged, group bits): bit 0 puts the NIC in group
+    /// `ga`, bit 1 in `gb`; bit 2 gives it an address pair.
+    type Nic4 = (u8, u8, bool, u8);
+
+    /// Two groups: `ga` admits tcp/22 from `gb` (plain per member), a port
+    /// range from itself (a conjunction) and ICMP from a CIDR; `gb` admits
+    /// anything from `ga`. `alt` changes `ga`'s rules.
+    fn state_with_groups(nics: &[Nic4], alt: bool) -> (NodeState, PortMap) {
+        use proto::{
+            AddressPair, Direction, PortRange, Remote, RuleProtocol, SecurityGroup, SgRule,
+        };
+        let rule = |id: &str, direction, protocol, remote| SgRule {
+            id: id.into(),
+            direction,
+            protocol,
+            remote,
+        };
+        let tcp = |min, max| RuleProtocol::Tcp {
+            ports: Some(PortRange { min, max }),
+        };
+        let mut ga = vec![
+            rule(
+                "r1",
+                Direction::Ingress,
+                tcp(22, 22),
+                Remote::Group("gb".into()),
+            ),
+            rule(
+                "r2",
+                Direction::Ingress,
+                tcp(1000, 1009),
+                Remote::Group("ga".into()),
+            ),
+            rule(
+                "r3",
+                Direction::Ingress,
+                RuleProtocol::Icmp {
+                    icmp_type: None,
+                    icmp_code: None,
+                },
+                Remote::Cidr(Ipv4Prefix {
+                    addr: Ipv4Addr::new(10, 0, 0, 0),
+                    len: 8,
+                }),
+            ),
+        ];
+        if alt {
+            ga.remove(0);
+            ga.push(rule(
+                "r4",
+                Direction::Egress,
+                tcp(80, 90),
+                Remote::Group("gb".into()),
+            ));
+        }
+        let gb = vec![rule(
+            "r5",
+            Direction::Ingress,
+            RuleProtocol::Any,
+            Remote::Group("ga".into()),
+        )];
         let mut s = NodeState::default();
         s.node.name = "n0".into();
         s.vpcs.insert(
@@ -303,7 +374,17 @@ mod tests {
             );
             ports.set_tunnel(&node, 100 + u32::from(n));
         }
-        for &(i, node, plugged) in nics {
+        for (id, rules) in [("ga", ga), ("gb", gb)] {
+            s.security_groups.insert(
+                id.into(),
+                SecurityGroup {
+                    id: id.into(),
+                    vpc_id: "v".into(),
+                    rules,
+                },
+            );
+        }
+        for &(i, node, plugged, bits) in nics {
             let id = format!("nic{i}");
             let subnet = 1 + i % 2;
             s.nics.insert(
@@ -316,8 +397,25 @@ mod tests {
                     ip: Ipv4Addr::new(10, 0, subnet, 10 + i),
                     node: format!("n{}", node % 3),
                     port_security: true,
-                    security_groups: vec![],
-                    allowed_address_pairs: vec![],
+                    security_groups: [(1, "ga"), (2, "gb")]
+                        .into_iter()
+                        .filter(|(bit, _)| bits & bit != 0)
+                        .map(|(_, g)| g.to_string())
+                        .collect(),
+                    allowed_address_pairs: if bits & 4 != 0 {
+                        // Shared by every NIC that has one (a prefix: a
+                        // shared host address would make them fight over
+                        // its ARP and route flows).
+                        vec![AddressPair {
+                            ip: Ipv4Prefix {
+                                addr: Ipv4Addr::new(10, 0, 9, 0),
+                                len: 28,
+                            },
+                            mac: None,
+                        }]
+                    } else {
+                        vec![]
+                    },
                 },
             );
             if plugged && node % 3 == 0 {
@@ -337,19 +435,38 @@ mod tests {
         #[test]
         fn matches_the_full_render(
             steps in prop::collection::vec(
-                prop::collection::btree_map(0u8..40, (0u8..3, any::<bool>()), 0..30),
+                (
+                    prop::collection::btree_map(0u8..40, (0u8..3, any::<bool>(), 0u8..8), 0..30),
+                    any::<bool>(),
+                ),
                 1..6,
             )
         ) {
             let mut r = IncrementalRenderer::new(3);
+            // Fed only the NICs that changed, as the agent does.
+            let mut scoped = IncrementalRenderer::new(3);
+            let mut before = (NodeState::default(), PortMap::new());
             let mut table: Vec<Flow> = Vec::new();
-            for step in steps {
-                let nics: Vec<(u8, u8, bool)> = step.into_iter().map(|(i, (n, p))| (i, n, p)).collect();
-                let (s, ports) = state(&nics);
+            for (step, alt) in steps {
+                let nics: Vec<Nic4> = step.into_iter().map(|(i, (n, p, g))| (i, n, p, g)).collect();
+                let (s, ports) = state_with_groups(&nics, alt);
+                let changed: HashSet<String> = s
+                    .nics
+                    .keys()
+                    .chain(before.0.nics.keys())
+                    .filter(|id| {
+                        s.nics.get(*id) != before.0.nics.get(*id)
+                            || ports.nic(id) != before.1.nic(id)
+                    })
+                    .cloned()
+                    .collect();
+                scoped.update_scoped(&s, &ports, &Scope::Nics(changed));
                 let changes = r.update(&s, &ports);
                 prop_assert!(r.update_scoped(&s, &ports, &Scope::Nics(HashSet::new())).is_empty());
                 let want: Vec<Flow> = render(&s, &ports, 3).iter().map(openflow::canonical).collect();
                 prop_assert_eq!(as_map(r.flows()), as_map(want.clone()));
+                prop_assert_eq!(as_map(scoped.flows()), as_map(want.clone()));
+                before = (s.clone(), ports.clone());
                 table = reconcile::apply(&table, &changes);
                 prop_assert_eq!(as_map(table.clone()), as_map(want));
             }

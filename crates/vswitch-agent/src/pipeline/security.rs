@@ -26,40 +26,37 @@
 //! re-validation alike.
 //!
 //! For each group of the NIC the stage sets `reg8` to the group's tag and
-//! resubmits to the rule table of the direction; a rule that matches commits
-//! the connection in the NIC's zone (`reg10`) and sets `reg9` = 1; the
-//! verdict table passes the packet only then. A NIC in no group passes
+//! resubmits to the rule table of the direction; a rule that matches sets
+//! `reg9` = 1; the verdict table passes the packet only then, and commits a
+//! new connection in the NIC's zone (`reg10`). A NIC in no group passes
 //! nothing.
 //!
-//! # Cutting connections when rules go away
+//! Every packet is judged, not only the first of a connection (OVS caches
+//! the decision per megaflow, so this costs nothing per packet in the
+//! datapath). So when a rule, a membership or a remote group's member goes
+//! away, the next packet of every connection it admitted is dropped, in both
+//! directions, on every node, without the agent touching conntrack. Related
+//! packets (ICMP errors) carry their connection's original tuple and are
+//! judged by the same rules.
 //!
-//! A committed connection carries in `ct_mark` the *token* of the group and
-//! direction that admitted it: a hash of that direction's rules and of the
-//! current members of every group they name. A packet of an established
-//! connection whose mark equals the current token of one of the NIC's groups
-//! passes at once (one flow, no rule lookup). Any change to the rules or to a
-//! remote group's members changes the token, so the next packet of every
-//! connection it admitted falls through to the rules again: still allowed, it
-//! is re-committed with the new token; no longer allowed, it is dropped, in
-//! both directions, on every node, without the agent touching conntrack.
-//! Related packets (ICMP errors) pass only with a current token.
+//! # Compact rule sets, incremental address sets
 //!
-//! # Compact rule sets
+//! A rule is (remote addresses) × (protocol and ports). A rule naming a
+//! remote group whose protocol side has more than one match (a port range
+//! that splits into M masked matches) is a conjunctive match: one clause
+//! flow per member address, M clause flows and one `conj_id` flow — N + M
+//! flows instead of N × M. A rule with a single protocol match gets one
+//! plain flow per member address.
 //!
-//! A rule is (remote addresses) × (protocol and ports). When both sides have
-//! more than one match (a remote group of N members, a port range that
-//! splits into M masked matches) the rule becomes a conjunctive match: N + M
-//! clause flows and one `conj_id` flow, instead of N × M. A clause flow that
-//! equals a plain allow flow of another rule of the group is dropped (the
-//! plain flow already admits all of it).
-//!
-//! Group flows are shared flows (cookie object = the group's tag): they
-//! depend on the group and on the members of the groups it names, never on
-//! one NIC. A NIC's own flows depend only on the NIC (its groups by id, its
-//! pairs, its port), so the incremental renderer's per-NIC inputs stay
-//! complete.
+//! A group's flows come in two parts so that membership changes stay
+//! O(1): [`group_flows`] depend only on the group (CIDR rules, the
+//! conjunctions' `conj_id` and port clauses), and [`member_flows`] are the
+//! flows of the group for one address of the groups it names. When a NIC
+//! joins or leaves a group, only the flows of its own addresses change.
+//! Plain allows rank above conjunctions, and each kind of flow has its own
+//! priority, so no two owners ever render the same flow.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use openflow::flow::{ct_state, Action, CtZone, Field, Flow, Match};
 use proto::{Direction, Ipv4Prefix, Nic, Remote, RuleProtocol, SecurityGroup, SgRule};
@@ -76,13 +73,16 @@ const ARP_REPLY: u16 = 2;
 pub mod sg_priority {
     /// `+inv`: dropped before anything else.
     pub const INVALID: u16 = 300;
-    /// An established or related packet whose mark is the group's current
-    /// token.
-    pub const TOKEN: u16 = 200;
-    /// A related packet without a current token: not re-judged.
-    pub const RELATED: u16 = 150;
-    /// Rule flows, plain and conjunctive.
-    pub const RULE: u16 = 100;
+    /// Verdict table: an allowed new connection, committed.
+    pub const COMMIT: u16 = 110;
+    /// Plain allows of a group's CIDR (or any-address) rules.
+    pub const ALLOW: u16 = 120;
+    /// Plain allows of one address of a remote group's members.
+    pub const MEMBER_ALLOW: u16 = 110;
+    /// Conjunctive matches: the clauses and the `conj_id` flows. Below
+    /// every plain allow, so a packet one admits outright never depends on
+    /// how a conjunction at the same priority resolves.
+    pub const CONJUNCTION: u16 = 100;
     /// Pairs' addresses rank below the NICs' own everywhere.
     pub const PAIR: u16 = 90;
     /// ARP replies a VM sends (its sender fields already checked).
@@ -97,7 +97,7 @@ pub fn group_tag(id: &str) -> u32 {
     object_tag(ObjectKind::SecurityGroup, id)
 }
 
-/// FNV-1a, 32 bits, for tokens and conjunction ids (stable across runs).
+/// FNV-1a, 32 bits, for conjunction ids (stable across runs).
 struct Fnv(u32);
 
 impl Fnv {
@@ -115,42 +115,17 @@ impl Fnv {
         self.bytes(s.as_bytes()).bytes(&[0xff])
     }
     fn finish(&self) -> u32 {
-        // 0 is the mark of a connection nobody committed.
-        if self.0 == 0 {
-            1
-        } else {
-            self.0
-        }
+        // conj_id 0 is as good as any other, but keep ids nonzero anyway.
+        self.0.max(1)
     }
 }
 
-/// The addresses of each group's members, per VPC, built once per render.
-struct AddressSets<'a> {
-    ctx: &'a Ctx<'a>,
-    cache: HashMap<(&'a str, &'a str), BTreeSet<Ipv4Prefix>>,
-}
-
-impl<'a> AddressSets<'a> {
-    fn new(ctx: &'a Ctx<'a>) -> Self {
-        AddressSets {
-            ctx,
-            cache: HashMap::new(),
-        }
-    }
-
-    /// The members of `group` in `vpc`: their IPs and their pairs' prefixes.
-    fn of(&mut self, vpc: &'a str, group: &'a str) -> &BTreeSet<Ipv4Prefix> {
-        let ctx = self.ctx;
-        self.cache.entry((vpc, group)).or_insert_with(|| {
-            ctx.state
-                .nics
-                .values()
-                .filter(|n| n.vpc_id == vpc && n.port_security)
-                .filter(|n| n.security_groups.iter().any(|g| g == group))
-                .flat_map(|n| n.source_addresses().map(|(_, p)| canonical_prefix(p)))
-                .collect()
-        })
-    }
+/// The addresses a member NIC brings into the address set of each of its
+/// groups: its IP and its pairs' prefixes (none without port security).
+pub(super) fn member_prefixes(nic: &Nic) -> impl Iterator<Item = Ipv4Prefix> + '_ {
+    nic.source_addresses()
+        .filter(|_| nic.port_security)
+        .map(|(_, p)| canonical_prefix(p))
 }
 
 fn canonical_prefix(p: Ipv4Prefix) -> Ipv4Prefix {
@@ -162,10 +137,10 @@ fn canonical_prefix(p: Ipv4Prefix) -> Ipv4Prefix {
     }
 }
 
-/// The shared flows of the security stages: table misses (drop: a NIC
-/// missing its stage flows fails closed), `+inv` drops, verdicts, ARP
-/// pass-through, and the flows of every group a local NIC is in.
-pub(super) fn shared_flows(ctx: &Ctx<'_>, out: &mut Vec<Flow>) {
+/// The fixed flows of the security stages: table misses (drop: a NIC
+/// missing its stage flows fails closed), `+inv` drops, verdicts (which
+/// commit new connections), ARP pass-through.
+pub(super) fn stage_flows(ctx: &Ctx<'_>, out: &mut Vec<Flow>) {
     let c = cookie(ctx.generation, 0);
     let drop = |t| flow(t, priority::DEFAULT, c, Match::new());
     let ip = || Match::new().eth_type(ETH_TYPE_IPV4);
@@ -181,6 +156,7 @@ pub(super) fn shared_flows(ctx: &Ctx<'_>, out: &mut Vec<Flow>) {
         )
         .goto(table::EGRESS_CT),
     );
+    let allowed = || Match::new().reg(reg::VERDICT, reg::VERDICT_ALLOW);
     for (ct, state, verdict, next) in [
         (
             table::EGRESS_CT,
@@ -205,31 +181,43 @@ pub(super) fn shared_flows(ctx: &Ctx<'_>, out: &mut Vec<Flow>) {
             ip().ct_state(ct_state::TRK | ct_state::INV, 0),
         ));
         out.push(drop(verdict));
+        // A new connection is committed in the zone of the stage (`reg10`)
+        // once allowed; later packets are judged again without a commit.
         out.push(
             flow(
                 verdict,
-                priority::OBJECT,
+                sg_priority::COMMIT,
                 c,
-                Match::new().reg(reg::VERDICT, reg::VERDICT_ALLOW),
+                allowed()
+                    .eth_type(ETH_TYPE_IPV4)
+                    .ct_state(ct_state::TRK | ct_state::NEW, 0),
             )
+            .actions(vec![Action::Ct {
+                commit: true,
+                zone: CtZone::Field {
+                    field: Field::Reg(reg::ZONE),
+                    ofs: 0,
+                },
+                table: None,
+                nat: None,
+                actions: vec![],
+            }])
             .goto(next),
         );
+        out.push(flow(verdict, priority::OBJECT, c, allowed()).goto(next));
     }
     out.push(drop(table::DELIVER));
     for rules in [table::SG_EGRESS, table::SG_INGRESS] {
         // A miss in a resubmitted table just returns: nothing allowed.
         out.push(drop(rules));
-        out.push(flow(
-            rules,
-            sg_priority::RELATED,
-            c,
-            ip().ct_state(ct_state::TRK | ct_state::REL, 0),
-        ));
     }
+}
 
-    // The groups local NICs are in, by tag; a tag two groups share would
-    // merge their rules, so neither is rendered (their NICs pass nothing).
-    let mut wanted: BTreeMap<u32, BTreeSet<&str>> = BTreeMap::new();
+/// The groups whose rules this node evaluates: those of its local NICs
+/// with port security. A tag two groups share would merge their rules, so
+/// neither is rendered (their NICs pass nothing).
+pub(super) fn local_groups<'a>(ctx: &Ctx<'a>) -> BTreeMap<&'a str, &'a SecurityGroup> {
+    let mut by_tag: BTreeMap<u32, BTreeSet<&'a str>> = BTreeMap::new();
     for nic in ctx.state.local_nics() {
         if !nic.port_security || !ctx.local_vpcs.contains_key(nic.vpc_id.as_str()) {
             continue;
@@ -241,53 +229,69 @@ pub(super) fn shared_flows(ctx: &Ctx<'_>, out: &mut Vec<Flow>) {
                 .get(g)
                 .is_some_and(|sg| sg.vpc_id == nic.vpc_id)
             {
-                wanted.entry(group_tag(g)).or_default().insert(g.as_str());
+                by_tag.entry(group_tag(g)).or_default().insert(g.as_str());
             }
         }
     }
-    let mut sets = AddressSets::new(ctx);
-    for (tag, ids) in wanted {
+    let mut groups = BTreeMap::new();
+    for (tag, ids) in by_tag {
         if ids.len() > 1 {
             tracing::error!(tag, groups = ?ids, "security groups share a tag; none of them is rendered");
             continue;
         }
         for id in ids {
             if let Some(g) = ctx.state.security_groups.get(id) {
-                group_flows(ctx, g, tag, &mut sets, out);
+                groups.insert(id, g);
             }
+        }
+    }
+    groups
+}
+
+/// The groups `g`'s rules name as remote.
+pub(super) fn remote_groups(g: &SecurityGroup) -> BTreeSet<&str> {
+    g.rules
+        .iter()
+        .filter_map(|r| match &r.remote {
+            Remote::Group(rg) => Some(rg.as_str()),
+            Remote::Cidr(_) => None,
+        })
+        .collect()
+}
+
+/// Every flow of the node's groups, their address sets included, from
+/// scratch: what the incremental renderer keeps current piece by piece.
+pub(super) fn all_group_flows(ctx: &Ctx<'_>, out: &mut Vec<Flow>) {
+    for g in local_groups(ctx).into_values() {
+        group_flows(ctx, g, out);
+        let remotes = remote_groups(g);
+        let mut sets: BTreeMap<&str, BTreeSet<Ipv4Prefix>> = BTreeMap::new();
+        for nic in ctx.state.nics.values().filter(|n| n.vpc_id == g.vpc_id) {
+            for rg in nic
+                .security_groups
+                .iter()
+                .filter(|rg| remotes.contains(rg.as_str()))
+            {
+                sets.entry(rg).or_default().extend(member_prefixes(nic));
+            }
+        }
+        let prefixes: BTreeSet<Ipv4Prefix> = sets.values().flatten().copied().collect();
+        for p in prefixes {
+            member_flows(
+                ctx,
+                g,
+                p,
+                |rg| sets.get(rg).is_some_and(|s| s.contains(&p)),
+                out,
+            );
         }
     }
 }
 
-/// One side of a rule: a set of matches, any of which satisfies it.
-/// `None` is "no constraint".
-type Side = Option<Vec<Match>>;
-
-/// A rule's remote addresses as matches on the original-direction tuple.
-fn address_side<'a>(sets: &mut AddressSets<'a>, g: &'a SecurityGroup, r: &'a SgRule) -> Side {
-    let field = match r.direction {
-        Direction::Ingress => Field::CtNwSrc,
-        Direction::Egress => Field::CtNwDst,
-    };
-    let prefixes: Vec<Ipv4Prefix> = match &r.remote {
-        Remote::Cidr(p) if p.len == 0 => return None,
-        Remote::Cidr(p) => vec![canonical_prefix(*p)],
-        Remote::Group(rg) => sets.of(&g.vpc_id, rg).iter().copied().collect(),
-    };
-    Some(
-        prefixes
-            .into_iter()
-            .map(|p| {
-                let (v, m) = openflow::flow::prefix_bits(p.addr, p.len);
-                Match::new().set_masked(field, v, m)
-            })
-            .collect(),
-    )
-}
-
 /// A rule's protocol and ports as matches on the original-direction tuple
-/// (for ICMP, `ct_tp_src` is the type and `ct_tp_dst` the code).
-fn l4_side(r: &SgRule) -> Side {
+/// (for ICMP, `ct_tp_src` is the type and `ct_tp_dst` the code); `None`
+/// is "any protocol".
+fn l4_side(r: &SgRule) -> Option<Vec<Match>> {
     let ports = |proto: u8, range: Option<proto::PortRange>| {
         let m = Match::new().set(Field::CtNwProto, proto.into());
         Some(match range {
@@ -349,149 +353,174 @@ fn merge(a: &Match, b: &Match) -> Match {
         .fold(a.clone(), |m, f| m.set_masked(f.field, f.value, f.mask))
 }
 
-/// What one match key of a rule table gets: a plain allow, or clauses of
-/// conjunctions `(id, clause, n_clauses)`.
-#[derive(Default)]
-struct Entry {
-    allow: bool,
-    clauses: BTreeSet<(u32, u8, u8)>,
+/// What a rule lookup starts from: the group being evaluated, a tracked
+/// IPv4 packet that is not invalid.
+fn rule_base(tag: u32) -> Match {
+    Match::new()
+        .reg(reg::SG, tag)
+        .eth_type(ETH_TYPE_IPV4)
+        .ct_state(ct_state::TRK, ct_state::INV)
 }
 
-/// The token of a group's rules in one direction (see the module doc).
-fn token<'a>(
-    g: &'a SecurityGroup,
-    dir: Direction,
-    rules: &[&'a SgRule],
-    sets: &mut AddressSets<'a>,
-) -> u32 {
-    let mut h = Fnv::new();
-    h.str(&g.id).str(match dir {
-        Direction::Ingress => "in",
-        Direction::Egress => "out",
-    });
-    for r in rules {
-        h.str(&serde_json::to_string(r).unwrap_or_default());
-        if let Remote::Group(rg) = &r.remote {
-            for p in sets.of(&g.vpc_id, rg) {
-                h.str(&p.to_string());
+fn rule_table(dir: Direction) -> u8 {
+    match dir {
+        Direction::Egress => table::SG_EGRESS,
+        Direction::Ingress => table::SG_INGRESS,
+    }
+}
+
+/// A remote address as a match on the original-direction tuple.
+fn address_match(dir: Direction, p: Ipv4Prefix) -> Match {
+    let field = match dir {
+        Direction::Ingress => Field::CtNwSrc,
+        Direction::Egress => Field::CtNwDst,
+    };
+    let (v, m) = openflow::flow::prefix_bits(p.addr, p.len);
+    Match::new().set_masked(field, v, m)
+}
+
+fn allow() -> Vec<Action> {
+    vec![set_field(
+        Field::Reg(reg::VERDICT),
+        reg::VERDICT_ALLOW.into(),
+    )]
+}
+
+/// The conjunction id of each rule of `g` that is a conjunctive match: a
+/// remote group (any number of members) × more than one protocol/port match.
+/// Deterministic, so the group's flows and its members' flows agree.
+fn conjunctions(g: &SecurityGroup) -> BTreeMap<&str, u32> {
+    let tag = group_tag(&g.id);
+    let mut ids = BTreeMap::new();
+    let mut used = BTreeSet::new();
+    for r in &g.rules {
+        let conjunctive =
+            matches!(r.remote, Remote::Group(_)) && l4_side(r).is_some_and(|p| p.len() > 1);
+        if !conjunctive {
+            continue;
+        }
+        let mut id = Fnv::new().bytes(&tag.to_be_bytes()).str(&r.id).finish();
+        while used.contains(&id) {
+            id = id.wrapping_add(1).max(1);
+        }
+        used.insert(id);
+        ids.insert(r.id.as_str(), id);
+    }
+    ids
+}
+
+/// The flows of one group that do not depend on who is in the groups it
+/// names: plain allows of its CIDR rules, and for each conjunctive rule the
+/// `conj_id` flow and the protocol/port clauses. The address clauses come
+/// from [`member_flows`].
+pub(super) fn group_flows(ctx: &Ctx<'_>, g: &SecurityGroup, out: &mut Vec<Flow>) {
+    let tag = group_tag(&g.id);
+    let c = cookie(ctx.generation, tag);
+    let conj = conjunctions(g);
+    let mut allows: BTreeSet<(u8, Match)> = BTreeSet::new();
+    let mut clauses: BTreeMap<(u8, Match), BTreeSet<u32>> = BTreeMap::new();
+    for r in &g.rules {
+        let (t, base) = (rule_table(r.direction), rule_base(tag));
+        let l4 = l4_side(r).unwrap_or_else(|| vec![Match::new()]);
+        match &r.remote {
+            Remote::Group(_) => {
+                if let Some(id) = conj.get(r.id.as_str()) {
+                    out.push(
+                        flow(
+                            t,
+                            sg_priority::CONJUNCTION,
+                            c,
+                            merge(&base, &Match::new().set(Field::ConjId, (*id).into())),
+                        )
+                        .actions(allow()),
+                    );
+                    for y in &l4 {
+                        clauses.entry((t, merge(&base, y))).or_default().insert(*id);
+                    }
+                }
+            }
+            Remote::Cidr(p) => {
+                // 0.0.0.0/0 is no constraint at all.
+                let addr = if p.len == 0 {
+                    Match::new()
+                } else {
+                    address_match(r.direction, canonical_prefix(*p))
+                };
+                for y in &l4 {
+                    allows.insert((t, merge(&merge(&base, &addr), y)));
+                }
             }
         }
     }
-    h.finish()
+    for (t, m) in allows {
+        out.push(flow(t, sg_priority::ALLOW, c, m).actions(allow()));
+    }
+    for ((t, m), ids) in clauses {
+        let acts = ids
+            .into_iter()
+            .map(|id| Action::Conjunction {
+                id,
+                clause: 1,
+                n_clauses: 2,
+            })
+            .collect();
+        out.push(flow(t, sg_priority::CONJUNCTION, c, m).actions(acts));
+    }
 }
 
-/// The rule flows of one group, both directions.
-fn group_flows<'a>(
+/// The flows of group `g` for one address `p` of the groups it names:
+/// a plain allow per rule whose remote group holds `p` (with the rule's
+/// protocol and port), or the address clause of its conjunction. `holds`
+/// says whether a remote group's address set contains `p`.
+pub(super) fn member_flows(
     ctx: &Ctx<'_>,
-    g: &'a SecurityGroup,
-    tag: u32,
-    sets: &mut AddressSets<'a>,
+    g: &SecurityGroup,
+    p: Ipv4Prefix,
+    holds: impl Fn(&str) -> bool,
     out: &mut Vec<Flow>,
 ) {
+    let tag = group_tag(&g.id);
     let c = cookie(ctx.generation, tag);
-    for (dir, rule_table) in [
-        (Direction::Egress, table::SG_EGRESS),
-        (Direction::Ingress, table::SG_INGRESS),
-    ] {
-        let rules: Vec<&SgRule> = g.rules.iter().filter(|r| r.direction == dir).collect();
-        let token = token(g, dir, &rules, sets);
-        let base = Match::new()
-            .reg(reg::SG, tag)
-            .eth_type(ETH_TYPE_IPV4)
-            .ct_state(ct_state::TRK, ct_state::INV);
-        out.push(
-            flow(
-                rule_table,
-                sg_priority::TOKEN,
-                c,
-                Match::new()
-                    .reg(reg::SG, tag)
-                    .eth_type(ETH_TYPE_IPV4)
-                    .ct_state(ct_state::TRK, ct_state::NEW | ct_state::INV)
-                    .ct_mark(token, u32::MAX),
-            )
-            .actions(vec![set_field(
-                Field::Reg(reg::VERDICT),
-                reg::VERDICT_ALLOW.into(),
-            )]),
-        );
-        let allow = vec![
-            Action::Ct {
-                commit: true,
-                zone: CtZone::Field {
-                    field: Field::Reg(reg::ZONE),
-                    ofs: 0,
-                },
-                table: None,
-                nat: None,
-                actions: vec![set_field(Field::CtMark, token.into())],
-            },
-            set_field(Field::Reg(reg::VERDICT), reg::VERDICT_ALLOW.into()),
-        ];
-        let mut entries: BTreeMap<Match, Entry> = BTreeMap::new();
-        let mut conj_ids: BTreeSet<u32> = BTreeSet::new();
-        for r in rules {
-            let addrs = address_side(sets, g, r);
-            let l4 = l4_side(r);
-            let (a, p) = match (addrs, l4) {
-                (Some(a), _) if a.is_empty() => continue, // nobody to admit
-                (None, None) => (vec![Match::new()], vec![Match::new()]),
-                (None, Some(p)) => (vec![Match::new()], p),
-                (Some(a), None) => (a, vec![Match::new()]),
-                (Some(a), Some(p)) => (a, p),
-            };
-            if a.len() == 1 || p.len() == 1 {
-                for x in &a {
-                    for y in &p {
-                        entries.entry(merge(&merge(&base, x), y)).or_default().allow = true;
-                    }
+    let conj = conjunctions(g);
+    let mut allows: BTreeSet<(u8, Match)> = BTreeSet::new();
+    let mut clauses: BTreeMap<(u8, Match), BTreeSet<u32>> = BTreeMap::new();
+    for r in &g.rules {
+        let Remote::Group(rg) = &r.remote else {
+            continue;
+        };
+        if !holds(rg) {
+            continue;
+        }
+        let t = rule_table(r.direction);
+        let at = merge(&rule_base(tag), &address_match(r.direction, p));
+        match conj.get(r.id.as_str()) {
+            Some(id) => {
+                clauses.entry((t, at)).or_default().insert(*id);
+            }
+            None => {
+                for y in l4_side(r).unwrap_or_else(|| vec![Match::new()]) {
+                    allows.insert((t, merge(&at, &y)));
                 }
-                continue;
             }
-            let mut id = Fnv::new().bytes(&tag.to_be_bytes()).str(&r.id).finish();
-            while conj_ids.contains(&id) {
-                id = id.wrapping_add(1).max(1);
-            }
-            conj_ids.insert(id);
-            for x in &a {
-                entries
-                    .entry(merge(&base, x))
-                    .or_default()
-                    .clauses
-                    .insert((id, 0, 2));
-            }
-            for y in &p {
-                entries
-                    .entry(merge(&base, y))
-                    .or_default()
-                    .clauses
-                    .insert((id, 1, 2));
-            }
-            out.push(
-                flow(
-                    rule_table,
-                    sg_priority::RULE,
-                    c,
-                    merge(&base, &Match::new().set(Field::ConjId, id.into())),
-                )
-                .actions(allow.clone()),
-            );
         }
-        for (m, e) in entries {
-            let actions = if e.allow {
-                allow.clone()
-            } else {
-                e.clauses
-                    .iter()
-                    .map(|(id, clause, n_clauses)| Action::Conjunction {
-                        id: *id,
-                        clause: *clause,
-                        n_clauses: *n_clauses,
-                    })
-                    .collect()
-            };
-            out.push(flow(rule_table, sg_priority::RULE, c, m).actions(actions));
+    }
+    for ((t, m), ids) in clauses {
+        // An address another rule admits outright needs no clause.
+        if allows.contains(&(t, m.clone())) {
+            continue;
         }
+        let acts = ids
+            .into_iter()
+            .map(|id| Action::Conjunction {
+                id,
+                clause: 0,
+                n_clauses: 2,
+            })
+            .collect();
+        out.push(flow(t, sg_priority::CONJUNCTION, c, m).actions(acts));
+    }
+    for (t, m) in allows {
+        out.push(flow(t, sg_priority::MEMBER_ALLOW, c, m).actions(allow()));
     }
 }
 

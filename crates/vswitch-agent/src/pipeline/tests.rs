@@ -733,6 +733,7 @@ fn small_state_renders_the_written_out_flows() {
         "table=22 priority=100 cookie=nic-a1 eth_type=0x0800 reg6=5 ct_state=32/0x28 => set:reg9=0,set:reg8=798193376,resubmit:50,goto:23".into(),
         "table=22 priority=100 cookie=nic-a1 eth_type=0x0800 reg6=5 ct_state=40/0x28 => set:reg9=0,set:reg8=798193376,resubmit:51,goto:23".into(),
         "table=22 priority=0 cookie=base => drop".into(),
+        "table=23 priority=110 cookie=base eth_type=0x0800 reg9=1 ct_state=33/0x21 => ct(commit,zone=reg10[0..]),goto:30".into(),
         "table=23 priority=100 cookie=base reg9=1 => goto:30".into(),
         "table=23 priority=0 cookie=base => drop".into(),
         "table=30 priority=100 cookie=sub-a1 metadata=100 eth_dst=02:00:00:00:01:01 eth_type=0x0800 => goto:31".into(),
@@ -751,17 +752,14 @@ fn small_state_renders_the_written_out_flows() {
         "table=42 priority=100 cookie=nic-a1 eth_type=0x0800 reg7=5 ct_state=32/0x28 => set:reg9=0,set:reg8=798193376,resubmit:51,goto:43".into(),
         "table=42 priority=100 cookie=nic-a1 eth_type=0x0800 reg7=5 ct_state=40/0x28 => set:reg9=0,set:reg8=798193376,resubmit:50,goto:43".into(),
         "table=42 priority=0 cookie=base => drop".into(),
+        "table=43 priority=110 cookie=base eth_type=0x0800 reg9=1 ct_state=33/0x21 => ct(commit,zone=reg10[0..]),goto:44".into(),
         "table=43 priority=100 cookie=base reg9=1 => goto:44".into(),
         "table=43 priority=0 cookie=base => drop".into(),
         "table=44 priority=100 cookie=nic-a1 reg7=5 => output:5".into(),
         "table=44 priority=0 cookie=base => drop".into(),
-        "table=50 priority=200 cookie=sg-open eth_type=0x0800 reg8=798193376 ct_state=32/0x31 ct_mark=1915135350 => set:reg9=1".into(),
-        "table=50 priority=150 cookie=base eth_type=0x0800 ct_state=36/0x24 => drop".into(),
-        "table=50 priority=100 cookie=sg-open eth_type=0x0800 reg8=798193376 ct_state=32/0x30 => ct(commit,zone=reg10[0..],set:ct_mark=0x7226a576),set:reg9=1".into(),
+        "table=50 priority=120 cookie=sg-open eth_type=0x0800 reg8=798193376 ct_state=32/0x30 => set:reg9=1".into(),
         "table=50 priority=0 cookie=base => drop".into(),
-        "table=51 priority=200 cookie=sg-open eth_type=0x0800 reg8=798193376 ct_state=32/0x31 ct_mark=3702538324 => set:reg9=1".into(),
-        "table=51 priority=150 cookie=base eth_type=0x0800 ct_state=36/0x24 => drop".into(),
-        "table=51 priority=100 cookie=sg-open eth_type=0x0800 reg8=798193376 ct_state=32/0x30 => ct(commit,zone=reg10[0..],set:ct_mark=0xdcb04054),set:reg9=1".into(),
+        "table=51 priority=120 cookie=sg-open eth_type=0x0800 reg8=798193376 ct_state=32/0x30 => set:reg9=1".into(),
         "table=51 priority=0 cookie=base => drop".into(),
     ];
     assert_eq!(got, expected, "\n{}", got.join("\n"));
@@ -1467,8 +1465,8 @@ fn ten_thousand_nics_render_fast_and_linearly() {
     );
     // Per node: 3 flows per remote NIC, 16 per local NIC (8 of them the
     // security stages), 3 per subnet, 1 per peer, 1 per VPC, 27 shared,
-    // 4 for the VPC's one security group.
-    assert_eq!(flows.len(), 9_950 * 3 + 50 * 16 + 40 * 3 + 44 + 1 + 27 + 4);
+    // 2 for the VPC's one security group.
+    assert_eq!(flows.len(), 9_950 * 3 + 50 * 16 + 40 * 3 + 44 + 1 + 27 + 2);
     // Generous bound for an unoptimised build on a shared 2-core machine;
     // a release build takes a few milliseconds.
     assert!(took.as_secs_f64() < 5.0, "{took:?}");

@@ -470,9 +470,8 @@ fn large_rule_sets_grow_as_n_plus_m_and_stay_exact() {
     for (members, rules) in [(10, 5), (100, 5), (10, 50), (200, 40)] {
         let (n, ..) = rule_flows(members, rules);
         // One flow per member address (all rules' clauses share it), the
-        // masked port matches of every rule, a conj_id flow per rule and
-        // the token flow.
-        let want = members + usize::from(rules) * (masks_per_rule + 1) + 1;
+        // masked port matches of every rule and a conj_id flow per rule.
+        let want = members + usize::from(rules) * (masks_per_rule + 1);
         assert_eq!(n, want, "{members} members × {rules} rules");
         assert!(n < members * usize::from(rules), "not N×M");
     }
