@@ -401,6 +401,16 @@ fn wait_agents_on(ha: &HaCloud, p: usize, n: usize, timeout: Duration) -> Durati
     t0.elapsed()
 }
 
+/// Waits until `n` agents stream from any replica.
+fn wait_agents(ha: &HaCloud, n: usize, timeout: Duration) -> Duration {
+    let t0 = Instant::now();
+    wait_until(timeout, &format!("{n} agents streaming"), || {
+        (0..ha.replicas()).map(|p| agents_on(ha, p)).sum::<usize>() >= n
+    })
+    .unwrap();
+    t0.elapsed()
+}
+
 /// Scenario 1: every flowctl replica and every etcd member killed while
 /// traffic runs: nothing lost, the denied probe stays denied, the flows
 /// stay exactly as they were; the agents come back once it returns.
@@ -490,7 +500,7 @@ fn agents_restarted() {
     let traffic = Traffic::start(&f.ha.cloud.lab, f.ip_b);
     for kill in [false, true] {
         let took = restart_agents(&mut f.ha, kill);
-        let back = wait_agents_on(&f.ha, 0, 2, SETTLE);
+        let back = wait_agents(&f.ha, 2, SETTLE);
         println!(
             "FIGURE agents restarted ({}) in {took:?}; streaming again {back:?} later",
             if kill { "SIGKILL" } else { "SIGTERM" }
@@ -529,7 +539,7 @@ fn agents_restarted() {
         &all_flows(&f.ha.cloud.lab, false),
     );
     f.ha.restart_control_plane().unwrap();
-    let back = wait_agents_on(&f.ha, 0, 2, SETTLE);
+    let back = wait_agents(&f.ha, 2, SETTLE);
     println!("FIGURE headless agents reconnected {back:?} after the control plane returned");
     let seen = traffic.finish();
     assert_no_loss("agents restarted", &seen);
