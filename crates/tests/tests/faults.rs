@@ -59,8 +59,12 @@ struct Fixture {
 }
 
 fn setup() -> Fixture {
+    setup_with(HaConfig::default())
+}
+
+fn setup_with(cfg: HaConfig) -> Fixture {
     require_root_and_tools().unwrap();
-    let mut ha = HaCloud::start(HaConfig::default()).unwrap();
+    let mut ha = HaCloud::start(cfg).unwrap();
     let c = &mut ha.cloud;
     let vpc = c.vpc("ha", "10.60.0.0/16").unwrap();
     let subnet = c.subnet(&vpc, "s1", "10.60.1.0/24").unwrap();
@@ -599,8 +603,38 @@ fn vswitchd_restarted() {
 /// the other and resume from their revision (a delta, not a snapshot).
 #[test]
 fn replica_killed() {
-    let mut f = setup();
+    // Compaction every second, keeping 5 revisions, a 2 s duty lease: the
+    // singleton duty changes hands with the replica too.
+    let mut f = setup_with(HaConfig {
+        flowctl_args: [
+            "--compact-every",
+            "1",
+            "--compact-keep-revisions",
+            "5",
+            "--duty-ttl",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..HaConfig::default()
+    });
     wait_agents_on(&f.ha, 0, 2, SETTLE);
+    let leader = |i: usize| f.ha.replica_metric(i, "flowctl_duty_compaction_leader");
+    wait_until(SETTLE, "one compaction duty holder", || {
+        leader(0).unwrap_or(0.0) + leader(1).unwrap_or(0.0) == 1.0
+    })
+    .unwrap();
+    let holder = if leader(0) == Some(1.0) { 0 } else { 1 };
+    wait_until(SETTLE, "a compaction", || {
+        f.ha.replica_metric(holder, "flowctl_compactions_total")
+            .is_some_and(|n| n >= 1.0)
+    })
+    .unwrap();
+    assert_eq!(
+        f.ha.replica_metric(1 - holder, "flowctl_compactions_total"),
+        Some(0.0),
+        "the replica without the duty compacted"
+    );
     let before = all_flows(&f.ha.cloud.lab, true);
     let snapshots = f.ha.replica_metric(1, "flowctl_snapshots_sent_total");
     let traffic = Traffic::start(&f.ha.cloud.lab, f.ip_b);
@@ -628,6 +662,20 @@ fn replica_killed() {
     let resume_bytes: u64 = resumed.iter().map(|c| c.down_bytes).sum();
     println!(
         "FIGURE bytes to 2 agents: full sync at start {first} B (whole connection), resume {resume_bytes} B"
+    );
+    // The duty: replica 1 holds it once replica 0 is gone (at once if it
+    // already did; after the 2 s lease ran out if replica 0 held it).
+    wait_until(SETTLE, "replica 1 compacting", || {
+        f.ha.replica_metric(1, "flowctl_duty_compaction_leader") == Some(1.0)
+            && f.ha
+                .replica_metric(1, "flowctl_compactions_total")
+                .is_some_and(|n| n >= 1.0)
+    })
+    .unwrap();
+    println!(
+        "FIGURE compaction duty: held by replica {holder} before the kill; replica 1 \
+         compacting {:?} after the kill",
+        t0.elapsed()
     );
     // Nothing was reinstalled by the move.
     assert_same_flows("replica killed", &before, &all_flows(&f.ha.cloud.lab, true));
