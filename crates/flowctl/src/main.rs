@@ -62,9 +62,16 @@ enum Cmd {
         /// --agent-listen) no API is served.
         #[arg(long)]
         api_listen: Option<SocketAddr>,
-        /// The cluster secret node tokens derive from.
+        /// The cluster secret node tokens derive from; API key secrets
+        /// are sealed in the store under a key derived from it too.
         #[arg(long)]
         cluster_secret_file: PathBuf,
+        /// On the first start against a store without an admin, a system
+        /// admin (user `admin`, tenant `admin`) with an API key is made and
+        /// its credentials written here (JSON, mode 0600). Without this
+        /// flag no admin is made.
+        #[arg(long)]
+        admin_credentials: Option<PathBuf>,
         /// Store history kept, in revisions behind the current one. One
         /// replica at a time (elected under a store lease) compacts the
         /// rest away. 0 turns the duty off.
@@ -154,12 +161,32 @@ struct Duties {
     candidate: String,
 }
 
+/// Writes the bootstrap admin's credentials, readable by the owner only.
+fn write_credentials(path: &Path, admin: &api::http::auth::Bootstrap) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let json = serde_json::to_vec_pretty(admin)
+        .map_err(|e| Error::Config(format!("cannot encode the admin credentials: {e}")))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An existing file keeps its mode on open; narrow it before writing.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(&json)?;
+    f.sync_all()?;
+    Ok(())
+}
+
 async fn serve(
     store_args: StoreArgs,
     agent_listen: Option<SocketAddr>,
     api_listen: Option<SocketAddr>,
     secret: Vec<u8>,
     duties: Duties,
+    admin_credentials: Option<PathBuf>,
 ) -> Result<()> {
     // Neither role named: the all-in-one default, both roles.
     let (agent_listen, api_listen) = match (agent_listen, api_listen) {
@@ -170,6 +197,22 @@ async fn serve(
         other => other,
     };
     let (store, embedded) = open_store(&store_args).await?;
+    let auth = api::http::auth::AuthConfig::new(secret.clone());
+    if api_listen.is_some() {
+        match &admin_credentials {
+            Some(path) => match api::http::auth::bootstrap(store.as_ref(), &auth)
+                .await
+                .map_err(|p| Error::Config(format!("bootstrap: {}", p.detail)))?
+            {
+                Some(admin) => {
+                    write_credentials(path, &admin)?;
+                    info!(path = %path.display(), key_id = %admin.key_id, "made the first system admin; credentials written");
+                }
+                None => info!("the store already has its first admin"),
+            },
+            None => info!("no --admin-credentials: no first admin is made"),
+        }
+    }
     let service = match agent_listen {
         Some(_) => Some(
             Service::start(
@@ -210,7 +253,7 @@ async fn serve(
             metrics,
         ))
     });
-    let mut router = api::http::router(store);
+    let mut router = api::http::router(store, auth);
     if let Some(service) = &service {
         let metrics = service.shared.clone();
         router = router.route(
@@ -277,6 +320,7 @@ async fn run(cli: Cli) -> Result<()> {
             agent_listen,
             api_listen,
             cluster_secret_file,
+            admin_credentials,
             compact_keep_revisions,
             compact_every,
             duty_ttl,
@@ -298,7 +342,15 @@ async fn run(cli: Cli) -> Result<()> {
                 etcd_key,
                 etcd_namespace,
             };
-            serve(store, agent_listen, api_listen, secret, duties).await
+            serve(
+                store,
+                agent_listen,
+                api_listen,
+                secret,
+                duties,
+                admin_credentials,
+            )
+            .await
         }
         Cmd::NodeToken {
             cluster_secret_file,

@@ -109,7 +109,8 @@ impl HaCloud {
         for (i, r) in replicas.iter_mut().enumerate() {
             start_replica(i, r, &spec)?;
         }
-        let api = ApiClient::new(format!("http://{}", replicas[0].ctx.api_addr))?;
+        let api = ApiClient::new(format!("http://{}", replicas[0].ctx.api_addr))?
+            .with_credentials_file(&replicas[0].ctx.admin_credentials_file())?;
         // On failure from here on, `replicas` and `etcd` drop (and stop).
         let cloud = Cloud::on(lab, api)?;
         Ok(HaCloud {
@@ -145,7 +146,9 @@ impl HaCloud {
 
     /// A client of replica `i`'s REST API.
     pub fn api(&self, i: usize) -> Result<ApiClient> {
-        ApiClient::new(format!("http://{}", self.replica(i)?.ctx.api_addr))
+        let ctx = &self.replica(i)?.ctx;
+        ApiClient::new(format!("http://{}", ctx.api_addr))?
+            .with_credentials_file(&ctx.admin_credentials_file())
     }
 
     /// The proxy in front of replica `i`'s agent listener.
@@ -251,6 +254,8 @@ fn replica_spec(store_url: &str, extra: &[String]) -> FlowctlSpec {
             c.api_addr.to_string(),
             "--cluster-secret-file".into(),
             c.cluster_secret_file.display().to_string(),
+            "--admin-credentials".into(),
+            c.admin_credentials_file().display().to_string(),
         ];
         v.extend(extra.iter().cloned());
         v
