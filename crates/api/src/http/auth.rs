@@ -59,12 +59,28 @@ const MAX_BODY: usize = 1 << 20;
 const REPLAY_LEASE_TTL: Duration = Duration::from_secs(30 * 60);
 const REPLAY_LEASE_RENEW_AFTER: Duration = Duration::from_secs(15 * 60);
 
+/// How long a replica trusts a key (its secret, its user's role and
+/// tenant) without reading the store again. Each read is a blocking-pool
+/// hop on the embedded store; two per request halved read throughput.
+/// A key or user deleted through another replica stops working within
+/// this time; through this one, at once.
+const KEY_CACHE_TTL: Duration = Duration::from_secs(2);
+
 /// What the server needs to authenticate: the sealing key (derived from
 /// the master secret) and this replica's replay state.
 pub struct AuthConfig {
     seal_key: [u8; 32],
     replay: ReplayCache,
     lease: tokio::sync::Mutex<Option<(LeaseId, Instant)>>,
+    keys: Mutex<HashMap<String, CachedKey>>,
+}
+
+/// A key as last read from the store.
+#[derive(Clone)]
+struct CachedKey {
+    secret: String,
+    caller: Caller,
+    read_at: tokio::time::Instant,
 }
 
 impl AuthConfig {
@@ -77,7 +93,44 @@ impl AuthConfig {
             seal_key: m.finalize().into_bytes().into(),
             replay: ReplayCache::default(),
             lease: tokio::sync::Mutex::new(None),
+            keys: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn cached_key(&self, key_id: &str) -> Option<CachedKey> {
+        let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.get(key_id)
+            .filter(|k| k.read_at.elapsed() < KEY_CACHE_TTL)
+            .cloned()
+    }
+
+    fn cache_key(&self, key_id: &str, secret: &str, caller: &Caller) {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded by the keys used within the TTL; stale entries go as
+        // new ones come.
+        if keys.len() > 10_000 {
+            keys.retain(|_, k| k.read_at.elapsed() < KEY_CACHE_TTL);
+        }
+        keys.insert(
+            key_id.to_string(),
+            CachedKey {
+                secret: secret.to_string(),
+                caller: caller.clone(),
+                read_at: tokio::time::Instant::now(),
+            },
+        );
+    }
+
+    /// Forgets a revoked key at once (on this replica).
+    pub(super) fn forget_key(&self, key_id: &str) {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.remove(key_id);
+    }
+
+    /// Forgets every key of a deleted user at once (on this replica).
+    pub(super) fn forget_user(&self, user_id: &str) {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.retain(|_, k| k.caller.user_id != user_id);
     }
 
     fn cipher(&self) -> ChaCha20Poly1305 {
@@ -504,17 +557,38 @@ async fn identify(st: &AppState, parts: &Parts, body: &Bytes) -> ApiResult<(Call
     let auth = proto::sign::parse_authorization(value)
         .map_err(|e| Problem::unauthorized(e.to_string()))?;
     let unknown = || Problem::unauthorized("unknown or revoked API key, or a bad signature");
-    let rec: db::Versioned<ApiKeyRecord> =
-        db::get_json(st.store.as_ref(), &keys::api_key(&auth.key_id))
-            .await?
-            .ok_or_else(unknown)?;
-    let secret = st
-        .auth
-        .unseal(&auth.key_id, &rec.value.sealed_secret)
-        .ok_or_else(|| {
-            tracing::error!(key_id = %auth.key_id, "cannot unseal an API key: wrong master secret?");
-            unknown()
-        })?;
+    let key = match st.auth.cached_key(&auth.key_id) {
+        Some(k) => k,
+        None => {
+            let store = st.store.as_ref();
+            let rec: db::Versioned<ApiKeyRecord> =
+                db::get_json(store, &keys::api_key(&auth.key_id))
+                    .await?
+                    .ok_or_else(unknown)?;
+            let secret = st
+                .auth
+                .unseal(&auth.key_id, &rec.value.sealed_secret)
+                .ok_or_else(|| {
+                    tracing::error!(key_id = %auth.key_id, "cannot unseal an API key: wrong master secret?");
+                    unknown()
+                })?;
+            let user = load_user(store, &rec.value.key.user_id)
+                .await?
+                .ok_or_else(unknown)?;
+            let caller = Caller {
+                user_id: user.user.id,
+                tenant_id: user.user.tenant_id,
+                role: user.user.role,
+                key_id: auth.key_id.clone(),
+            };
+            st.auth.cache_key(&auth.key_id, &secret, &caller);
+            CachedKey {
+                secret,
+                caller,
+                read_at: tokio::time::Instant::now(),
+            }
+        }
+    };
     let uri = original_uri(parts);
     let req = proto::sign::Request {
         method: parts.method.as_str(),
@@ -523,7 +597,7 @@ async fn identify(st: &AppState, parts: &Parts, body: &Bytes) -> ApiResult<(Call
         body,
     };
     let now = proto::sign::unix_now();
-    proto::sign::verify(&auth, &secret, &req, now).map_err(|e| match e {
+    proto::sign::verify(&auth, &key.secret, &req, now).map_err(|e| match e {
         // Saying which field differs would help a forger; the client can
         // compare its canonical string with the docs.
         proto::sign::SignError::Mismatch => unknown(),
@@ -536,18 +610,7 @@ async fn identify(st: &AppState, parts: &Parts, body: &Bytes) -> ApiResult<(Call
     {
         return Err(replayed());
     }
-    let user = load_user(st.store.as_ref(), &rec.value.key.user_id)
-        .await?
-        .ok_or_else(unknown)?;
-    Ok((
-        Caller {
-            user_id: user.user.id,
-            tenant_id: user.user.tenant_id,
-            role: user.user.role,
-            key_id: auth.key_id,
-        },
-        auth.nonce,
-    ))
+    Ok((key.caller, auth.nonce))
 }
 
 /// HTTP Basic: only to create one's own API key.

@@ -452,6 +452,7 @@ pub async fn delete_user(
         ops.push(Op::delete(keys::api_key(&k.key.key_id)));
     }
     db::commit(store, vec![], ops).await?;
+    st.auth.forget_user(&id);
     tracing::info!("user deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -557,6 +558,7 @@ pub async fn delete_key(
         vec![Op::delete(&key)],
     )
     .await?;
+    st.auth.forget_key(key_id);
     tracing::info!("API key deleted");
     Ok(StatusCode::NO_CONTENT)
 }

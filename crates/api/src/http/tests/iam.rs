@@ -407,3 +407,40 @@ fn b64(bytes: &[u8]) -> String {
     }
     out
 }
+
+#[tokio::test]
+async fn a_key_revoked_on_another_replica_stops_working_within_the_cache_ttl() {
+    let api = Api::new().await;
+    let other = Api {
+        app: super::super::router(api.store.clone(), AuthConfig::new(super::MASTER.to_vec())),
+        ..api.clone()
+    };
+    let tenant = api.tenant("acme").await;
+    let (user, creds) = api.principal("alice", "member", &tenant).await;
+    other
+        .with_creds(Some(creds.clone()))
+        .get("/v1/vpcs")
+        .await
+        .ok(200);
+    api.delete(format!("/v1/users/{user}/keys/{}", creds.key_id))
+        .await
+        .ok(204);
+    // At once on the replica that revoked it ...
+    api.with_creds(Some(creds.clone()))
+        .get("/v1/vpcs")
+        .await
+        .problem(401, &[]);
+    // ... and on the other once its cached copy expires (2 s).
+    let start = std::time::Instant::now();
+    loop {
+        let r = other.with_creds(Some(creds.clone())).get("/v1/vpcs").await;
+        if r.status == 401 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(4),
+            "the revoked key still works on the other replica"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
