@@ -18,7 +18,8 @@ pub const MAX_NODES_PER_SET: usize = 45;
 /// VXLAN leaves this many bytes of the underlay MTU for its headers.
 pub const VXLAN_OVERHEAD: u16 = 50;
 
-/// Store key prefixes. Everything stacknet writes is under [`keys::ROOT`].
+/// Store key prefixes. The model is under [`keys::ROOT`]; identity and
+/// audit under [`keys::IAM`].
 pub mod keys {
     pub const ROOT: &str = "/stacknet/";
     pub const NODES: &str = "/stacknet/nodes/";
@@ -50,6 +51,167 @@ pub mod keys {
     pub fn nic_status(id: &str) -> String {
         format!("{NIC_STATUS}{id}")
     }
+
+    /// Identity and audit live beside [`ROOT`], not under it, so that
+    /// flowctl's listing and watch of the model never carry them.
+    pub const IAM: &str = "/stacknet-iam/";
+    pub const TENANTS: &str = "/stacknet-iam/tenants/";
+    pub const USERS: &str = "/stacknet-iam/users/";
+    pub const API_KEYS: &str = "/stacknet-iam/keys/";
+    /// `/stacknet-iam/audit/<tenant>/<ms since epoch, 13 digits>-<random>`:
+    /// a tenant's records list in time order.
+    pub const AUDIT: &str = "/stacknet-iam/audit/";
+    /// `/stacknet-iam/replay/<key id>/<nonce>`: nonces of committed
+    /// mutations, attached to a lease that outlives the signing window.
+    pub const REPLAY: &str = "/stacknet-iam/replay/";
+    /// Unique names of tenants and users: `<kind>/<name>` → id.
+    pub const IAM_INDEX: &str = "/stacknet-iam/index/";
+
+    pub fn tenant(id: &str) -> String {
+        format!("{TENANTS}{id}")
+    }
+    pub fn user(id: &str) -> String {
+        format!("{USERS}{id}")
+    }
+    pub fn api_key(key_id: &str) -> String {
+        format!("{API_KEYS}{key_id}")
+    }
+    pub fn audit_prefix(tenant_id: &str) -> String {
+        format!("{AUDIT}{tenant_id}/")
+    }
+    pub fn replay(key_id: &str, nonce: &str) -> String {
+        format!("{REPLAY}{key_id}/{nonce}")
+    }
+    pub fn tenant_name(name: &str) -> String {
+        format!("{IAM_INDEX}tenant-name/{name}")
+    }
+    pub fn user_name(name: &str) -> String {
+        format!("{IAM_INDEX}user-name/{name}")
+    }
+}
+
+/// A tenant resource as stored and shown: the resource and the tenant
+/// (project) that owns it. Children (subnets, NICs, security groups) carry
+/// their VPC's tenant. The tenant is kept beside the model types, which
+/// flowctl reads and does not need it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Owned<T> {
+    /// The tenant that owns the resource ("" for records written before
+    /// tenants existed: only a system admin sees them).
+    #[serde(default)]
+    pub tenant_id: String,
+    #[serde(flatten)]
+    pub inner: T,
+}
+
+impl<T> Owned<T> {
+    pub fn new(tenant_id: impl Into<String>, inner: T) -> Self {
+        Owned {
+            tenant_id: tenant_id.into(),
+            inner,
+        }
+    }
+}
+
+impl<T> std::ops::Deref for Owned<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T> std::ops::DerefMut for Owned<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+}
+
+/// What a user may do. `system_admin` and `operator` are global;
+/// the others act only inside the user's own tenant.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything, in every tenant.
+    SystemAdmin,
+    /// Nodes and Sets (the infrastructure); no tenant resources.
+    Operator,
+    /// Everything in the tenant, its users and their keys included.
+    TenantAdmin,
+    /// Creates, changes and deletes the tenant's network resources.
+    Member,
+    /// Reads the tenant's resources and audit.
+    Reader,
+}
+
+/// A tenant (project): the unit resources, quotas and audit belong to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Tenant {
+    pub id: String,
+    /// Unique.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    pub created_at: String,
+}
+
+/// A user as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub id: String,
+    /// Unique; the login name for HTTP Basic (key creation only).
+    pub name: String,
+    pub tenant_id: String,
+    pub role: Role,
+    pub created_at: String,
+}
+
+/// A user as stored: with the argon2id PHC string of the password.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    #[serde(flatten)]
+    pub user: User,
+    pub password_hash: String,
+}
+
+/// An API key as the API shows it (the secret only once, at creation).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ApiKey {
+    pub key_id: String,
+    pub user_id: String,
+    pub created_at: String,
+}
+
+/// An API key as stored: the secret sealed (ChaCha20-Poly1305) under a key
+/// derived from the server's master secret, which is not in the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    #[serde(flatten)]
+    pub key: ApiKey,
+    /// hex(nonce ‖ ciphertext ‖ tag), the key id as associated data.
+    pub sealed_secret: String,
+}
+
+/// One mutating request: who, what, when, and how it ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditRecord {
+    pub id: String,
+    /// RFC 3339, UTC.
+    pub time: String,
+    /// The tenant the request acted in (the resource's, else the caller's).
+    pub tenant_id: String,
+    pub user_id: String,
+    /// The API key that signed the request ("" for password logins).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key_id: String,
+    pub method: String,
+    pub path: String,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// `succeeded` (written in the same transaction as the change) or
+    /// `failed` (nothing was changed).
+    pub outcome: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

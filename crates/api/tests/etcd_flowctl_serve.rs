@@ -29,7 +29,9 @@ fn serve(cluster: &EtcdCluster, name: &str, api: u16, agents: Option<u16>) -> Pr
         .arg(&tls.client_key)
         .args(["--api-listen", &format!("127.0.0.1:{api}")])
         .arg("--cluster-secret-file")
-        .arg(&secret);
+        .arg(&secret)
+        .arg("--admin-credentials")
+        .arg(creds_file(cluster));
     if let Some(a) = agents {
         cmd.args(["--agent-listen", &format!("127.0.0.1:{a}")]);
     }
@@ -37,10 +39,54 @@ fn serve(cluster: &EtcdCluster, name: &str, api: u16, agents: Option<u16>) -> Pr
     Proc::spawn(name, cmd, Some(&log)).unwrap()
 }
 
-async fn wait_get(client: &reqwest::Client, url: &str, p: &Proc) -> Value {
+/// Where the replica that bootstraps writes the admin's key pair.
+fn creds_file(cluster: &EtcdCluster) -> std::path::PathBuf {
+    cluster.dir().join("admin-credentials.json")
+}
+
+/// A request signed with the admin's key pair (read from its file).
+fn signed(
+    client: &reqwest::Client,
+    cluster: &EtcdCluster,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<&Value>,
+) -> reqwest::RequestBuilder {
+    let raw = std::fs::read(creds_file(cluster)).unwrap();
+    let v: Value = serde_json::from_slice(&raw).unwrap();
+    let creds = proto::sign::Credentials {
+        key_id: v["key_id"].as_str().unwrap().into(),
+        secret: v["secret"].as_str().unwrap().into(),
+    };
+    let u = reqwest::Url::parse(url).unwrap();
+    let bytes = body
+        .map(|b| serde_json::to_vec(b).unwrap())
+        .unwrap_or_default();
+    let h = proto::sign::authorization(
+        &creds,
+        method.as_str(),
+        u.path(),
+        u.query().unwrap_or(""),
+        &bytes,
+        proto::sign::unix_now(),
+        &proto::sign::new_nonce(),
+    );
+    let req = client.request(method, u).header("authorization", h);
+    match body {
+        Some(_) => req.header("content-type", "application/json").body(bytes),
+        None => req,
+    }
+}
+
+async fn wait_get(client: &reqwest::Client, url: &str, p: &Proc, cluster: &EtcdCluster) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(r) = client.get(url).send().await {
+        let req = if url.contains("/v1/") {
+            signed(client, cluster, reqwest::Method::GET, url, None)
+        } else {
+            client.get(url)
+        };
+        if let Ok(r) = req.send().await {
             if r.status().is_success() {
                 let text = r.text().await.unwrap();
                 return serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -51,13 +97,13 @@ async fn wait_get(client: &reqwest::Client, url: &str, p: &Proc) -> Value {
     }
 }
 
-async fn create(client: &reqwest::Client, base: &str, name: &str) {
+async fn create(client: &reqwest::Client, base: &str, name: &str, cluster: &EtcdCluster) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut retried = false;
     loop {
-        let r = client
-            .post(format!("{base}/v1/vpcs"))
-            .json(&json!({"name": name, "cidrs": ["10.1.0.0/16"]}))
+        let body = json!({"name": name, "cidrs": ["10.1.0.0/16"]});
+        let url = format!("{base}/v1/vpcs");
+        let r = signed(client, cluster, reqwest::Method::POST, &url, Some(&body))
             .send()
             .await;
         match r.map(|r| r.status().as_u16()) {
@@ -102,22 +148,28 @@ async fn two_flowctl_replicas_on_tls_etcd() {
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();
-    wait_get(&client, &format!("{base_a}/healthz"), &a).await;
-    wait_get(&client, &format!("{base_b}/healthz"), &b).await;
+    wait_get(&client, &format!("{base_a}/healthz"), &a, &cluster).await;
+    wait_get(&client, &format!("{base_b}/healthz"), &b, &cluster).await;
 
     // Written through the API-only replica, seen by the other one and
     // compiled by its distribution service.
-    create(&client, &base_b, "one").await;
-    let rev = wait_get(&client, &format!("{base_b}/healthz"), &b).await["revision"]
+    create(&client, &base_b, "one", &cluster).await;
+    let rev = wait_get(&client, &format!("{base_b}/healthz"), &b, &cluster).await["revision"]
         .as_u64()
         .unwrap();
     assert_eq!(
-        names(&wait_get(&client, &format!("{base_a}/v1/vpcs"), &a).await),
+        names(&wait_get(&client, &format!("{base_a}/v1/vpcs"), &a, &cluster).await),
         ["one"]
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let m = wait_get(&client, &format!("http://127.0.0.1:{agents_a}/metrics"), &a).await;
+        let m = wait_get(
+            &client,
+            &format!("http://127.0.0.1:{agents_a}/metrics"),
+            &a,
+            &cluster,
+        )
+        .await;
         let compiled = m
             .as_str()
             .unwrap()
@@ -142,12 +194,12 @@ async fn two_flowctl_replicas_on_tls_etcd() {
     // The etcd leader dies: both replicas carry on.
     let leader = cluster.leader().unwrap();
     cluster.kill_member(leader).unwrap();
-    create(&client, &base_a, "two").await;
-    create(&client, &base_b, "three").await;
+    create(&client, &base_a, "two", &cluster).await;
+    create(&client, &base_b, "three", &cluster).await;
     for base in [&base_a, &base_b] {
         let p = if base == &base_a { &a } else { &b };
         assert_eq!(
-            names(&wait_get(&client, &format!("{base}/v1/vpcs"), p).await),
+            names(&wait_get(&client, &format!("{base}/v1/vpcs"), p, &cluster).await),
             ["one", "three", "two"]
         );
     }

@@ -307,8 +307,56 @@ pub struct ApiArgs {
         global = true
     )]
     pub api: String,
+    /// A JSON file with the API key pair (`key_id`, `secret`), as
+    /// `flowctl serve --admin-credentials` writes it. Without it, the pair
+    /// is taken from STACKNET_KEY_ID and STACKNET_SECRET.
+    #[arg(long, env = "STACKNET_CREDENTIALS", global = true)]
+    pub credentials: Option<std::path::PathBuf>,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
+}
+
+impl ApiArgs {
+    /// The key pair requests are signed with.
+    pub fn key_pair(&self) -> Result<proto::sign::Credentials> {
+        if let Some(path) = &self.credentials {
+            let raw = std::fs::read(path).map_err(|e| {
+                Error::Config(format!(
+                    "cannot read credentials file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let v: Value = serde_json::from_slice(&raw).map_err(|e| {
+                Error::Config(format!(
+                    "credentials file {} is not JSON: {e}",
+                    path.display()
+                ))
+            })?;
+            let field = |f: &str| {
+                v.get(f)
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| {
+                        Error::Config(format!("credentials file {} has no `{f}`", path.display()))
+                    })
+            };
+            return Ok(proto::sign::Credentials {
+                key_id: field("key_id")?,
+                secret: field("secret")?,
+            });
+        }
+        match (
+            std::env::var("STACKNET_KEY_ID"),
+            std::env::var("STACKNET_SECRET"),
+        ) {
+            (Ok(key_id), Ok(secret)) => Ok(proto::sign::Credentials { key_id, secret }),
+            _ => Err(Error::Config(
+                "no API credentials: pass --credentials FILE (or STACKNET_CREDENTIALS), or set \
+                 STACKNET_KEY_ID and STACKNET_SECRET"
+                    .into(),
+            )),
+        }
+    }
 }
 
 /// One HTTP call to make.
@@ -823,11 +871,34 @@ fn plan_sg(c: &SgCmd) -> Call {
 /// Runs a resource command against the API and returns what to print.
 pub async fn run(args: &ApiArgs, cmd: &ResourceCmd) -> Result<String> {
     let c = plan(cmd);
+    let creds = args.key_pair()?;
     let url = format!("{}{}", args.api.trim_end_matches('/'), c.path);
+    let parsed = reqwest::Url::parse(&url)
+        .map_err(|e| Error::Config(format!("bad API address {url:?}: {e}")))?;
+    let body = match &c.body {
+        Some(b) => serde_json::to_vec(b)
+            .map_err(|e| Error::Config(format!("cannot encode the request: {e}")))?,
+        None => vec![],
+    };
+    // Signed over exactly what goes on the wire: reqwest's parsed path
+    // and query, and the body bytes.
+    let authorization = proto::sign::authorization(
+        &creds,
+        c.method.as_str(),
+        parsed.path(),
+        parsed.query().unwrap_or(""),
+        &body,
+        proto::sign::unix_now(),
+        &proto::sign::new_nonce(),
+    );
     let client = reqwest::Client::new();
-    let mut req = client.request(c.method.clone(), &url);
-    if let Some(body) = &c.body {
-        req = req.json(body);
+    let mut req = client
+        .request(c.method.clone(), parsed)
+        .header(reqwest::header::AUTHORIZATION, authorization);
+    if c.body.is_some() {
+        req = req
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
     }
     let resp = req.send().await.map_err(|source| Error::Request {
         url: url.clone(),

@@ -6,10 +6,12 @@
 //! - [`status`]: NIC status writes from acks, nacks and moves (pure).
 //! - [`service`]: the drivers: store watch → hub, status writes.
 //! - [`server`]: the agent protocol over HTTP/2 and `/metrics`.
+//! - [`duties`]: singleton duties under a store lease (history compaction).
 //! - [`cli`]: the operator CLI against the REST API.
 
 pub mod cli;
 pub mod compile;
+pub mod duties;
 pub mod hub;
 pub mod metrics;
 pub mod server;

@@ -5,12 +5,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use api::store::embedded::EmbeddedStore;
 use api::store::etcd::{EtcdOptions, EtcdStore, EtcdTls};
 use api::store::Store;
 use clap::{Parser, Subcommand};
 use flowctl::cli::{ApiArgs, ResourceCmd};
+use flowctl::duties::{run_compaction, CompactionConfig};
 use flowctl::service::{Config, Service};
 use flowctl::{Error, Result};
 use tracing::info;
@@ -60,9 +62,30 @@ enum Cmd {
         /// --agent-listen) no API is served.
         #[arg(long)]
         api_listen: Option<SocketAddr>,
-        /// The cluster secret node tokens derive from.
+        /// The cluster secret node tokens derive from; API key secrets
+        /// are sealed in the store under a key derived from it too.
         #[arg(long)]
         cluster_secret_file: PathBuf,
+        /// On the first start against a store without an admin, a system
+        /// admin (user `admin`, tenant `admin`) with an API key is made and
+        /// its credentials written here (JSON, mode 0600). Without this
+        /// flag no admin is made.
+        #[arg(long)]
+        admin_credentials: Option<PathBuf>,
+        /// Store history kept, in revisions behind the current one. One
+        /// replica at a time (elected under a store lease) compacts the
+        /// rest away. 0 turns the duty off.
+        #[arg(long, default_value_t = 10_000)]
+        compact_keep_revisions: u64,
+        /// Seconds between compactions by the elected replica.
+        #[arg(long, default_value_t = 60)]
+        compact_every: u64,
+        /// Seconds a silent duty holder keeps its lease.
+        #[arg(long, default_value_t = 10)]
+        duty_ttl: u64,
+        /// This replica's name in duty elections (default: host:pid).
+        #[arg(long)]
+        replica_name: Option<String>,
     },
     /// Prints the token the agent of NODE presents.
     NodeToken {
@@ -132,11 +155,38 @@ async fn open_store(args: &StoreArgs) -> Result<(Arc<dyn Store>, Option<Embedded
     Ok((Arc::new(etcd), None))
 }
 
+/// The singleton duties' settings (`None`: off).
+struct Duties {
+    compaction: Option<CompactionConfig>,
+    candidate: String,
+}
+
+/// Writes the bootstrap admin's credentials, readable by the owner only.
+fn write_credentials(path: &Path, admin: &api::http::auth::Bootstrap) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let json = serde_json::to_vec_pretty(admin)
+        .map_err(|e| Error::Config(format!("cannot encode the admin credentials: {e}")))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An existing file keeps its mode on open; narrow it before writing.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(&json)?;
+    f.sync_all()?;
+    Ok(())
+}
+
 async fn serve(
     store_args: StoreArgs,
     agent_listen: Option<SocketAddr>,
     api_listen: Option<SocketAddr>,
     secret: Vec<u8>,
+    duties: Duties,
+    admin_credentials: Option<PathBuf>,
 ) -> Result<()> {
     // Neither role named: the all-in-one default, both roles.
     let (agent_listen, api_listen) = match (agent_listen, api_listen) {
@@ -147,6 +197,22 @@ async fn serve(
         other => other,
     };
     let (store, embedded) = open_store(&store_args).await?;
+    let auth = api::http::auth::AuthConfig::new(secret.clone());
+    if api_listen.is_some() {
+        match &admin_credentials {
+            Some(path) => match api::http::auth::bootstrap(store.as_ref(), &auth)
+                .await
+                .map_err(|p| Error::Config(format!("bootstrap: {}", p.detail)))?
+            {
+                Some(admin) => {
+                    write_credentials(path, &admin)?;
+                    info!(path = %path.display(), key_id = %admin.key_id, "made the first system admin; credentials written");
+                }
+                None => info!("the store already has its first admin"),
+            },
+            None => info!("no --admin-credentials: no first admin is made"),
+        }
+    }
     let service = match agent_listen {
         Some(_) => Some(
             Service::start(
@@ -174,7 +240,20 @@ async fn serve(
             .map_or("-".to_string(), |a| a.to_string())
     };
     info!(agents = %addr(&agents), api = %addr(&api), "flowctl serving");
-    let mut router = api::http::router(store);
+    // Aborted when serving ends (below), which ends its lease's keep-alives.
+    let compaction = duties.compaction.map(|cfg| {
+        let metrics = service
+            .as_ref()
+            .map(|s| s.shared.metrics.clone())
+            .unwrap_or_default();
+        tokio::spawn(run_compaction(
+            store.clone(),
+            duties.candidate.clone(),
+            cfg,
+            metrics,
+        ))
+    });
+    let mut router = api::http::router(store, auth);
     if let Some(service) = &service {
         let metrics = service.shared.clone();
         router = router.route(
@@ -205,6 +284,9 @@ async fn serve(
             Ok(())
         }
     };
+    if let Some(c) = compaction {
+        c.abort();
+    }
     drop(service);
     if let Some(embedded) = embedded {
         embedded.close().await?;
@@ -238,8 +320,21 @@ async fn run(cli: Cli) -> Result<()> {
             agent_listen,
             api_listen,
             cluster_secret_file,
+            admin_credentials,
+            compact_keep_revisions,
+            compact_every,
+            duty_ttl,
+            replica_name,
         } => {
             let secret = read_secret(&cluster_secret_file)?;
+            let duties = Duties {
+                compaction: (compact_keep_revisions > 0).then(|| CompactionConfig {
+                    keep_revisions: compact_keep_revisions,
+                    every: Duration::from_secs(compact_every.max(1)),
+                    ttl: Duration::from_secs(duty_ttl.max(2)),
+                }),
+                candidate: replica_name.unwrap_or_else(default_replica_name),
+            };
             let store = StoreArgs {
                 store,
                 etcd_ca,
@@ -247,7 +342,15 @@ async fn run(cli: Cli) -> Result<()> {
                 etcd_key,
                 etcd_namespace,
             };
-            serve(store, agent_listen, api_listen, secret).await
+            serve(
+                store,
+                agent_listen,
+                api_listen,
+                secret,
+                duties,
+                admin_credentials,
+            )
+            .await
         }
         Cmd::NodeToken {
             cluster_secret_file,
@@ -265,6 +368,14 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `host:pid`, unique among live replicas.
+fn default_replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "flowctl".into());
+    format!("{host}:{}", std::process::id())
 }
 
 /// The error and its causes on one line.

@@ -20,6 +20,11 @@ pub struct Metrics {
     pub relists_total: AtomicU64,
     pub status_writes: AtomicU64,
     pub status_conflicts: AtomicU64,
+    /// 1 while this replica holds the compaction duty.
+    pub duty_leader: AtomicU64,
+    pub duty_terms_total: AtomicU64,
+    pub compactions_total: AtomicU64,
+    pub compacted_revision: AtomicU64,
 }
 
 impl Metrics {
@@ -124,6 +129,30 @@ impl Metrics {
             "counter",
             "Status transactions that lost a race and were planned again.",
             g(&self.status_conflicts),
+        );
+        metric(
+            "flowctl_duty_compaction_leader",
+            "gauge",
+            "1 while this replica holds the store compaction duty.",
+            g(&self.duty_leader),
+        );
+        metric(
+            "flowctl_duty_compaction_terms_total",
+            "counter",
+            "Times this replica was elected for the compaction duty.",
+            g(&self.duty_terms_total),
+        );
+        metric(
+            "flowctl_compactions_total",
+            "counter",
+            "Store compactions this replica made.",
+            g(&self.compactions_total),
+        );
+        metric(
+            "flowctl_compacted_revision",
+            "gauge",
+            "The revision this replica last compacted the store to.",
+            g(&self.compacted_revision),
         );
         out
     }

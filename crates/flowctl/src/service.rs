@@ -58,7 +58,8 @@ pub struct Shared {
     /// The compiled revision.
     revision: watch::Sender<Revision>,
     status: mpsc::Sender<(StatusCmd, u32)>,
-    pub metrics: Metrics,
+    /// Shared with the singleton duties, which count into it too.
+    pub metrics: Arc<Metrics>,
     pub config: Config,
 }
 
@@ -143,7 +144,7 @@ impl Service {
             nodes: Mutex::new(HashMap::new()),
             revision: watch::channel(revision).0,
             status: status_tx,
-            metrics: Metrics::default(),
+            metrics: Arc::default(),
             config,
         });
         shared.metrics.store_revision.store(revision, Relaxed);

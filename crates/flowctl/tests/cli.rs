@@ -32,12 +32,20 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The admin credentials `flowctl serve` wrote (one server per test binary).
+static CREDS: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
 fn flowctl(api: &str, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
         .env("STACKNET_API", api)
-        .output()
-        .unwrap()
+        .env_remove("STACKNET_KEY_ID")
+        .env_remove("STACKNET_SECRET");
+    match CREDS.get() {
+        Some(c) => cmd.env("STACKNET_CREDENTIALS", c),
+        None => cmd.env_remove("STACKNET_CREDENTIALS"),
+    };
+    cmd.output().unwrap()
 }
 
 fn ok(api: &str, args: &[&str]) -> String {
@@ -84,6 +92,8 @@ fn start(dir: &Path, secret: &Path) -> (Server, String, String) {
         .arg(format!("127.0.0.1:{api_port}"))
         .arg("--cluster-secret-file")
         .arg(secret)
+        .arg("--admin-credentials")
+        .arg(dir.join("admin.json"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -99,6 +109,19 @@ async fn serve_cli_and_agent() {
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "a-cluster-secret-of-some-length\n").unwrap();
     let (_server, agent, api) = start(dir.path(), &secret);
+    // Without credentials the CLI says how to give them.
+    let out = flowctl(&api, &["vpc", "list"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("STACKNET_CREDENTIALS"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let creds = dir.path().join("admin.json");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&creds).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "credentials readable by others");
+    CREDS.set(creds).unwrap();
 
     ok(
         &api,

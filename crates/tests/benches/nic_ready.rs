@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tests::{require_root_and_tools, ApiClient, Cloud};
+use tests::{require_root_and_tools, Cloud};
 
 const SUBNETS: usize = 10;
 const SAMPLES: usize = 100;
@@ -62,7 +62,7 @@ fn preload(cloud: &Cloud, subnets: &[Value], from: usize, to: usize) {
     std::thread::scope(|s| {
         for _ in 0..8 {
             s.spawn(|| {
-                let api = ApiClient::new(cloud.api.base()).unwrap();
+                let api = cloud.api.clone();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= to {

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tests::{require_root_and_tools, wait_until, ApiClient, Cloud};
+use tests::{require_root_and_tools, wait_until, Cloud};
 
 const REMOTE_GROUPS: usize = 10;
 const LOCAL_NICS: usize = 1_000;
@@ -195,7 +195,7 @@ fn create_nics(
     std::thread::scope(|s| {
         for _ in 0..8 {
             s.spawn(|| {
-                let api = ApiClient::new(cloud.api.base()).unwrap();
+                let api = cloud.api.clone();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= to {

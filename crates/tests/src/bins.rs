@@ -64,6 +64,16 @@ pub struct FlowctlCtx {
     pub cluster_secret_file: PathBuf,
 }
 
+impl FlowctlCtx {
+    /// Where `flowctl serve --admin-credentials` writes the first system
+    /// admin's API key: beside the cluster secret, so every replica of one
+    /// cloud names the same file (only the replica that bootstraps writes).
+    pub fn admin_credentials_file(&self) -> PathBuf {
+        self.cluster_secret_file
+            .with_file_name("admin-credentials.json")
+    }
+}
+
 /// What the lab knows when it starts a node's agent.
 #[derive(Debug, Clone)]
 pub struct AgentCtx {
@@ -156,6 +166,8 @@ impl Default for BinSpec<FlowctlCtx> {
                 c.api_addr.to_string(),
                 "--cluster-secret-file".into(),
                 c.cluster_secret_file.display().to_string(),
+                "--admin-credentials".into(),
+                c.admin_credentials_file().display().to_string(),
             ]
         })
     }

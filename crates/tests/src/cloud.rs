@@ -15,11 +15,13 @@ use crate::error::{LabError, Result};
 use crate::lab::{Lab, LabConfig, Vm, VmSpec};
 use crate::util::wait_until;
 
-/// A blocking client of the northbound API.
+/// A blocking client of the northbound API, signing its requests when it
+/// has a key pair.
 #[derive(Clone, Debug)]
 pub struct ApiClient {
     base: String,
     http: Client,
+    creds: Option<proto::sign::Credentials>,
 }
 
 /// An answer of the API: status and JSON body (`Null` when empty).
@@ -62,7 +64,43 @@ impl ApiClient {
         Ok(ApiClient {
             base: base.into(),
             http,
+            creds: None,
         })
+    }
+
+    /// The same client, signing as `creds`.
+    pub fn with_credentials(self, creds: proto::sign::Credentials) -> Self {
+        ApiClient {
+            creds: Some(creds),
+            ..self
+        }
+    }
+
+    /// The same client, signing with the key pair in a JSON file with
+    /// `key_id` and `secret` (what `flowctl serve --admin-credentials`
+    /// writes).
+    pub fn with_credentials_file(self, path: &std::path::Path) -> Result<Self> {
+        let bad = |detail: String| LabError::Api {
+            method: "-",
+            path: path.display().to_string(),
+            detail,
+        };
+        let raw = std::fs::read(path).map_err(|e| bad(format!("credentials file: {e}")))?;
+        let v: Value = serde_json::from_slice(&raw).map_err(|e| bad(e.to_string()))?;
+        let field = |f: &str| {
+            v[f].as_str()
+                .map(str::to_string)
+                .ok_or_else(|| bad(format!("credentials file lacks `{f}`")))
+        };
+        Ok(self.with_credentials(proto::sign::Credentials {
+            key_id: field("key_id")?,
+            secret: field("secret")?,
+        }))
+    }
+
+    /// The key pair requests are signed with.
+    pub fn credentials(&self) -> Option<&proto::sign::Credentials> {
+        self.creds.as_ref()
     }
 
     pub fn base(&self) -> &str {
@@ -70,18 +108,40 @@ impl ApiClient {
     }
 
     fn send(&self, method: &'static str, path: &str, body: Option<&Value>) -> Result<Answer> {
-        let url = format!("{}{path}", self.base);
-        let req = match method {
-            "GET" => self.http.get(&url),
-            "POST" => self.http.post(&url),
-            "PATCH" => self.http.patch(&url),
-            "DELETE" => self.http.delete(&url),
+        let url = reqwest::Url::parse(&format!("{}{path}", self.base))
+            .map_err(|e| LabError::Invalid(format!("URL {}{path}: {e}", self.base)))?;
+        let m = match method {
+            "GET" => reqwest::Method::GET,
+            "POST" => reqwest::Method::POST,
+            "PATCH" => reqwest::Method::PATCH,
+            "DELETE" => reqwest::Method::DELETE,
             other => return Err(LabError::Invalid(format!("method {other}"))),
         };
-        let req = match body {
-            Some(b) => req.json(b),
-            None => req,
+        let bytes = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| LabError::Invalid(e.to_string()))?,
+            None => vec![],
         };
+        let mut req = self.http.request(m, url.clone());
+        if let Some(c) = &self.creds {
+            // Signed over what reqwest sends: its parsed path and query.
+            req = req.header(
+                reqwest::header::AUTHORIZATION,
+                proto::sign::authorization(
+                    c,
+                    method,
+                    url.path(),
+                    url.query().unwrap_or(""),
+                    &bytes,
+                    proto::sign::unix_now(),
+                    &proto::sign::new_nonce(),
+                ),
+            );
+        }
+        if body.is_some() {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes);
+        }
         let resp = req.send().map_err(|e| LabError::Api {
             method,
             path: path.to_string(),
@@ -130,16 +190,22 @@ impl Cloud {
             nodes,
             ..LabConfig::default()
         })?;
-        lab.start_flowctl(&FlowctlSpec::default())?;
-        let api = ApiClient::new(lab.api_url()?)?;
-        for i in 0..nodes {
-            let node = lab.node(i)?;
+        let ctx = lab.start_flowctl(&FlowctlSpec::default())?;
+        let api =
+            ApiClient::new(lab.api_url()?)?.with_credentials_file(&ctx.admin_credentials_file())?;
+        Cloud::on(lab, api)
+    }
+
+    /// stacknet on `lab` whose control plane answers at `api` (started by
+    /// the caller, e.g. HA replicas): every node registered, agents started.
+    pub fn on(mut lab: Lab, api: ApiClient) -> Result<Cloud> {
+        for node in lab.nodes() {
             api.create(
                 "/v1/nodes",
                 &json!({"name": node.name(), "underlay_ip": node.underlay_ip().to_string()}),
             )?;
         }
-        for i in 0..nodes {
+        for i in 0..lab.nodes().len() {
             lab.start_agent(i, &AgentSpec::default())?;
         }
         Ok(Cloud { lab, api })

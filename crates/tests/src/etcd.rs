@@ -376,6 +376,15 @@ impl EtcdCluster {
     }
 
     /// Starts member `i` again on its data and ports (killed first if it
+    /// still runs) without waiting: after the whole cluster went down, no
+    /// member is healthy until a quorum is back, so start them all, then
+    /// [`EtcdCluster::wait_healthy`].
+    pub fn start_member(&mut self, i: usize) -> Result<()> {
+        self.kill_member(i)?;
+        self.spawn(i)
+    }
+
+    /// Starts member `i` again on its data and ports (killed first if it
     /// still runs) and waits until it is healthy (it has a leader).
     pub fn restart_member(&mut self, i: usize) -> Result<()> {
         self.kill_member(i)?;

@@ -446,6 +446,9 @@ pub struct Lab {
     cfg: LabConfig,
     secret: String,
     vm_seq: u32,
+    /// Agent endpoints given to agents instead of the lab's own flowctl
+    /// (several replicas, or proxies in front of them).
+    agent_endpoints: Option<Vec<SocketAddr>>,
     run: RunDir,
 }
 
@@ -484,6 +487,7 @@ impl Lab {
             cfg,
             secret,
             vm_seq: 0,
+            agent_endpoints: None,
             run,
         };
         for i in 0..lab.cfg.nodes {
@@ -986,6 +990,13 @@ impl Lab {
         Ok(())
     }
 
+    /// Agents started from now on connect to `endpoints` (in this order)
+    /// instead of the lab's own flowctl: the replicas of an HA control
+    /// plane started outside the lab, or proxies in front of them.
+    pub fn set_agent_endpoints(&mut self, endpoints: Vec<SocketAddr>) {
+        self.agent_endpoints = Some(endpoints);
+    }
+
     /// The context an agent on node `i` gets.
     pub fn agent_ctx(&self, i: usize) -> Result<AgentCtx> {
         let node = self.node(i)?;
@@ -1006,10 +1017,13 @@ impl Lab {
             mgmt_socket: node.ovs.mgmt_socket(&self.cfg.bridge),
             vswitchd_ctl: node.ovs.vswitchd_ctl(),
             underlay_ip: node.underlay_ip,
-            flowctl_agent_addrs: self
-                .flowctl()
-                .map(|c| vec![c.agent_addr])
-                .unwrap_or_default(),
+            flowctl_agent_addrs: match &self.agent_endpoints {
+                Some(eps) => eps.clone(),
+                None => self
+                    .flowctl()
+                    .map(|c| vec![c.agent_addr])
+                    .unwrap_or_default(),
+            },
             token,
             token_file,
             datapath_type: "netdev".into(),

@@ -9,11 +9,13 @@ pub mod bins;
 pub mod cloud;
 pub mod error;
 pub mod etcd;
+pub mod ha;
 pub mod lab;
 pub mod netns;
 pub mod ovs;
 pub mod plug;
 pub mod process;
+pub mod proxy;
 pub mod traffic;
 pub mod util;
 

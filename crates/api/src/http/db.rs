@@ -22,6 +22,7 @@ use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::auth;
 use super::problem::{ApiResult, Problem};
 use crate::store::{Compare, CompareOp, CompareTarget, Op, Revision, Store, StoreError, Txn};
 
@@ -34,8 +35,9 @@ pub mod index {
 
     use crate::model::keys::INDEX;
 
-    pub fn vpc_name(name: &str) -> String {
-        format!("{INDEX}vpc-name/all/{name}")
+    /// VPC names, unique within a tenant.
+    pub fn vpc_name(tenant_id: &str, name: &str) -> String {
+        format!("{INDEX}vpc-name/{tenant_id}/{name}")
     }
     pub fn vni(vni: u32) -> String {
         format!("{INDEX}vni/all/{vni}")
@@ -140,8 +142,16 @@ pub fn created_at(key: impl Into<String>, create_revision: Revision) -> Compare 
     }
 }
 
-/// Commits `compare` → `success`; false if a compare failed.
-pub async fn commit(store: &dyn Store, compare: Vec<Compare>, success: Vec<Op>) -> ApiResult<bool> {
+/// Commits `compare` → `success`; false if a compare failed. Inside a
+/// mutating request the first commit also writes the request's audit
+/// record and its replay key (see [`super::auth`]): the change and its
+/// record commit together, and a replayed request cannot commit twice.
+pub async fn commit(
+    store: &dyn Store,
+    mut compare: Vec<Compare>,
+    mut success: Vec<Op>,
+) -> ApiResult<bool> {
+    let replay = auth::add_to_txn(store, &mut compare, &mut success).await?;
     let r = store
         .txn(Txn {
             compare,
@@ -149,6 +159,14 @@ pub async fn commit(store: &dyn Store, compare: Vec<Compare>, success: Vec<Op>) 
             failure: vec![],
         })
         .await?;
+    if r.succeeded {
+        auth::committed();
+    } else if let Some(key) = replay {
+        // Another replica already committed this very request.
+        if store.get(&key).await?.is_some() {
+            return Err(auth::replayed());
+        }
+    }
     Ok(r.succeeded)
 }
 

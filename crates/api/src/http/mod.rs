@@ -6,8 +6,10 @@
 //! then write in one compare-and-swap transaction, so a failed request
 //! changes nothing (see [`db`] for how the invariants are kept).
 
+pub mod auth;
 mod db;
 mod extract;
+pub mod iam;
 pub mod nics;
 pub mod nodes;
 mod openapi;
@@ -33,11 +35,30 @@ pub use openapi::ApiDoc;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    pub auth: Arc<auth::AuthConfig>,
 }
 
-/// The whole API.
-pub fn router(store: Arc<dyn Store>) -> Router {
+/// The whole API. Every `/v1` route but the OpenAPI document needs a
+/// signed request (see [`auth`]).
+pub fn router(store: Arc<dyn Store>, auth: Arc<auth::AuthConfig>) -> Router {
+    let state = AppState { store, auth };
     let v1 = Router::new()
+        .route("/tenants", get(iam::list_tenants).post(iam::create_tenant))
+        .route(
+            "/tenants/{id}",
+            get(iam::get_tenant).delete(iam::delete_tenant),
+        )
+        .route("/users", get(iam::list_users).post(iam::create_user))
+        .route("/users/{id}", get(iam::get_user).delete(iam::delete_user))
+        .route(
+            "/users/{id}/keys",
+            get(iam::list_keys).post(iam::create_key),
+        )
+        .route(
+            "/users/{id}/keys/{key_id}",
+            axum::routing::delete(iam::delete_key),
+        )
+        .route("/audit", get(iam::list_audit))
         .route("/nodes", get(nodes::list).post(nodes::create))
         .route(
             "/nodes/{name}",
@@ -78,13 +99,17 @@ pub fn router(store: Arc<dyn Store>) -> Router {
             "/security-groups/{id}/rules/{rule_id}",
             axum::routing::delete(security_groups::delete_rule),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .route("/openapi.json", get(openapi::document));
     Router::new()
         .route("/healthz", get(healthz))
         .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(AppState { store })
+        .with_state(state)
 }
 
 /// Ok when the store answers.

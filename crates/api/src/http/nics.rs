@@ -12,12 +12,13 @@ use serde::{Deserialize, Deserializer, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::{Access, Caller};
 use super::db::{self, index, Attempt};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problem::{ApiResult, Problem};
 use super::validate;
 use super::{security_groups, subnets, vpcs, AppState};
-use crate::model::{keys, Nic, NicStatus, NicStatusRecord, Node};
+use crate::model::{keys, Nic, NicStatus, NicStatusRecord, Node, Owned};
 use crate::store::{Compare, Op, Store};
 
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
@@ -147,7 +148,7 @@ pub struct NicFilter {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NicView {
     #[serde(flatten)]
-    pub nic: Nic,
+    pub nic: Owned<Nic>,
     /// "up" once the NIC's current node reports its flows installed.
     pub status: NicStatus,
 }
@@ -165,7 +166,7 @@ fn not_found(id: &str) -> Problem {
     Problem::not_found(format!("NIC {id:?} not found"))
 }
 
-async fn load(store: &dyn Store, id: &str) -> ApiResult<db::Versioned<Nic>> {
+async fn load(store: &dyn Store, id: &str) -> ApiResult<db::Versioned<Owned<Nic>>> {
     if !validate::is_id("nic", id) {
         return Err(not_found(id));
     }
@@ -174,7 +175,7 @@ async fn load(store: &dyn Store, id: &str) -> ApiResult<db::Versioned<Nic>> {
         .ok_or_else(|| not_found(id))
 }
 
-async fn view(store: &dyn Store, nic: Nic) -> ApiResult<NicView> {
+async fn view(store: &dyn Store, nic: Owned<Nic>) -> ApiResult<NicView> {
     let record: Option<db::Versioned<NicStatusRecord>> =
         db::get_json(store, &keys::nic_status(&nic.id)).await?;
     let status = status_of(&nic, record.as_ref().map(|r| &r.value));
@@ -223,8 +224,10 @@ async fn bind(
 #[instrument(skip_all, fields(nic_id = tracing::field::Empty, subnet_id = %req.subnet_id))]
 pub async fn create(
     State(st): State<AppState>,
+    caller: Caller,
     ApiJson(req): ApiJson<CreateNic>,
 ) -> ApiResult<impl IntoResponse> {
+    caller.tenant_scope()?;
     let id = validate::new_id("nic");
     tracing::Span::current().record("nic_id", id.as_str());
     let name = req.name.clone().unwrap_or_else(|| id.clone());
@@ -251,14 +254,18 @@ pub async fn create(
     let (want_groups, pairs) = (&want_groups, &pairs);
     let store = st.store.as_ref();
     let created_at = validate::now_rfc3339();
-    let (id, name, req, created_at) = (&id, &name, &req, &created_at);
+    let (id, name, req, created_at, caller) = (&id, &name, &req, &created_at, &caller);
     let nic = db::retry("create the NIC", || async move {
-        let subnet = subnets::load(store, &req.subnet_id).await?.ok_or_else(|| {
+        let missing = || {
             Problem::invalid(
                 "subnet_id",
                 format!("`subnet_id`: subnet {:?} does not exist", req.subnet_id),
             )
-        })?;
+        };
+        let subnet = subnets::load(store, &req.subnet_id)
+            .await?
+            .ok_or_else(missing)?;
+        caller.check(&subnet.value.tenant_id, Access::Write, missing)?;
         let sn = &subnet.value;
         // Guard first, then the addresses in use: a NIC added after this
         // read bumps the guard and fails the compare.
@@ -347,20 +354,23 @@ pub async fn create(
                 .collect(),
             None => vec![],
         };
-        let nic = Nic {
-            id: id.clone(),
-            name: name.clone(),
-            subnet_id: sn.id.clone(),
-            vpc_id: sn.vpc_id.clone(),
-            mac,
-            ip,
-            node: req.node.clone(),
-            interface_id: id.clone(),
-            port_security,
-            security_groups,
-            allowed_address_pairs: pairs.clone(),
-            created_at: created_at.clone(),
-        };
+        let nic = Owned::new(
+            subnet.value.tenant_id.as_str(),
+            Nic {
+                id: id.clone(),
+                name: name.clone(),
+                subnet_id: sn.id.clone(),
+                vpc_id: sn.vpc_id.clone(),
+                mac,
+                ip,
+                node: req.node.clone(),
+                interface_id: id.clone(),
+                port_security,
+                security_groups,
+                allowed_address_pairs: pairs.clone(),
+                created_at: created_at.clone(),
+            },
+        );
         check_port_security(&nic)?;
         let mut ops = vec![
             db::put_json(&key, &nic)?,
@@ -398,10 +408,12 @@ pub async fn create(
 #[instrument(skip_all)]
 pub async fn list(
     State(st): State<AppState>,
+    caller: Caller,
     ApiQuery(f): ApiQuery<NicFilter>,
 ) -> ApiResult<Json<Vec<NicView>>> {
+    caller.tenant_scope()?;
     let store = st.store.as_ref();
-    let nics: Vec<Nic> = db::list_json(store, keys::NICS).await?;
+    let nics: Vec<Owned<Nic>> = db::list_json(store, keys::NICS).await?;
     let (kvs, _) = store.range(keys::NIC_STATUS).await?;
     let mut statuses: HashMap<String, NicStatusRecord> = HashMap::new();
     for kv in kvs {
@@ -416,6 +428,7 @@ pub async fn list(
     }
     let out = nics
         .into_iter()
+        .filter(|n| caller.sees(&n.tenant_id))
         .filter(|n| f.subnet_id.as_ref().is_none_or(|s| &n.subnet_id == s))
         .filter(|n| f.vpc_id.as_ref().is_none_or(|v| &n.vpc_id == v))
         .filter(|n| f.node.as_ref().is_none_or(|x| n.node.as_ref() == Some(x)))
@@ -432,10 +445,12 @@ pub async fn list(
 #[instrument(skip_all, fields(nic_id = %id))]
 pub async fn get(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<NicView>> {
     let store = st.store.as_ref();
     let nic = load(store, &id).await?.value;
+    caller.check(&nic.tenant_id, Access::Read, || not_found(&id))?;
     Ok(Json(view(store, nic).await?))
 }
 
@@ -446,6 +461,7 @@ pub async fn get(
 #[instrument(skip_all, fields(nic_id = %id))]
 pub async fn patch(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<PatchNic>,
 ) -> ApiResult<Json<NicView>> {
@@ -464,9 +480,10 @@ pub async fn patch(
         .transpose()?;
     let (want_groups, want_pairs) = (&want_groups, &want_pairs);
     let store = st.store.as_ref();
-    let (id, req) = (&id, &req);
+    let (id, req, caller) = (&id, &req, &caller);
     let nic = db::retry("update the NIC", || async move {
         let cur = load(store, id).await?;
+        caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         let mut nic = cur.value.clone();
         let key = keys::nic(id);
         let mut compare = vec![Compare::mod_revision_is(&key, cur.mod_revision)];
@@ -502,7 +519,7 @@ pub async fn patch(
                     .filter(|x| !cur.value.security_groups.contains(x))
                     .cloned()
                     .collect(),
-                ..nic.clone()
+                ..nic.inner.clone()
             };
             let (c, o) = group_refs(store, &joining).await?;
             compare.extend(c);
@@ -535,12 +552,14 @@ pub async fn patch(
 #[instrument(skip_all, fields(nic_id = %id))]
 pub async fn delete(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     let store = st.store.as_ref();
-    let id = &id;
+    let (id, caller) = (&id, &caller);
     db::retry("delete the NIC", || async move {
         let cur = load(store, id).await?;
+        caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         let key = keys::nic(id);
         let mut ops = vec![Op::delete(&key), Op::delete(keys::nic_status(id))];
         for idx in [

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::Caller;
 use super::db::{self, index, Attempt};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problem::{ApiResult, Problem};
@@ -100,8 +101,10 @@ async fn members(store: &dyn crate::store::Store, set: &str) -> ApiResult<usize>
 #[instrument(skip_all, fields(node = %req.name))]
 pub async fn create(
     State(st): State<AppState>,
+    caller: Caller,
     ApiJson(req): ApiJson<CreateNode>,
 ) -> ApiResult<impl IntoResponse> {
+    caller.infra()?;
     validate::dns_label("name", &req.name)?;
     let set = req.set.unwrap_or_else(|| DEFAULT_SET.to_string());
     validate::dns_label("set", &set)?;
@@ -169,8 +172,10 @@ pub async fn create(
 #[instrument(skip_all)]
 pub async fn list(
     State(st): State<AppState>,
+    caller: Caller,
     ApiQuery(filter): ApiQuery<NodeFilter>,
 ) -> ApiResult<Json<Vec<Node>>> {
+    caller.infra()?;
     let nodes: Vec<Node> = db::list_json(st.store.as_ref(), keys::NODES).await?;
     Ok(Json(
         nodes
@@ -195,8 +200,10 @@ async fn load(store: &dyn crate::store::Store, name: &str) -> ApiResult<db::Vers
 #[instrument(skip_all, fields(node = %name))]
 pub async fn get(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<Node>> {
+    caller.infra()?;
     Ok(Json(load(st.store.as_ref(), &name).await?.value))
 }
 
@@ -207,9 +214,11 @@ pub async fn get(
 #[instrument(skip_all, fields(node = %name))]
 pub async fn patch(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<PatchNode>,
 ) -> ApiResult<Json<Node>> {
+    caller.infra()?;
     if let Some(set) = &req.set {
         validate::dns_label("set", set)?;
     }
@@ -290,8 +299,10 @@ pub async fn patch(
 #[instrument(skip_all, fields(node = %name))]
 pub async fn delete(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
+    caller.infra()?;
     let store = st.store.as_ref();
     let name = &name;
     db::retry("delete the node", || async move {

@@ -19,12 +19,13 @@ use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::{Access, Caller};
 use super::db::{self, index, Attempt};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problem::{ApiResult, Problem};
 use super::validate::{self, RuleSpec};
 use super::{vpcs, AppState};
-use crate::model::{keys, Direction, Nic, Protocol, SecurityGroup, SecurityGroupRule};
+use crate::model::{keys, Direction, Nic, Owned, Protocol, SecurityGroup, SecurityGroupRule};
 use crate::store::{Compare, Op, Store};
 
 /// Index and guard keys of security groups.
@@ -134,7 +135,7 @@ fn name_taken(name: &str, vpc_id: &str, owner: &str) -> Problem {
 pub(super) async fn load(
     store: &dyn Store,
     id: &str,
-) -> ApiResult<Option<db::Versioned<SecurityGroup>>> {
+) -> ApiResult<Option<db::Versioned<Owned<SecurityGroup>>>> {
     if !validate::is_id("sg", id) {
         return Ok(None);
     }
@@ -235,8 +236,10 @@ fn check_rules(reqs: &[CreateRule]) -> ApiResult<Vec<SecurityGroupRule>> {
 #[instrument(skip_all, fields(sg_id = tracing::field::Empty, vpc_id = %req.vpc_id))]
 pub async fn create(
     State(st): State<AppState>,
+    caller: Caller,
     ApiJson(req): ApiJson<CreateSecurityGroup>,
 ) -> ApiResult<impl IntoResponse> {
+    caller.tenant_scope()?;
     validate::name("name", &req.name)?;
     let description = req.description.clone().unwrap_or_default();
     validate::description("description", &description)?;
@@ -246,13 +249,16 @@ pub async fn create(
     let store = st.store.as_ref();
     let created_at = validate::now_rfc3339();
     let (id, req, rules, description, created_at) = (&id, &req, &rules, &description, &created_at);
+    let caller = &caller;
     let group = db::retry("create the security group", || async move {
-        let vpc = vpcs::load(store, &req.vpc_id).await?.ok_or_else(|| {
+        let missing = || {
             Problem::invalid(
                 "vpc_id",
                 format!("`vpc_id`: VPC {:?} does not exist", req.vpc_id),
             )
-        })?;
+        };
+        let vpc = vpcs::load(store, &req.vpc_id).await?.ok_or_else(missing)?;
+        caller.check(&vpc.value.tenant_id, Access::Write, missing)?;
         let vpc_id = &vpc.value.id;
         let name_key = sg_index::name(vpc_id, &req.name);
         if let Some(owner) = db::get_text(store, &name_key).await? {
@@ -264,15 +270,18 @@ pub async fn create(
             Compare::absent(&key),
             Compare::absent(&name_key),
         ];
-        let group = SecurityGroup {
-            id: id.clone(),
-            name: req.name.clone(),
-            vpc_id: vpc_id.clone(),
-            description: description.clone(),
-            is_default: false,
-            rules: rules.clone(),
-            created_at: created_at.clone(),
-        };
+        let group = Owned::new(
+            vpc.value.tenant_id.as_str(),
+            SecurityGroup {
+                id: id.clone(),
+                name: req.name.clone(),
+                vpc_id: vpc_id.clone(),
+                description: description.clone(),
+                is_default: false,
+                rules: rules.clone(),
+                created_at: created_at.clone(),
+            },
+        );
         let mut ops = vec![
             db::put_json(&key, &group)?,
             Op::put(name_key, id.as_bytes().to_vec()),
@@ -308,11 +317,15 @@ pub async fn create(
 #[instrument(skip_all)]
 pub async fn list(
     State(st): State<AppState>,
+    caller: Caller,
     ApiQuery(f): ApiQuery<GroupFilter>,
-) -> ApiResult<Json<Vec<SecurityGroup>>> {
-    let all: Vec<SecurityGroup> = db::list_json(st.store.as_ref(), keys::SECURITY_GROUPS).await?;
+) -> ApiResult<Json<Vec<Owned<SecurityGroup>>>> {
+    caller.tenant_scope()?;
+    let all: Vec<Owned<SecurityGroup>> =
+        db::list_json(st.store.as_ref(), keys::SECURITY_GROUPS).await?;
     Ok(Json(
         all.into_iter()
+            .filter(|g| caller.sees(&g.tenant_id))
             .filter(|g| f.vpc_id.as_ref().is_none_or(|v| &g.vpc_id == v))
             .collect(),
     ))
@@ -324,11 +337,13 @@ pub async fn list(
 #[instrument(skip_all, fields(sg_id = %id))]
 pub async fn get(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<SecurityGroup>> {
+) -> ApiResult<Json<Owned<SecurityGroup>>> {
     let g = load(st.store.as_ref(), &id)
         .await?
         .ok_or_else(|| not_found(&id))?;
+    caller.check(&g.value.tenant_id, Access::Read, || not_found(&id))?;
     Ok(Json(g.value))
 }
 
@@ -339,9 +354,10 @@ pub async fn get(
 #[instrument(skip_all, fields(sg_id = %id))]
 pub async fn patch(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<PatchSecurityGroup>,
-) -> ApiResult<Json<SecurityGroup>> {
+) -> ApiResult<Json<Owned<SecurityGroup>>> {
     if let Some(name) = &req.name {
         validate::name("name", name)?;
     }
@@ -349,9 +365,10 @@ pub async fn patch(
         validate::description("description", d)?;
     }
     let store = st.store.as_ref();
-    let (id, req) = (&id, &req);
+    let (id, req, caller) = (&id, &req, &caller);
     let group = db::retry("update the security group", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
+        caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         let mut g = cur.value.clone();
         let key = keys::security_group(id);
         let mut compare = vec![Compare::mod_revision_is(&key, cur.mod_revision)];
@@ -393,12 +410,14 @@ pub async fn patch(
 #[instrument(skip_all, fields(sg_id = %id))]
 pub async fn delete(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     let store = st.store.as_ref();
-    let id = &id;
+    let (id, caller) = (&id, &caller);
     db::retry("delete the security group", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
+        caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         if cur.value.is_default {
             return Err(Problem::conflict(format!(
                 "security group {id:?} is the default group of VPC {:?}; it is deleted with \
@@ -476,15 +495,17 @@ pub(super) async fn groups_of(store: &dyn Store, vpc_id: &str) -> ApiResult<Vec<
 #[instrument(skip_all, fields(sg_id = %id, rule_id = tracing::field::Empty))]
 pub async fn add_rule(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<CreateRule>,
 ) -> ApiResult<impl IntoResponse> {
     let rule = validate::rule("", &req.spec())?;
     tracing::Span::current().record("rule_id", rule.id.as_str());
     let store = st.store.as_ref();
-    let (id, rule) = (&id, &rule);
+    let (id, rule, caller) = (&id, &rule, &caller);
     db::retry("add the rule", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
+        caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         let mut g = cur.value.clone();
         if let Some(same) = g.rules.iter().find(|r| r.same_match(rule)) {
             return Err(Problem::conflict(format!(
@@ -530,12 +551,14 @@ pub async fn add_rule(
 #[instrument(skip_all, fields(sg_id = %path.0, rule_id = %path.1))]
 pub async fn delete_rule(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(path): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let store = st.store.as_ref();
-    let (id, rule_id) = (&path.0, &path.1);
+    let (id, rule_id, caller) = (&path.0, &path.1, &caller);
     db::retry("delete the rule", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
+        caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         let mut g = cur.value.clone();
         let before = g.rules.len();
         g.rules.retain(|r| r.id != *rule_id);

@@ -8,13 +8,14 @@ use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::{Access, Caller};
 use super::db::{self, index, Attempt};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problem::{ApiResult, Problem};
 use super::validate;
 use super::vpcs;
 use super::AppState;
-use crate::model::{keys, Nic, Subnet};
+use crate::model::{keys, Nic, Owned, Subnet};
 use crate::store::{Compare, Op, Store};
 
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
@@ -59,7 +60,10 @@ fn not_found(id: &str) -> Problem {
     Problem::not_found(format!("subnet {id:?} not found"))
 }
 
-pub(super) async fn load(store: &dyn Store, id: &str) -> ApiResult<Option<db::Versioned<Subnet>>> {
+pub(super) async fn load(
+    store: &dyn Store,
+    id: &str,
+) -> ApiResult<Option<db::Versioned<Owned<Subnet>>>> {
     if !validate::is_id("subnet", id) {
         return Ok(None);
     }
@@ -68,22 +72,25 @@ pub(super) async fn load(store: &dyn Store, id: &str) -> ApiResult<Option<db::Ve
 
 /// NICs in `subnet_id`, from the NIC objects themselves.
 async fn nics_of(store: &dyn Store, subnet_id: &str) -> ApiResult<Vec<String>> {
-    let all: Vec<Nic> = db::list_json(store, keys::NICS).await?;
+    let all: Vec<Owned<Nic>> = db::list_json(store, keys::NICS).await?;
     Ok(all
         .into_iter()
         .filter(|n| n.subnet_id == subnet_id)
-        .map(|n| n.id)
+        .map(|n| n.inner.id)
         .collect())
 }
 
 #[utoipa::path(post, path = "/v1/subnets", tag = "subnets", request_body = CreateSubnet,
-    responses((status = 201, body = Subnet), (status = 400, body = Problem),
+    responses((status = 201, body = Owned<Subnet>), (status = 400, body = Problem),
+        (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(subnet_id = tracing::field::Empty, vpc_id = %req.vpc_id))]
 pub async fn create(
     State(st): State<AppState>,
+    caller: Caller,
     ApiJson(req): ApiJson<CreateSubnet>,
 ) -> ApiResult<impl IntoResponse> {
+    caller.tenant_scope()?;
     let id = validate::new_id("subnet");
     tracing::Span::current().record("subnet_id", id.as_str());
     let name = req.name.clone().unwrap_or_else(|| id.clone());
@@ -103,13 +110,16 @@ pub async fn create(
     let store = st.store.as_ref();
     let created_at = validate::now_rfc3339();
     let (id, name, req, dns_servers, created_at) = (&id, &name, &req, &dns_servers, &created_at);
+    let caller = &caller;
     let subnet = db::retry("create the subnet", || async move {
-        let vpc = vpcs::load(store, &req.vpc_id).await?.ok_or_else(|| {
+        let missing = || {
             Problem::invalid(
                 "vpc_id",
                 format!("`vpc_id`: VPC {:?} does not exist", req.vpc_id),
             )
-        })?;
+        };
+        let vpc = vpcs::load(store, &req.vpc_id).await?.ok_or_else(missing)?;
+        caller.check(&vpc.value.tenant_id, Access::Write, missing)?;
         if !vpc.value.cidrs.iter().any(|c| c.contains(&cidr)) {
             let cidrs: Vec<String> = vpc.value.cidrs.iter().map(|c| c.to_string()).collect();
             return Err(Problem::invalid(
@@ -135,17 +145,20 @@ pub async fn create(
         }
         let gateway_mac = validate::random_mac();
         let mac_key = index::mac(&vpc.value.id, gateway_mac);
-        let subnet = Subnet {
-            id: id.clone(),
-            name: name.clone(),
-            vpc_id: vpc.value.id.clone(),
-            cidr,
-            gateway_ip,
-            gateway_mac,
-            dns_servers: dns_servers.clone(),
-            mtu,
-            created_at: created_at.clone(),
-        };
+        let subnet = Owned::new(
+            vpc.value.tenant_id.as_str(),
+            Subnet {
+                id: id.clone(),
+                name: name.clone(),
+                vpc_id: vpc.value.id.clone(),
+                cidr,
+                gateway_ip,
+                gateway_mac,
+                dns_servers: dns_servers.clone(),
+                mtu,
+                created_at: created_at.clone(),
+            },
+        );
         let key = keys::subnet(id);
         db::commit_attempt(
             store,
@@ -175,43 +188,52 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/v1/subnets", tag = "subnets", params(SubnetFilter),
-    responses((status = 200, body = Vec<Subnet>), (status = 400, body = Problem)))]
+    responses((status = 200, body = [Owned<Subnet>]), (status = 400, body = Problem),
+        (status = 401, body = Problem), (status = 403, body = Problem)))]
 #[instrument(skip_all)]
 pub async fn list(
     State(st): State<AppState>,
+    caller: Caller,
     ApiQuery(filter): ApiQuery<SubnetFilter>,
-) -> ApiResult<Json<Vec<Subnet>>> {
-    let all: Vec<Subnet> = db::list_json(st.store.as_ref(), keys::SUBNETS).await?;
+) -> ApiResult<Json<Vec<Owned<Subnet>>>> {
+    caller.tenant_scope()?;
+    let all: Vec<Owned<Subnet>> = db::list_json(st.store.as_ref(), keys::SUBNETS).await?;
     Ok(Json(
         all.into_iter()
+            .filter(|s| caller.sees(&s.tenant_id))
             .filter(|s| filter.vpc_id.as_ref().is_none_or(|v| &s.vpc_id == v))
             .collect(),
     ))
 }
 
 #[utoipa::path(get, path = "/v1/subnets/{id}", tag = "subnets", params(("id" = String, Path)),
-    responses((status = 200, body = Subnet), (status = 404, body = Problem)))]
+    responses((status = 200, body = Owned<Subnet>), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem)))]
 #[instrument(skip_all, fields(subnet_id = %id))]
 pub async fn get(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Subnet>> {
+) -> ApiResult<Json<Owned<Subnet>>> {
     let s = load(st.store.as_ref(), &id)
         .await?
         .ok_or_else(|| not_found(&id))?;
+    caller.check(&s.value.tenant_id, Access::Read, || not_found(&id))?;
     Ok(Json(s.value))
 }
 
 #[utoipa::path(patch, path = "/v1/subnets/{id}", tag = "subnets", request_body = PatchSubnet,
     params(("id" = String, Path)),
-    responses((status = 200, body = Subnet), (status = 404, body = Problem),
+    responses((status = 200, body = Owned<Subnet>), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem),
         (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(subnet_id = %id))]
 pub async fn patch(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<PatchSubnet>,
-) -> ApiResult<Json<Subnet>> {
+) -> ApiResult<Json<Owned<Subnet>>> {
     if let Some(name) = &req.name {
         validate::name("name", name)?;
     }
@@ -221,9 +243,10 @@ pub async fn patch(
         .map(validate::dns_servers)
         .transpose()?;
     let store = st.store.as_ref();
-    let (id, req, dns) = (&id, &req, &dns);
+    let (id, req, dns, caller) = (&id, &req, &dns, &caller);
     let subnet = db::retry("update the subnet", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
+        caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         let mut subnet = cur.value.clone();
         if let Some(name) = &req.name {
             subnet.name = name.clone();
@@ -249,16 +272,19 @@ pub async fn patch(
 }
 
 #[utoipa::path(delete, path = "/v1/subnets/{id}", tag = "subnets", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem)))]
 #[instrument(skip_all, fields(subnet_id = %id))]
 pub async fn delete(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     let store = st.store.as_ref();
-    let id = &id;
+    let (id, caller) = (&id, &caller);
     db::retry("delete the subnet", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
+        caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         // Guard first, then the NICs: a NIC added after this read bumps the
         // guard and fails the compare.
         let guard = index::subnet_guard(id);

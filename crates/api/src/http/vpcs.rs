@@ -8,14 +8,15 @@ use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::ToSchema;
 
+use super::auth::{Access, Caller};
 use super::db::{self, index, Attempt};
 use super::extract::{ApiJson, ApiPath};
 use super::nodes::DEFAULT_SET;
 use super::problem::{ApiResult, Problem};
 use super::security_groups::{self, sg_index};
 use super::validate;
-use super::AppState;
-use crate::model::{keys, Subnet, Vpc};
+use super::{iam, AppState};
+use crate::model::{keys, Owned, Subnet, Vpc};
 use crate::store::{Compare, Op, Store};
 
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
@@ -46,7 +47,10 @@ fn name_taken(name: &str, owner: &str) -> Problem {
     Problem::conflict(format!("a VPC named {name:?} already exists ({owner})")).with_field("name")
 }
 
-pub(super) async fn load(store: &dyn Store, id: &str) -> ApiResult<Option<db::Versioned<Vpc>>> {
+pub(super) async fn load(
+    store: &dyn Store,
+    id: &str,
+) -> ApiResult<Option<db::Versioned<Owned<Vpc>>>> {
     if !validate::is_id("vpc", id) {
         return Ok(None);
     }
@@ -54,19 +58,22 @@ pub(super) async fn load(store: &dyn Store, id: &str) -> ApiResult<Option<db::Ve
 }
 
 /// Subnets of `vpc_id`, from the subnet objects themselves.
-pub(super) async fn subnets_of(store: &dyn Store, vpc_id: &str) -> ApiResult<Vec<Subnet>> {
-    let all: Vec<Subnet> = db::list_json(store, keys::SUBNETS).await?;
+pub(super) async fn subnets_of(store: &dyn Store, vpc_id: &str) -> ApiResult<Vec<Owned<Subnet>>> {
+    let all: Vec<Owned<Subnet>> = db::list_json(store, keys::SUBNETS).await?;
     Ok(all.into_iter().filter(|s| s.vpc_id == vpc_id).collect())
 }
 
 #[utoipa::path(post, path = "/v1/vpcs", tag = "vpcs", request_body = CreateVpc,
-    responses((status = 201, body = Vpc), (status = 400, body = Problem),
+    responses((status = 201, body = Owned<Vpc>), (status = 400, body = Problem),
+        (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(vpc_id = tracing::field::Empty, name = %req.name))]
 pub async fn create(
     State(st): State<AppState>,
+    caller: Caller,
     ApiJson(req): ApiJson<CreateVpc>,
 ) -> ApiResult<impl IntoResponse> {
+    let tenant = caller.tenant_for_create()?;
     validate::name("name", &req.name)?;
     let set = req.set.unwrap_or_else(|| DEFAULT_SET.to_string());
     validate::dns_label("set", &set)?;
@@ -76,9 +83,10 @@ pub async fn create(
     let store = st.store.as_ref();
     let (id, name, set, cidrs) = (&id, &req.name, &set, &cidrs);
     let created_at = validate::now_rfc3339();
-    let created_at = &created_at;
+    let (created_at, caller, tenant) = (&created_at, &caller, &tenant);
     let vpc = db::retry("create the VPC", || async move {
-        let name_key = index::vpc_name(name);
+        let (tenant_cmp, tenant_op) = iam::tenant_ref(store, caller, tenant, "tenant_id").await?;
+        let name_key = index::vpc_name(tenant, name);
         if let Some(owner) = db::get_text(store, &name_key).await? {
             return Err(name_taken(name, &owner));
         }
@@ -94,18 +102,24 @@ pub async fn create(
         // The default security group is born with the VPC, in the same
         // transaction: a VPC never exists without it.
         let sg_id = validate::new_id("sg");
-        let sg = security_groups::default_group(&sg_id, id, created_at);
+        let sg = Owned::new(
+            tenant.as_str(),
+            security_groups::default_group(&sg_id, id, created_at),
+        );
         let sg_key = keys::security_group(&sg_id);
         let sg_name_key = sg_index::name(id, &sg.name);
-        let vpc = Vpc {
-            id: id.clone(),
-            name: name.clone(),
-            set: set.clone(),
-            cidrs: cidrs.clone(),
-            vni,
-            default_security_group_id: Some(sg_id.clone()),
-            created_at: created_at.clone(),
-        };
+        let vpc = Owned::new(
+            tenant.as_str(),
+            Vpc {
+                id: id.clone(),
+                name: name.clone(),
+                set: set.clone(),
+                cidrs: cidrs.clone(),
+                vni,
+                default_security_group_id: Some(sg_id.clone()),
+                created_at: created_at.clone(),
+            },
+        );
         let key = keys::vpc(id);
         db::commit_attempt(
             store,
@@ -115,8 +129,10 @@ pub async fn create(
                 Compare::absent(&vni_key),
                 Compare::absent(&sg_key),
                 Compare::absent(&sg_name_key),
+                tenant_cmp,
             ],
             vec![
+                tenant_op,
                 db::put_json(&key, &vpc)?,
                 Op::put(name_key, id.as_bytes().to_vec()),
                 Op::put(vni_key, id.as_bytes().to_vec()),
@@ -138,47 +154,63 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/v1/vpcs", tag = "vpcs",
-    responses((status = 200, body = Vec<Vpc>)))]
+    responses((status = 200, body = [Owned<Vpc>]), (status = 401, body = Problem),
+        (status = 403, body = Problem)))]
 #[instrument(skip_all)]
-pub async fn list(State(st): State<AppState>) -> ApiResult<Json<Vec<Vpc>>> {
-    Ok(Json(db::list_json(st.store.as_ref(), keys::VPCS).await?))
+pub async fn list(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Owned<Vpc>>>> {
+    caller.tenant_scope()?;
+    let all: Vec<Owned<Vpc>> = db::list_json(st.store.as_ref(), keys::VPCS).await?;
+    Ok(Json(
+        all.into_iter()
+            .filter(|v| caller.sees(&v.tenant_id))
+            .collect(),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/vpcs/{id}", tag = "vpcs", params(("id" = String, Path)),
-    responses((status = 200, body = Vpc), (status = 404, body = Problem)))]
+    responses((status = 200, body = Owned<Vpc>), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem)))]
 #[instrument(skip_all, fields(vpc_id = %id))]
-pub async fn get(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Vpc>> {
+pub async fn get(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Owned<Vpc>>> {
     let vpc = load(st.store.as_ref(), &id)
         .await?
         .ok_or_else(|| not_found(&id))?;
+    caller.check(&vpc.value.tenant_id, Access::Read, || not_found(&id))?;
     Ok(Json(vpc.value))
 }
 
 #[utoipa::path(patch, path = "/v1/vpcs/{id}", tag = "vpcs", request_body = PatchVpc,
     params(("id" = String, Path)),
-    responses((status = 200, body = Vpc), (status = 404, body = Problem),
+    responses((status = 200, body = Owned<Vpc>), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(vpc_id = %id))]
 pub async fn patch(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<PatchVpc>,
-) -> ApiResult<Json<Vpc>> {
+) -> ApiResult<Json<Owned<Vpc>>> {
     if let Some(name) = &req.name {
         validate::name("name", name)?;
     }
     let store = st.store.as_ref();
-    let (id, req) = (&id, &req);
+    let (id, req, caller) = (&id, &req, &caller);
     let vpc = db::retry("rename the VPC", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
+        caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         let Some(name) = req.name.as_ref().filter(|n| **n != cur.value.name) else {
             return Ok(Attempt::Done(cur.value));
         };
-        let new_key = index::vpc_name(name);
+        let new_key = index::vpc_name(&cur.value.tenant_id, name);
         if let Some(owner) = db::get_text(store, &new_key).await? {
             return Err(name_taken(name, &owner));
         }
-        let old_key = index::vpc_name(&cur.value.name);
+        let old_key = index::vpc_name(&cur.value.tenant_id, &cur.value.name);
         let mut vpc = cur.value.clone();
         vpc.name = name.clone();
         let key = keys::vpc(id);
@@ -206,16 +238,19 @@ pub async fn patch(
 }
 
 #[utoipa::path(delete, path = "/v1/vpcs/{id}", tag = "vpcs", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem)))]
 #[instrument(skip_all, fields(vpc_id = %id))]
 pub async fn delete(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     let store = st.store.as_ref();
-    let id = &id;
+    let (id, caller) = (&id, &caller);
     db::retry("delete the VPC", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
+        caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         // Guard first, then the subnets: a subnet added after this read
         // bumps the guard and fails the compare.
         let guard = index::vpc_guard(id);
@@ -223,7 +258,7 @@ pub async fn delete(
         let subnets: Vec<String> = subnets_of(store, id)
             .await?
             .into_iter()
-            .map(|s| s.id)
+            .map(|s| s.inner.id)
             .collect();
         if !subnets.is_empty() {
             return Err(Problem::conflict(format!(
@@ -254,7 +289,10 @@ pub async fn delete(
                 ops.push(Op::delete(name_key));
             }
         }
-        for idx in [index::vpc_name(&cur.value.name), index::vni(cur.value.vni)] {
+        for idx in [
+            index::vpc_name(&cur.value.tenant_id, &cur.value.name),
+            index::vni(cur.value.vni),
+        ] {
             if db::get_text(store, &idx).await?.as_deref() == Some(id.as_str()) {
                 ops.push(Op::delete(idx));
             }

@@ -19,6 +19,7 @@
 //! holds. [`embedded::EmbeddedStore`] is the default backend.
 
 pub mod conformance;
+pub mod election;
 pub mod embedded;
 pub mod etcd;
 #[cfg(test)]

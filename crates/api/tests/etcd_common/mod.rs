@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use api::http::auth::{self, AuthConfig};
 use api::store::etcd::{EtcdOptions, EtcdStore};
+use proto::sign::Credentials;
 use serde_json::{json, Value};
 use tests::etcd::EtcdCluster;
 
@@ -41,11 +43,61 @@ impl Replica {
         .expect("etcd answers");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = api::http::router(Arc::new(store.clone()));
+        // The first replica of a cluster makes the admin; every replica's
+        // requests are signed with its key.
+        let config = AuthConfig::new(MASTER.to_vec());
+        let cluster_id = cluster.store_url();
+        if let Some(admin) = auth::bootstrap(&store, &config).await.unwrap() {
+            creds().insert(cluster_id.clone(), admin.credentials());
+        }
+        let c = creds()[&cluster_id].clone();
+        creds().insert(base.clone(), c);
+        let app = api::http::router(Arc::new(store.clone()), config);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
         Replica { base, store, task }
+    }
+}
+
+const MASTER: &[u8] = b"etcd-test-master-secret-0123";
+
+/// Key pairs by cluster (store URL) and by replica base URL.
+fn creds() -> std::sync::MutexGuard<'static, BTreeMap<String, Credentials>> {
+    static CREDS: Mutex<BTreeMap<String, Credentials>> = Mutex::new(BTreeMap::new());
+    CREDS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `client.request(method, url)` signed as the admin of the replica at
+/// the start of `url`.
+pub fn signed(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<&Value>,
+) -> reqwest::RequestBuilder {
+    let u = reqwest::Url::parse(url).unwrap();
+    let base = format!("{}://{}", u.scheme(), u.authority());
+    let c = creds()
+        .get(&base)
+        .cloned()
+        .unwrap_or_else(|| panic!("no credentials for {base}"));
+    let bytes = body
+        .map(|b| serde_json::to_vec(b).unwrap())
+        .unwrap_or_default();
+    let h = proto::sign::authorization(
+        &c,
+        method.as_str(),
+        u.path(),
+        u.query().unwrap_or(""),
+        &bytes,
+        proto::sign::unix_now(),
+        &proto::sign::new_nonce(),
+    );
+    let req = client.request(method, u).header("authorization", h);
+    match body {
+        Some(_) => req.header("content-type", "application/json").body(bytes),
+        None => req,
     }
 }
 
@@ -62,9 +114,7 @@ pub async fn post(
     url: &str,
     body: &Value,
 ) -> Result<(u16, Value), String> {
-    let resp = client
-        .post(url)
-        .json(body)
+    let resp = signed(client, reqwest::Method::POST, url, Some(body))
         .send()
         .await
         .map_err(|e| e.to_string())?;
@@ -74,7 +124,10 @@ pub async fn post(
 }
 
 pub async fn get(client: &reqwest::Client, url: &str) -> Value {
-    let resp = client.get(url).send().await.unwrap();
+    let resp = signed(client, reqwest::Method::GET, url, None)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 200, "GET {url}");
     resp.json().await.unwrap()
 }

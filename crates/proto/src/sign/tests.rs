@@ -273,3 +273,15 @@ fn nonces_differ() {
     assert_eq!(a.len(), 32);
     assert_ne!(a, new_nonce());
 }
+
+#[test]
+fn the_docs_publish_these_vectors() {
+    let docs = include_str!("../../../../docs/api-auth.md");
+    for v in VECTORS {
+        let sig = v.header.rsplit("Signature=").next().unwrap_or_default();
+        assert!(docs.contains(sig), "docs/api-auth.md lacks {sig}");
+        if !v.canonical_query.is_empty() {
+            assert!(docs.contains(v.canonical_query));
+        }
+    }
+}

@@ -34,8 +34,18 @@ fn run() -> Result<()> {
         started.elapsed().as_secs_f64(),
         cloud.api.base()
     );
+    let credentials = cloud
+        .lab
+        .flowctl()
+        .map(|c| c.admin_credentials_file())
+        .ok_or_else(|| LabError::Invalid("flowctl not started".into()))?;
+    println!(
+        "    the first system admin's API key is in {}",
+        credentials.display()
+    );
     let cli = Cli {
         api: cloud.api.base().to_string(),
+        credentials,
     };
     cli.show(&["node", "list"])?;
 
@@ -157,12 +167,15 @@ fn run() -> Result<()> {
 /// Runs the flowctl CLI against the demo's API.
 struct Cli {
     api: String,
+    /// The key pair the CLI signs with (STACKNET_CREDENTIALS).
+    credentials: std::path::PathBuf,
 }
 
 impl Cli {
     fn run(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(bins::binary("flowctl")?)
             .env("STACKNET_API", &self.api)
+            .env("STACKNET_CREDENTIALS", &self.credentials)
             .args(args)
             .output()
             .map_err(|source| LabError::Spawn {

@@ -8,17 +8,23 @@ use axum::http::Method;
 use serde_json::json;
 
 use super::{Api, Reply};
+use crate::model::keys;
 use crate::store::{
     KeyValue, LeaseId, Result, Revision, Store, StoreError, Txn, TxnResult, WatchStream,
 };
 
-/// Every call fails with the error its function builds.
-struct Broken(fn() -> StoreError);
+/// Every call fails with the error its function builds, except reads of
+/// identities (served by a working store), so that requests authenticate
+/// and reach the handlers.
+struct Broken(fn() -> StoreError, Option<Arc<dyn Store>>);
 
 #[async_trait]
 impl Store for Broken {
-    async fn get(&self, _: &str) -> Result<Option<KeyValue>> {
-        Err((self.0)())
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        match &self.1 {
+            Some(iam) if key.starts_with(keys::IAM) => iam.get(key).await,
+            _ => Err((self.0)()),
+        }
     }
     async fn range(&self, _: &str) -> Result<(Vec<KeyValue>, Revision)> {
         Err((self.0)())
@@ -46,10 +52,11 @@ impl Store for Broken {
     }
 }
 
-async fn against(store: Broken) -> Vec<Reply> {
+async fn against(mut store: Broken) -> Vec<Reply> {
     let api = Api::new().await;
+    store.1 = Some(api.store.clone());
     let api = Api {
-        app: super::super::router(Arc::new(store)),
+        app: super::super::router(Arc::new(store), api.auth.clone()),
         ..api
     };
     let mut out = vec![];
@@ -77,9 +84,10 @@ async fn against(store: Broken) -> Vec<Reply> {
 
 #[tokio::test]
 async fn an_unavailable_store_is_a_503_problem() {
-    let replies = against(Broken(|| {
-        StoreError::Unavailable("etcd at 10.1.2.3:2379 refused".into())
-    }))
+    let replies = against(Broken(
+        || StoreError::Unavailable("etcd at 10.1.2.3:2379 refused".into()),
+        None,
+    ))
     .await;
     for r in replies {
         r.problem(503, &["unavailable"]);
@@ -89,9 +97,10 @@ async fn an_unavailable_store_is_a_503_problem() {
 
 #[tokio::test]
 async fn a_broken_store_is_a_500_problem_that_leaks_nothing() {
-    let replies = against(Broken(|| {
-        StoreError::Corrupt("/var/lib/stacknet/store.redb: bad page".into())
-    }))
+    let replies = against(Broken(
+        || StoreError::Corrupt("/var/lib/stacknet/store.redb: bad page".into()),
+        None,
+    ))
     .await;
     for r in replies {
         r.problem(500, &["changed nothing"]);
@@ -100,11 +109,28 @@ async fn a_broken_store_is_a_500_problem_that_leaks_nothing() {
 }
 
 #[tokio::test]
-async fn bad_input_is_still_a_4xx_when_the_store_is_down() {
-    // Validation runs before the store is touched.
+async fn with_the_store_down_nobody_authenticates() {
     let api = Api::new().await;
     let api = Api {
-        app: super::super::router(Arc::new(Broken(|| StoreError::Unavailable("x".into())))),
+        app: super::super::router(
+            Arc::new(Broken(|| StoreError::Unavailable("x".into()), None)),
+            api.auth.clone(),
+        ),
+        ..api
+    };
+    api.get("/v1/vpcs").await.problem(503, &["unavailable"]);
+}
+
+#[tokio::test]
+async fn bad_input_is_still_a_4xx_when_the_store_is_down() {
+    // Validation runs before the model in the store is touched.
+    let api = Api::new().await;
+    let broken = Broken(
+        || StoreError::Unavailable("x".into()),
+        Some(api.store.clone()),
+    );
+    let api = Api {
+        app: super::super::router(Arc::new(broken), api.auth.clone()),
         ..api
     };
     api.post("/v1/vpcs", json!({"name": "a", "cidrs": ["10.0.0.0/33"]}))

@@ -1,7 +1,10 @@
 //! In-process tests of the API over a real embedded store in a temp dir.
 
+mod audit;
 mod concurrency;
 mod failures;
+mod iam;
+mod matrix;
 mod nics;
 mod nodes;
 mod protocol;
@@ -20,14 +23,25 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 use tower::ServiceExt;
 
+use crate::http::auth::{self, AuthConfig, Bootstrap};
 use crate::model::keys;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::Store;
+use proto::sign::Credentials;
 
+pub const MASTER: &[u8] = b"test-master-secret-0123456789";
+
+/// The API over a fresh store, calling as the bootstrap system admin
+/// unless [`Api::with_creds`] says otherwise.
+#[derive(Clone)]
 pub struct Api {
     pub app: Router,
     pub store: Arc<EmbeddedStore>,
-    _dir: TempDir,
+    pub auth: Arc<AuthConfig>,
+    pub admin: Bootstrap,
+    /// Who the requests are signed as; none: unsigned.
+    pub creds: Option<Credentials>,
+    _dir: Arc<TempDir>,
 }
 
 /// An answer: status, content type and the JSON body (Null if empty).
@@ -76,20 +90,95 @@ impl Api {
     pub async fn new() -> Api {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
-        let app = super::router(store.clone());
+        let auth = AuthConfig::new(MASTER.to_vec());
+        let admin = auth::bootstrap(store.as_ref(), &auth)
+            .await
+            .unwrap()
+            .unwrap();
+        let app = super::router(store.clone(), auth.clone());
         Api {
             app,
+            creds: Some(admin.credentials()),
             store,
-            _dir: dir,
+            auth,
+            admin,
+            _dir: Arc::new(dir),
         }
     }
 
-    pub async fn raw(&self, method: Method, uri: &str, ct: Option<&str>, body: &[u8]) -> Reply {
-        let mut req = Request::builder().method(method).uri(uri);
+    /// The same API, calling as `creds` (unsigned for `None`).
+    pub fn with_creds(&self, creds: Option<Credentials>) -> Api {
+        Api {
+            creds,
+            ..self.clone()
+        }
+    }
+
+    /// A new user with `role` in `tenant_id` (made by the admin), and a
+    /// key pair of theirs.
+    pub async fn principal(
+        &self,
+        name: &str,
+        role: &str,
+        tenant_id: &str,
+    ) -> (String, Credentials) {
+        let admin = self.with_creds(Some(self.admin.credentials()));
+        let user = admin
+            .post(
+                "/v1/users",
+                json!({"name": name, "password": "correct horse battery",
+                       "tenant_id": tenant_id, "role": role}),
+            )
+            .await;
+        let id = user.ok(201)["id"].as_str().unwrap().to_string();
+        let key = admin.post(format!("/v1/users/{id}/keys"), json!({})).await;
+        let key = key.ok(201);
+        (
+            id,
+            Credentials {
+                key_id: key["key_id"].as_str().unwrap().to_string(),
+                secret: key["secret"].as_str().unwrap().to_string(),
+            },
+        )
+    }
+
+    /// A new tenant's id.
+    pub async fn tenant(&self, name: &str) -> String {
+        let admin = self.with_creds(Some(self.admin.credentials()));
+        let t = admin.post("/v1/tenants", json!({"name": name})).await;
+        t.ok(201)["id"].as_str().unwrap().to_string()
+    }
+
+    /// A request signed as [`Api::creds`] now, with a fresh nonce.
+    pub fn request(
+        &self,
+        method: Method,
+        uri: &str,
+        ct: Option<&str>,
+        body: &[u8],
+    ) -> Request<Body> {
+        let mut req = Request::builder().method(method.clone()).uri(uri);
         if let Some(ct) = ct {
             req = req.header(header::CONTENT_TYPE, ct);
         }
-        let req = req.body(Body::from(body.to_vec())).unwrap();
+        if let Some(c) = &self.creds {
+            let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+            let h = proto::sign::authorization(
+                c,
+                method.as_str(),
+                path,
+                query,
+                body,
+                proto::sign::unix_now(),
+                &proto::sign::new_nonce(),
+            );
+            req = req.header(header::AUTHORIZATION, h);
+        }
+        req.body(Body::from(body.to_vec())).unwrap()
+    }
+
+    /// Sends a prepared request.
+    pub async fn send(&self, req: Request<Body>) -> Reply {
         let resp = self.app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let content_type = resp
@@ -109,6 +198,10 @@ impl Api {
             content_type,
             body,
         }
+    }
+
+    pub async fn raw(&self, method: Method, uri: &str, ct: Option<&str>, body: &[u8]) -> Reply {
+        self.send(self.request(method, uri, ct, body)).await
     }
 
     pub async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> Reply {
@@ -135,11 +228,19 @@ impl Api {
         self.call(Method::DELETE, &uri.into(), None).await
     }
 
-    /// Every key and value in the store, and the revision.
-    pub async fn snapshot(&self) -> (Vec<(String, Vec<u8>)>, u64) {
-        let (kvs, _) = self.store.range(keys::ROOT).await.unwrap();
-        let rev = self.store.revision().await.unwrap();
-        (kvs.into_iter().map(|kv| (kv.key, kv.value)).collect(), rev)
+    /// Every key and value of the model and identities, with their
+    /// revisions. Audit records are left out: a refused request is
+    /// recorded too.
+    pub async fn snapshot(&self) -> Vec<(String, Vec<u8>, u64)> {
+        let (mut kvs, _) = self.store.range(keys::ROOT).await.unwrap();
+        let (iam, _) = self.store.range(keys::IAM).await.unwrap();
+        kvs.extend(
+            iam.into_iter()
+                .filter(|kv| !kv.key.starts_with(keys::AUDIT)),
+        );
+        kvs.into_iter()
+            .map(|kv| (kv.key, kv.value, kv.mod_revision))
+            .collect()
     }
 
     /// Runs `f` (a failing request) and asserts it changed nothing.
@@ -158,9 +259,10 @@ impl Api {
     }
 
     async fn lists(&self) -> Vec<Value> {
+        let admin = self.with_creds(Some(self.admin.credentials()));
         let mut out = vec![];
         for uri in ["/v1/nodes", "/v1/vpcs", "/v1/subnets", "/v1/nics"] {
-            out.push(self.get(uri).await.ok(200).clone());
+            out.push(admin.get(uri).await.ok(200).clone());
         }
         out
     }

@@ -85,11 +85,11 @@ async fn a_vpc_comes_with_its_default_group_and_nics_join_it() {
         &json!([]),
         "nothing left behind"
     );
-    let (kvs, _) = api.snapshot().await;
+    let kvs = api.snapshot().await;
     assert!(
-        kvs.iter().all(|(k, _)| !k.contains(&sg)),
+        kvs.iter().all(|(k, _, _)| !k.contains(&sg)),
         "no index or guard key of the group left: {:?}",
-        kvs.iter().map(|(k, _)| k).collect::<Vec<_>>()
+        kvs.iter().map(|(k, _, _)| k).collect::<Vec<_>>()
     );
 }
 
