@@ -101,6 +101,7 @@ fn run(n: usize) -> anyhow::Result<Figures> {
     let secret = "fanout-bench-secret";
     let secret_file = dir.path().join("cluster.secret");
     std::fs::write(&secret_file, secret)?;
+    let admin = dir.path().join("admin-credentials.json");
     let lo = Ipv4Addr::LOCALHOST;
     let api_addr = SocketAddr::from((lo, free_port()?));
     let agent_addr = SocketAddr::from((lo, free_port()?));
@@ -114,12 +115,14 @@ fn run(n: usize) -> anyhow::Result<Figures> {
         .arg(agent_addr.to_string())
         .arg("--cluster-secret-file")
         .arg(&secret_file)
+        .arg("--admin-credentials")
+        .arg(&admin)
         .env("RUST_LOG", "warn");
     let mut flowctl = Proc::spawn("flowctl", cmd, Some(&dir.path().join("flowctl.log")))?;
     wait_until(Duration::from_secs(30), "flowctl ports", || {
         port_open(api_addr) && port_open(agent_addr)
     })?;
-    let api = ApiClient::new(format!("http://{api_addr}"))?;
+    let api = ApiClient::new(format!("http://{api_addr}"))?.with_credentials_file(&admin)?;
 
     // Nodes, and per Set a VPC and a subnet with one NIC per node.
     let nodes: Vec<String> = (0..n).map(|i| format!("sim{i:05}")).collect();
