@@ -321,6 +321,7 @@ impl Node {
         self.vswitch.ensure_bridge().await?;
         self.sync_tunnels(state).await?;
         let ports = self.port_map();
+        let prepared = started.elapsed();
         let (changes, flows) = match self.dumped.take() {
             // Out of step: render everything, diff against the dump.
             Some(dumped) => {
@@ -349,7 +350,8 @@ impl Node {
             info!(
                 changes = changes.len(),
                 full_reconcile_of = flows,
-                render_us = rendered.as_micros() as u64,
+                prepare_us = prepared.as_micros() as u64,
+                render_us = (rendered - prepared).as_micros() as u64,
                 apply_us = (started.elapsed() - rendered).as_micros() as u64,
                 "flows applied"
             );
