@@ -6,6 +6,7 @@ bash scripts/install-deps.sh
 cargo build --release --locked -p flowctl -p vswitch-agent
 cargo bench --locked -p flowctl --bench compile
 cargo bench --locked -p api --bench store
+cargo bench --locked -p api --bench http
 cargo bench --locked -p openflow --bench bundle_install
 cargo bench --locked -p tests --bench nic_ready
 cargo bench --locked -p tests --bench sg_flows

@@ -12,6 +12,7 @@ pub mod etcd;
 pub mod ha;
 pub mod lab;
 pub mod netns;
+pub mod ovn;
 pub mod ovs;
 pub mod plug;
 pub mod process;

@@ -231,7 +231,7 @@ fn check_rules(reqs: &[CreateRule]) -> ApiResult<Vec<SecurityGroupRule>> {
 
 #[utoipa::path(post, path = "/v1/security-groups", tag = "security-groups",
     request_body = CreateSecurityGroup,
-    responses((status = 201, body = SecurityGroup), (status = 400, body = Problem),
+    responses((status = 201, body = Owned<SecurityGroup>), (status = 400, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(sg_id = tracing::field::Empty, vpc_id = %req.vpc_id))]
 pub async fn create(
@@ -313,7 +313,7 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/v1/security-groups", tag = "security-groups", params(GroupFilter),
-    responses((status = 200, body = Vec<SecurityGroup>), (status = 400, body = Problem)))]
+    responses((status = 200, body = [Owned<SecurityGroup>]), (status = 400, body = Problem)))]
 #[instrument(skip_all)]
 pub async fn list(
     State(st): State<AppState>,
@@ -333,7 +333,7 @@ pub async fn list(
 
 #[utoipa::path(get, path = "/v1/security-groups/{id}", tag = "security-groups",
     params(("id" = String, Path)),
-    responses((status = 200, body = SecurityGroup), (status = 404, body = Problem)))]
+    responses((status = 200, body = Owned<SecurityGroup>), (status = 404, body = Problem)))]
 #[instrument(skip_all, fields(sg_id = %id))]
 pub async fn get(
     State(st): State<AppState>,
@@ -349,7 +349,7 @@ pub async fn get(
 
 #[utoipa::path(patch, path = "/v1/security-groups/{id}", tag = "security-groups",
     request_body = PatchSecurityGroup, params(("id" = String, Path)),
-    responses((status = 200, body = SecurityGroup), (status = 404, body = Problem),
+    responses((status = 200, body = Owned<SecurityGroup>), (status = 404, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(sg_id = %id))]
 pub async fn patch(
