@@ -97,6 +97,27 @@ fn main() {
             r.sent,
             r.lost
         );
+        // Where the time went, from the agent's own account of that sync.
+        let log = cloud.lab.node(0).unwrap().dir().join("agent/agent.log");
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let last = |what: &str| {
+            text.lines()
+                .rev()
+                .find(|l| l.contains(what))
+                .map(str::to_string)
+        };
+        if let (Some(dump), Some(line)) = (last("read what is installed"), last("flows applied")) {
+            let fields: Vec<&str> = dump
+                .split_whitespace()
+                .chain(line.split_whitespace())
+                .filter(|w| {
+                    w.contains("_us=")
+                        || w.starts_with("changes=")
+                        || w.starts_with("full_reconcile_of=")
+                })
+                .collect();
+            println!("    agent: {}", fields.join(" "));
+        }
         if headless {
             cloud.lab.start_flowctl(&Default::default()).unwrap();
         }

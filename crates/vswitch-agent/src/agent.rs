@@ -96,7 +96,14 @@ pub async fn run(
             acks,
             packet_in_limit: dhcp::RateLimiter::new(PACKET_IN_RATE, PACKET_IN_BURST),
         };
-        node.dumped = Some(node.switch.dump_ours().await?);
+        let dump_started = Instant::now();
+        let installed = node.switch.dump_ours().await?;
+        info!(
+            flows = installed.len(),
+            dump_us = dump_started.elapsed().as_micros() as u64,
+            "read what is installed"
+        );
+        node.dumped = Some(installed);
         node.event_loop(updates).await
     }
     .instrument(span.clone());
