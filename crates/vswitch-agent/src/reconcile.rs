@@ -10,14 +10,15 @@ use std::collections::{HashMap, HashSet};
 
 use openflow::flow::{Flow, FlowKey, Match};
 
-use crate::pipeline::is_ours;
+use crate::pipeline::{is_ours, COOKIE_GENERATION_MASK};
 
 /// One change to the switch's flow table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FlowChange {
     /// A flow whose key is not installed.
     Add(Flow),
-    /// A flow whose key is installed with other actions, goto or cookie.
+    /// A flow whose key is installed with other actions, goto or cookie
+    /// owner/object (not merely another generation).
     /// Sent as an add (OFPFC_ADD replaces an entry with the same key and
     /// resets its counters), which also rewrites the cookie, unlike
     /// OFPFC_MODIFY.
@@ -42,8 +43,21 @@ fn key_ref(f: &Flow) -> KeyRef<'_> {
     (f.table, f.priority, &f.matches)
 }
 
+/// Equal but for the generation in the cookie: a flow an earlier run of the
+/// agent wrote is left as it is. Restamping it would reset its counters and,
+/// at 100,000 flows, turn every restart into 100,000 modifications.
 fn same_entry(a: &Flow, b: &Flow) -> bool {
-    a.cookie == b.cookie && a.actions == b.actions && a.goto_table == b.goto_table
+    stamp(a.cookie) == stamp(b.cookie) && a.actions == b.actions && a.goto_table == b.goto_table
+}
+
+/// A cookie without the generation, if it is ours (another owner's cookie
+/// is compared whole).
+pub fn stamp(cookie: u64) -> u64 {
+    if is_ours(cookie) {
+        cookie & !COOKIE_GENERATION_MASK
+    } else {
+        cookie
+    }
 }
 
 /// The changes that turn `installed` into `desired`: adds first, then
