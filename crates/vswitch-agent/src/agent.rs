@@ -354,6 +354,10 @@ impl Node {
                 let _ = self.acks.send(Report::Nack { revision, error }).await;
                 return Err(e.into());
             }
+        }
+        // A full reconcile is reported even when it changed nothing: it is
+        // when a (re)started agent is known to be in step with the switch.
+        if !changes.is_empty() || flows > 0 {
             info!(
                 changes = changes.len(),
                 full_reconcile_of = flows,
