@@ -163,6 +163,9 @@ fn restart(cloud: &mut Cloud, kill: bool, ip_b: Ipv4Addr) -> Restart {
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
+        // Stops the poller however this closure ends (a panic included:
+        // the scope would wait for it forever).
+        let _stop = Stop(&done);
         std::thread::sleep(Duration::from_millis(500));
         let applied_before = applied_lines(&log);
         cloud.lab.stop_agent(0, kill).unwrap();
@@ -174,7 +177,6 @@ fn restart(cloud: &mut Cloud, kill: bool, ip_b: Ipv4Addr) -> Restart {
         .unwrap();
         let complete = t0.elapsed();
         std::thread::sleep(Duration::from_millis(500));
-        done.store(true, Ordering::Relaxed);
         complete
     });
     tests::util::signal(ping.pid(), "INT").unwrap();
@@ -188,6 +190,14 @@ fn restart(cloud: &mut Cloud, kill: bool, ip_b: Ipv4Addr) -> Restart {
         lowest: lowest.into_inner(),
         sent: stats.transmitted,
         lost: stats.transmitted - stats.received,
+    }
+}
+
+struct Stop<'a>(&'a AtomicBool);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
