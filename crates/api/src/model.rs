@@ -64,6 +64,12 @@ pub mod keys {
     /// `/stacknet-iam/replay/<key id>/<nonce>`: nonces of committed
     /// mutations, attached to a lease that outlives the signing window.
     pub const REPLAY: &str = "/stacknet-iam/replay/";
+    /// `/stacknet-iam/idempotency/<tenant>/<sha256 of the key>`: the stored
+    /// answer of a create made with an idempotency key.
+    pub const IDEMPOTENCY: &str = "/stacknet-iam/idempotency/";
+    /// `/stacknet-iam/idempotency-lock/<tenant>/<sha256 of the key>`: the
+    /// in-flight marker of a create with that key, on a short lease.
+    pub const IDEMPOTENCY_LOCK: &str = "/stacknet-iam/idempotency-lock/";
     /// Unique names of tenants and users: `<kind>/<name>` → id.
     pub const IAM_INDEX: &str = "/stacknet-iam/index/";
 

@@ -161,13 +161,16 @@ pub async fn commit(
         .await?;
     if r.succeeded {
         auth::committed();
-    } else if let Some(key) = replay {
+        return Ok(true);
+    }
+    auth::check_idempotency_lost(store).await?;
+    if let Some(key) = replay {
         // Another replica already committed this very request.
         if store.get(&key).await?.is_some() {
             return Err(auth::replayed());
         }
     }
-    Ok(r.succeeded)
+    Ok(false)
 }
 
 /// Commits like [`commit`] and turns the outcome into an [`Attempt`]:

@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{Access, Caller};
+use super::auth::{self, Access, Caller};
 use super::db::{self, index, Attempt};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problem::{ApiResult, Problem};
@@ -386,6 +386,12 @@ pub async fn create(
             compare.extend(c);
             ops.push(op);
         }
+        // A new NIC has no status report yet: it is down.
+        let answer = NicView {
+            nic: nic.clone(),
+            status: NicStatus::Down,
+        };
+        auth::respond_with(&format!("/v1/nics/{id}"), &answer);
         Ok(if db::commit(store, compare, ops).await? {
             Attempt::Done(nic)
         } else {

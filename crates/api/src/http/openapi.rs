@@ -9,7 +9,7 @@ use crate::model;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "stacknet northbound API", description = "Tenants, users and API keys; nodes, VPCs, subnets, NICs and security groups; the audit trail. Every request but this document is signed (SN1-HMAC-SHA256, see docs/api-auth.md)."),
-    modifiers(&Signed),
+    modifiers(&Signed, &Idempotent),
     paths(
         iam::create_tenant, iam::list_tenants, iam::get_tenant, iam::delete_tenant,
         iam::create_user, iam::list_users, iam::get_user, iam::delete_user,
@@ -89,6 +89,102 @@ impl utoipa::Modify for Signed {
                             )
                         });
                 }
+            }
+        }
+    }
+}
+
+/// Every create takes an `Idempotency-Key` header (or `client_token` in
+/// its body) and may answer 409 (in flight) or 422 (the key was used for
+/// another request); every signed operation may answer 429 (the tenant's
+/// rate limit). See [`super::idempotency`] and [`super::ratelimit`].
+struct Idempotent;
+
+impl utoipa::Modify for Idempotent {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+        use utoipa::openapi::{Ref, RefOr, Required};
+        let key_schema = || {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(255))
+                .pattern(Some("^[\\x20-\\x7e]+$"))
+                .build()
+        };
+        let problem = |what: &str| {
+            RefOr::T(
+                utoipa::openapi::ResponseBuilder::new()
+                    .description(what)
+                    .content(
+                        problem::PROBLEM_JSON,
+                        utoipa::openapi::ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("Problem")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for item in doc.paths.paths.values_mut() {
+            if let Some(op) = item.post.as_mut() {
+                op.parameters.get_or_insert_with(Vec::new).push(
+                    ParameterBuilder::new()
+                        .name("Idempotency-Key")
+                        .parameter_in(ParameterIn::Header)
+                        .required(Required::False)
+                        .description(Some(
+                            "Makes the create safe to retry: the same key and request get \
+                             the original answer for at least 24 h (also as `client_token` \
+                             in the body)",
+                        ))
+                        .schema(Some(key_schema()))
+                        .build(),
+                );
+                let r = &mut op.responses.responses;
+                r.entry("409".into()).or_insert_with(|| {
+                    problem("a clash, or a request with this idempotency key is in flight")
+                });
+                r.entry("422".into()).or_insert_with(|| {
+                    problem("invalid, or the idempotency key was used for another request")
+                });
+                r.entry("400".into())
+                    .or_insert_with(|| problem("malformed request or idempotency key"));
+            }
+            for op in [
+                item.get.as_mut(),
+                item.post.as_mut(),
+                item.patch.as_mut(),
+                item.delete.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                op.responses
+                    .responses
+                    .entry("429".into())
+                    .or_insert_with(|| problem("the tenant is over its request rate limit"));
+            }
+        }
+        let Some(components) = doc.components.as_mut() else {
+            return;
+        };
+        // Top-level create bodies only (CreateRule is also nested in
+        // CreateSecurityGroup, where the field is not accepted).
+        for name in [
+            "CreateVpc",
+            "CreateSubnet",
+            "CreateNic",
+            "CreateSecurityGroup",
+            "CreateNode",
+            "CreateTenant",
+            "CreateUser",
+        ] {
+            if let Some(RefOr::T(Schema::Object(obj))) = components.schemas.get_mut(name) {
+                obj.properties.insert(
+                    "client_token".into(),
+                    RefOr::T(Schema::Object(key_schema())),
+                );
             }
         }
     }

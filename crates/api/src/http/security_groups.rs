@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{Access, Caller};
+use super::auth::{self, Access, Caller};
 use super::db::{self, index, Attempt};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problem::{ApiResult, Problem};
@@ -296,6 +296,7 @@ pub async fn create(
                 ops.push(op);
             }
         }
+        auth::respond_with(&format!("/v1/security-groups/{id}"), &group);
         Ok(if db::commit(store, compare, ops).await? {
             Attempt::Done(group)
         } else {
@@ -529,6 +530,7 @@ pub async fn add_rule(
         }
         g.rules.push(rule.clone());
         ops.push(db::put_json(&key, &g)?);
+        auth::respond_with(&format!("/v1/security-groups/{id}/rules/{}", rule.id), rule);
         Ok(if db::commit(store, compare, ops).await? {
             Attempt::Done(())
         } else {

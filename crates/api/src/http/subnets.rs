@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{Access, Caller};
+use super::auth::{self, Access, Caller};
 use super::db::{self, index, Attempt};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problem::{ApiResult, Problem};
@@ -160,6 +160,7 @@ pub async fn create(
             },
         );
         let key = keys::subnet(id);
+        auth::respond_with(&format!("/v1/subnets/{id}"), &subnet);
         db::commit_attempt(
             store,
             vec![

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::ToSchema;
 
-use super::auth::{Access, Caller};
+use super::auth::{self, Access, Caller};
 use super::db::{self, index, Attempt};
 use super::extract::{ApiJson, ApiPath};
 use super::nodes::DEFAULT_SET;
@@ -121,6 +121,7 @@ pub async fn create(
             },
         );
         let key = keys::vpc(id);
+        auth::respond_with(&format!("/v1/vpcs/{id}"), &vpc);
         db::commit_attempt(
             store,
             vec![
