@@ -168,8 +168,9 @@ fn agent_breakdown(cloud: &Cloud, n: usize) {
         v.get(v.len() / 2).copied().unwrap_or(0) as f64 / 1e3
     };
     println!(
-        "    agent node0, median of last {} syncs: render+diff {:.2} ms, apply {:.2} ms, {} flow changes",
+        "    agent node0, median of last {} syncs: bridge+tunnels+ports {:.2} ms, render+diff {:.2} ms, apply {:.2} ms, {} flow changes",
         recent.len(),
+        field("prepare_us"),
         field("render_us"),
         field("apply_us"),
         field("changes") * 1e3,

@@ -269,7 +269,7 @@ fn start_replica(i: usize, r: &mut Replica, spec: &FlowctlSpec) -> Result<()> {
     }
     let mut cmd = std::process::Command::new(spec.path()?);
     cmd.args((spec.args)(&r.ctx));
-    cmd.env("RUST_LOG", "info");
+    cmd.env("RUST_LOG", crate::util::lab_log_filter());
     let log = r.ctx.dir.join("flowctl.log");
     let mut proc = Proc::spawn(&format!("flowctl-r{i}"), cmd, Some(&log))?;
     // Lets a later run's sweep kill it if this test process dies.

@@ -53,7 +53,7 @@ use crate::netns::Netns;
 use crate::ovs::OvsSandbox;
 use crate::process::{tail_file, Proc};
 use crate::traffic::{self, Capture, DhcpClient, DhcpLease, PingStats, TransferStats};
-use crate::util::{require_root_and_tools, wait_until, RunDir};
+use crate::util::{lab_log_filter, require_root_and_tools, wait_until, RunDir};
 
 /// The underlay subnet (TEST-NET-1); node `i` is `192.0.2.(10 + i)`.
 pub const UNDERLAY_NET: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 0);
@@ -943,7 +943,7 @@ impl Lab {
         };
         let mut cmd = std::process::Command::new(spec.path()?);
         cmd.args((spec.args)(&ctx));
-        cmd.env("RUST_LOG", "info");
+        cmd.env("RUST_LOG", lab_log_filter());
         cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         let mut proc = Proc::spawn("flowctl", cmd, Some(&ctx.dir.join("flowctl.log")))?;
         let up = wait_until(Duration::from_secs(30), "flowctl ports", || {
@@ -1037,7 +1037,7 @@ impl Lab {
         let ctx = self.agent_ctx(i)?;
         let mut cmd = std::process::Command::new(spec.path()?);
         cmd.args((spec.args)(&ctx));
-        cmd.env("RUST_LOG", "info");
+        cmd.env("RUST_LOG", lab_log_filter());
         cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         let proc = Proc::spawn(
             &format!("agent-{}", ctx.node),

@@ -19,6 +19,15 @@ pub const NAME_PREFIX: &str = "sn";
 /// Env var: keep run directories (OVS logs, databases) of failed tests.
 pub const KEEP_ENV: &str = "STACKNET_LAB_KEEP";
 
+/// Env var: the `RUST_LOG` of the flowctl and agent processes the lab
+/// starts (default `info`), e.g. `info,flowctl=debug` to follow a change.
+pub const LOG_ENV: &str = "STACKNET_LAB_LOG";
+
+/// The `RUST_LOG` for our processes in the lab.
+pub fn lab_log_filter() -> String {
+    std::env::var(LOG_ENV).unwrap_or_else(|_| "info".into())
+}
+
 /// OVS schema used for every sandbox database.
 pub const VSWITCH_SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 

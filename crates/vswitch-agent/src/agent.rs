@@ -18,7 +18,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::control::{ControlClient, ControlConfig, Update};
 use crate::dhcp;
-use crate::local::{LocalState, Persisted, Persister};
+use crate::local::{LocalState, Persisted, Persister, Step};
 use crate::pipeline::{IncrementalRenderer, PortMap, Scope};
 use crate::reconcile;
 use crate::switch::Switch;
@@ -69,10 +69,11 @@ pub async fn run(
         let persisted = local.load()?;
         let generation = persisted.generation.wrapping_add(1).max(1);
         // Claim the generation before writing any flow with it.
-        local.store(&Persisted {
+        let claimed = Persisted {
             generation,
             state: persisted.state.clone(),
-        })?;
+        };
+        local.store(&claimed)?;
         info!(generation, resumed = ?persisted.state.as_ref().map(|s| s.revision), "starting");
 
         let vswitch = connect_ovsdb(&cfg).await;
@@ -83,20 +84,19 @@ pub async fn run(
         let mut node = Node {
             vswitch,
             switch,
-            persister: Persister::spawn(local),
+            persister: Persister::spawn(local, claimed),
             generation,
             desired: persisted.state,
             renderer: IncrementalRenderer::new(generation),
             dumped: None,
             scope: Scope::All,
             ofports_seen: OfportMap::default(),
-            persisted_revision: None,
+            unsaved: Unsaved::default(),
             last_ack: None,
             acks,
             packet_in_limit: dhcp::RateLimiter::new(PACKET_IN_RATE, PACKET_IN_BURST),
         };
         node.dumped = Some(node.switch.dump_ours().await?);
-        node.persisted_revision = node.desired.as_ref().map(|s| s.revision);
         node.event_loop(updates).await
     }
     .instrument(span.clone());
@@ -119,6 +119,35 @@ enum Report {
         revision: Revision,
         error: String,
     },
+}
+
+/// What the desired state holds that the local copy does not yet.
+#[derive(Default)]
+enum Unsaved {
+    #[default]
+    Nothing,
+    /// The changes applied since `base`, the revision the copy is at.
+    Changes {
+        base: Revision,
+        changes: Vec<Change>,
+    },
+    /// A whole new state.
+    Snapshot,
+}
+
+impl Unsaved {
+    fn add(&mut self, base: Revision, mut more: Vec<Change>) {
+        match self {
+            Unsaved::Nothing => {
+                *self = Unsaved::Changes {
+                    base,
+                    changes: more,
+                }
+            }
+            Unsaved::Changes { changes, .. } => changes.append(&mut more),
+            Unsaved::Snapshot => {}
+        }
+    }
 }
 
 /// Runs the flowctl client in its own task so a slow or dead control plane
@@ -171,7 +200,8 @@ struct Node {
     /// be in step with it (start, reconnect, failed apply): the next sync
     /// reconciles against this in full, then goes incremental.
     dumped: Option<Vec<Flow>>,
-    persisted_revision: Option<Revision>,
+    /// What the local copy does not hold yet.
+    unsaved: Unsaved,
     /// The last (revision, ready NICs) reported, to report only changes.
     last_ack: Option<(Revision, Vec<String>)>,
     acks: mpsc::Sender<Report>,
@@ -248,6 +278,7 @@ impl Node {
                 self.scope = Scope::All;
                 debug!(revision = state.revision, "snapshot");
                 self.desired = Some(state);
+                self.unsaved = Unsaved::Snapshot;
             }
             Update::Delta {
                 base,
@@ -267,6 +298,7 @@ impl Node {
                 }
                 state.revision = revision;
                 debug!(base, revision, changes = changes.len(), "delta");
+                self.unsaved.add(base, changes);
             }
         }
     }
@@ -289,6 +321,7 @@ impl Node {
         self.vswitch.ensure_bridge().await?;
         self.sync_tunnels(state).await?;
         let ports = self.port_map();
+        let prepared = started.elapsed();
         let (changes, flows) = match self.dumped.take() {
             // Out of step: render everything, diff against the dump.
             Some(dumped) => {
@@ -317,7 +350,8 @@ impl Node {
             info!(
                 changes = changes.len(),
                 full_reconcile_of = flows,
-                render_us = rendered.as_micros() as u64,
+                prepare_us = prepared.as_micros() as u64,
+                render_us = (rendered - prepared).as_micros() as u64,
                 apply_us = (started.elapsed() - rendered).as_micros() as u64,
                 "flows applied"
             );
@@ -334,15 +368,25 @@ impl Node {
             self.last_ack = Some(ack);
         }
         // After the ack: the local copy is for restarts, not on the path of
-        // a NIC becoming ready. It may lag the switch by one write.
-        if self.persisted_revision != Some(state.revision) {
-            self.persister.save(Persisted {
-                generation: self.generation,
-                state: Some(state.clone()),
-            });
-            self.persisted_revision = Some(state.revision);
+        // a NIC becoming ready. It may lag the switch by the writes queued.
+        match std::mem::take(&mut self.unsaved) {
+            _ if self.persister.wants_snapshot() => self.save_snapshot(state),
+            Unsaved::Snapshot => self.save_snapshot(state),
+            Unsaved::Changes { base, changes } => self.persister.append(Step {
+                base,
+                revision: state.revision,
+                changes,
+            }),
+            Unsaved::Nothing => {}
         }
         Ok(())
+    }
+
+    fn save_snapshot(&self, state: &NodeState) {
+        self.persister.save(Persisted {
+            generation: self.generation,
+            state: Some(state.clone()),
+        });
     }
 
     /// One VXLAN port per peer node; ports of peers no longer needed go.

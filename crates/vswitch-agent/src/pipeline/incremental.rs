@@ -566,6 +566,19 @@ mod timing {
                 underlay_ip: Ipv4Addr::new(192, 0, 2, 2),
             },
         );
+        // The API's default group: egress open, ingress from its members.
+        s.security_groups.insert(
+            "default".into(),
+            serde_json::from_value(serde_json::json!({
+                "id": "default", "vpc_id": "v", "rules": [
+                    {"id": "e", "direction": "egress", "protocol": "any",
+                     "remote": {"kind": "cidr", "value": {"addr": "0.0.0.0", "len": 0}}},
+                    {"id": "i", "direction": "ingress", "protocol": "any",
+                     "remote": {"kind": "group", "value": "default"}},
+                ]
+            }))
+            .unwrap(),
+        );
         let mut ports = PortMap::new();
         ports.set_tunnel("n1", 9);
         let nic = |i: u32| -> Nic {
@@ -574,6 +587,7 @@ mod timing {
                 "mac": proto::Mac([2, 1, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8]).to_string(),
                 "ip": Ipv4Addr::from(0x0a00_0000 + 2 + i).to_string(),
                 "node": if i.is_multiple_of(2) { "n0" } else { "n1" },
+                "security_groups": ["default"],
             }))
             .unwrap()
         };
@@ -598,8 +612,15 @@ mod timing {
             t.elapsed(),
             c.len()
         );
+        // Its own flows and the default group's flow for its address.
         let own = super::super::render_nic(&s, &ports, 1, &n.id).len();
-        assert_eq!(c.len(), own, "a new NIC changes its own flows only");
+        assert_eq!(c.len(), own + 1, "a new NIC changes its own flows only");
+        let t = Instant::now();
+        let groups = crate::pipeline::security::local_groups(&Ctx::new(&s, &ports, 1)).len();
+        println!(
+            "Ctx::new + local_groups: {:?} ({groups} groups)",
+            t.elapsed()
+        );
         let t = Instant::now();
         let ctx = Ctx::new(&s, &ports, 1);
         println!(
