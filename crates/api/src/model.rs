@@ -106,16 +106,32 @@ pub struct Owned<T> {
     /// tenants existed: only a system admin sees them).
     #[serde(default)]
     pub tenant_id: String,
+    /// The store revision of the resource's last change; its `ETag` is
+    /// this number in quotes (`If-Match` takes it). Filled in when the API
+    /// answers; not stored (0 there, and left out).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revision: u64,
     #[serde(flatten)]
     pub inner: T,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl<T> Owned<T> {
     pub fn new(tenant_id: impl Into<String>, inner: T) -> Self {
         Owned {
             tenant_id: tenant_id.into(),
+            revision: 0,
             inner,
         }
+    }
+
+    /// The value as answered: with the revision it was read or written at.
+    pub fn at(mut self, revision: u64) -> Self {
+        self.revision = revision;
+        self
     }
 }
 

@@ -359,6 +359,8 @@ pub(super) struct Mutation {
     committed: AtomicBool,
     /// The status recorded in the committed record.
     committed_status: Mutex<u16>,
+    /// The store revision of the last commit (0: none yet).
+    last_revision: std::sync::atomic::AtomicU64,
     /// The create's idempotency key, held while it runs.
     idem: Option<Box<Idem>>,
 }
@@ -450,9 +452,10 @@ pub(super) async fn add_to_txn(
     Ok(replay)
 }
 
-/// After a commit: marks the mutation recorded.
-pub(super) fn committed() {
+/// After a commit at `revision`: marks the mutation recorded.
+pub(super) fn committed(revision: u64) {
     let _ = MUTATION.try_with(|m| {
+        m.last_revision.store(revision, Ordering::Release);
         *m.committed_status.lock().unwrap_or_else(|p| p.into_inner()) = success_status(&m.method);
         m.committed.store(true, Ordering::Release);
     });
@@ -475,11 +478,29 @@ pub(super) async fn check_idempotency_lost(store: &dyn Store) -> ApiResult<()> {
 /// change when the request has an idempotency key (see [`idempotency`]).
 /// Call it before the commit that creates the resource.
 pub(super) fn respond_with<T: Serialize>(location: &str, body: &T) {
+    remember(location, body, false);
+}
+
+/// Like [`respond_with`] for a resource that carries its `revision` (the
+/// commit's, filled in when the answer is replayed).
+pub(super) fn respond_with_revision<T: Serialize>(location: &str, body: &T) {
+    remember(location, body, true);
+}
+
+fn remember<T: Serialize>(location: &str, body: &T, revision: bool) {
     let _ = MUTATION.try_with(|m| {
         if let Some(idem) = &m.idem {
-            idempotency::remember(idem, Some(location.to_string()), body);
+            idempotency::remember(idem, Some(location.to_string()), body, revision);
         }
     });
+}
+
+/// The revision of the current mutation's last commit, if it committed.
+pub(super) fn last_commit_revision() -> Option<u64> {
+    MUTATION
+        .try_with(|m| m.last_revision.load(Ordering::Acquire))
+        .ok()
+        .filter(|r| *r != 0)
 }
 
 pub(super) fn replayed() -> Problem {
@@ -551,6 +572,7 @@ pub async fn authenticate(State(st): State<AppState>, req: Request, next: Next) 
         tenant: Mutex::new(None),
         committed: AtomicBool::new(false),
         committed_status: Mutex::new(0),
+        last_revision: Default::default(),
         idem,
     });
     let resp = MUTATION

@@ -160,7 +160,7 @@ pub async fn commit(
         })
         .await?;
     if r.succeeded {
-        auth::committed();
+        auth::committed(r.revision);
         return Ok(true);
     }
     auth::check_idempotency_lost(store).await?;

@@ -89,6 +89,10 @@ struct Record {
     location: Option<String>,
     /// hex(nonce ‖ sealed JSON body), the record's key as associated data.
     body: String,
+    /// The body is a resource whose `revision` (and ETag) is the record's
+    /// own: they were written in one transaction.
+    #[serde(default)]
+    revision: bool,
     created_at: String,
 }
 
@@ -96,6 +100,7 @@ struct Record {
 struct Pending {
     location: Option<String>,
     body: Vec<u8>,
+    revision: bool,
 }
 
 /// An idempotent request in flight (holding its marker).
@@ -288,6 +293,7 @@ async fn answer_from_record(
     let Some(rec) = db::get_json::<Record>(store, &idem.record_key).await? else {
         return Ok(None);
     };
+    let revision = rec.mod_revision;
     let rec = rec.value;
     if rec.fingerprint != idem.fingerprint {
         return Err(Problem::invalid(
@@ -302,6 +308,15 @@ async fn answer_from_record(
             idem.record_key
         )))
     })?;
+    let mut etag = None;
+    let body = match serde_json::from_str::<Value>(&body) {
+        Ok(Value::Object(mut m)) if rec.revision => {
+            m.insert("revision".into(), revision.into());
+            etag = Some(super::etag::etag(revision));
+            serde_json::to_string(&Value::Object(m)).unwrap_or(body)
+        }
+        _ => body,
+    };
     let status = StatusCode::from_u16(rec.status).unwrap_or(StatusCode::OK);
     let mut resp = if status == StatusCode::NO_CONTENT || body.is_empty() {
         status.into_response()
@@ -316,15 +331,27 @@ async fn answer_from_record(
     if let Some(loc) = rec.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
         resp.headers_mut().insert(header::LOCATION, loc);
     }
+    if let Some(tag) = etag.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        resp.headers_mut().insert(header::ETAG, tag);
+    }
     resp.headers_mut()
         .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
     Ok(Some(resp))
 }
 
 /// A handler's answer if its change commits, to be stored with the change.
-pub(super) fn remember<T: Serialize>(idem: &Idem, location: Option<String>, body: &T) {
+pub(super) fn remember<T: Serialize>(
+    idem: &Idem,
+    location: Option<String>,
+    body: &T,
+    revision: bool,
+) {
     let body = serde_json::to_vec(body).unwrap_or_default();
-    *idem.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pending { location, body });
+    *idem.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pending {
+        location,
+        body,
+        revision,
+    });
 }
 
 /// What the commit of a remembered answer adds to its transaction: the
@@ -337,12 +364,12 @@ pub(super) async fn add_to_txn(
     compare: &mut Vec<Compare>,
     success: &mut Vec<Op>,
 ) -> ApiResult<()> {
-    let Some((location, body)) = idem
+    let Some((location, body, revision)) = idem
         .pending
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .as_ref()
-        .map(|p| (p.location.clone(), p.body.clone()))
+        .map(|p| (p.location.clone(), p.body.clone(), p.revision))
     else {
         // A create that did not say what it answers: nothing is stored and
         // a retry runs again.
@@ -354,6 +381,7 @@ pub(super) async fn add_to_txn(
         status,
         location,
         body: auth.seal(&idem.record_key, &body)?,
+        revision,
         created_at: validate::now_rfc3339(),
     };
     let lease_id = lease(

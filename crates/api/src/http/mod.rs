@@ -8,6 +8,7 @@
 
 pub mod auth;
 mod db;
+mod etag;
 mod extract;
 pub mod iam;
 mod idempotency;

@@ -14,6 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{self, Access, Caller};
 use super::db::{self, index, Attempt};
+use super::etag::{IfMatch, Tagged};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problem::{ApiResult, Problem};
 use super::validate;
@@ -391,7 +392,7 @@ pub async fn create(
             nic: nic.clone(),
             status: NicStatus::Down,
         };
-        auth::respond_with(&format!("/v1/nics/{id}"), &answer);
+        auth::respond_with_revision(&format!("/v1/nics/{id}"), &answer);
         Ok(if db::commit(store, compare, ops).await? {
             Attempt::Done(nic)
         } else {
@@ -402,10 +403,11 @@ pub async fn create(
     tracing::info!(ip = %nic.ip, mac = %nic.mac, node = ?nic.node, "NIC created");
     let location = format!("/v1/nics/{}", nic.id);
     let view = view(store, nic).await?;
+    let revision = auth::last_commit_revision().unwrap_or_default();
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(view),
+        Tagged(view, revision),
     ))
 }
 
@@ -453,11 +455,11 @@ pub async fn get(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<NicView>> {
+) -> ApiResult<Tagged<NicView>> {
     let store = st.store.as_ref();
-    let nic = load(store, &id).await?.value;
-    caller.check(&nic.tenant_id, Access::Read, || not_found(&id))?;
-    Ok(Json(view(store, nic).await?))
+    let nic = load(store, &id).await?;
+    caller.check(&nic.value.tenant_id, Access::Read, || not_found(&id))?;
+    Ok(Tagged(view(store, nic.value).await?, nic.mod_revision))
 }
 
 #[utoipa::path(patch, path = "/v1/nics/{id}", tag = "nics", request_body = PatchNic,
@@ -469,8 +471,9 @@ pub async fn patch(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
     ApiJson(req): ApiJson<PatchNic>,
-) -> ApiResult<Json<NicView>> {
+) -> ApiResult<Tagged<NicView>> {
     if let Some(name) = &req.name {
         validate::name("name", name)?;
     }
@@ -486,10 +489,11 @@ pub async fn patch(
         .transpose()?;
     let (want_groups, want_pairs) = (&want_groups, &want_pairs);
     let store = st.store.as_ref();
-    let (id, req, caller) = (&id, &req, &caller);
-    let nic = db::retry("update the NIC", || async move {
+    let (id, req, caller, if_match) = (&id, &req, &caller, &if_match);
+    let (nic, read_at) = db::retry("update the NIC", || async move {
         let cur = load(store, id).await?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
+        if_match.check(cur.mod_revision)?;
         let mut nic = cur.value.clone();
         let key = keys::nic(id);
         let mut compare = vec![Compare::mod_revision_is(&key, cur.mod_revision)];
@@ -534,11 +538,11 @@ pub async fn patch(
         }
         check_port_security(&nic)?;
         if nic == cur.value {
-            return Ok(Attempt::Done(nic));
+            return Ok(Attempt::Done((nic, cur.mod_revision)));
         }
         ops.push(db::put_json(&key, &nic)?);
         Ok(if db::commit(store, compare, ops).await? {
-            Attempt::Done(nic)
+            Attempt::Done((nic, 0))
         } else {
             Attempt::Retry
         })
@@ -550,7 +554,8 @@ pub async fn patch(
         groups = ?nic.security_groups,
         "NIC updated"
     );
-    Ok(Json(view(store, nic).await?))
+    let revision = auth::last_commit_revision().unwrap_or(read_at);
+    Ok(Tagged(view(store, nic).await?, revision))
 }
 
 #[utoipa::path(delete, path = "/v1/nics/{id}", tag = "nics", params(("id" = String, Path)),
@@ -560,12 +565,14 @@ pub async fn delete(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
 ) -> ApiResult<StatusCode> {
     let store = st.store.as_ref();
-    let (id, caller) = (&id, &caller);
+    let (id, caller, if_match) = (&id, &caller, &if_match);
     db::retry("delete the NIC", || async move {
         let cur = load(store, id).await?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
+        if_match.check(cur.mod_revision)?;
         let key = keys::nic(id);
         let mut ops = vec![Op::delete(&key), Op::delete(keys::nic_status(id))];
         for idx in [

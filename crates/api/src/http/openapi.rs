@@ -166,6 +166,65 @@ impl utoipa::Modify for Idempotent {
                     .or_insert_with(|| problem("the tenant is over its request rate limit"));
             }
         }
+        // Revisioned resources: ETag on answers that carry one, If-Match
+        // (412) on changes.
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let single = [
+                "/v1/vpcs/{id}",
+                "/v1/subnets/{id}",
+                "/v1/nics/{id}",
+                "/v1/security-groups/{id}",
+            ]
+            .contains(&path.as_str());
+            let collection = ["/v1/vpcs", "/v1/subnets", "/v1/nics", "/v1/security-groups"]
+                .contains(&path.as_str());
+            let tagged: Vec<(&mut utoipa::openapi::path::Operation, &str)> = if single {
+                [(item.get.as_mut(), "200"), (item.patch.as_mut(), "200")]
+                    .into_iter()
+                    .filter_map(|(o, c)| o.map(|o| (o, c)))
+                    .collect()
+            } else if collection {
+                item.post.as_mut().map(|o| (o, "201")).into_iter().collect()
+            } else {
+                vec![]
+            };
+            for (op, code) in tagged {
+                if let Some(RefOr::T(resp)) = op.responses.responses.get_mut(code) {
+                    resp.headers.insert(
+                        "ETag".into(),
+                        utoipa::openapi::header::HeaderBuilder::new()
+                            .schema(ObjectBuilder::new().schema_type(Type::String))
+                            .description(Some("the resource's revision in quotes"))
+                            .build(),
+                    );
+                }
+            }
+            if !single {
+                continue;
+            }
+            for op in [item.patch.as_mut(), item.delete.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                op.parameters.get_or_insert_with(Vec::new).push(
+                    ParameterBuilder::new()
+                        .name("If-Match")
+                        .parameter_in(ParameterIn::Header)
+                        .required(Required::False)
+                        .description(Some(
+                            "Change only if the resource is still at this ETag (or `*`)",
+                        ))
+                        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                        .build(),
+                );
+                op.responses
+                    .responses
+                    .entry("412".into())
+                    .or_insert_with(|| {
+                        problem("If-Match does not match the resource's current revision")
+                    });
+            }
+        }
         let Some(components) = doc.components.as_mut() else {
             return;
         };

@@ -122,6 +122,16 @@ impl Problem {
         )
     }
 
+    /// `If-Match` named a revision the resource is no longer at.
+    pub fn precondition_failed(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition-failed",
+            "Precondition failed",
+            detail,
+        )
+    }
+
     /// The caller's tenant is over its request rate limit.
     pub fn too_many_requests(detail: impl Into<String>) -> Self {
         Self::new(

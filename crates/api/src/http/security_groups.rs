@@ -21,6 +21,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{self, Access, Caller};
 use super::db::{self, index, Attempt};
+use super::etag::{IfMatch, Tagged};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problem::{ApiResult, Problem};
 use super::validate::{self, RuleSpec};
@@ -296,7 +297,7 @@ pub async fn create(
                 ops.push(op);
             }
         }
-        auth::respond_with(&format!("/v1/security-groups/{id}"), &group);
+        auth::respond_with_revision(&format!("/v1/security-groups/{id}"), &group);
         Ok(if db::commit(store, compare, ops).await? {
             Attempt::Done(group)
         } else {
@@ -306,10 +307,11 @@ pub async fn create(
     .await?;
     tracing::info!(rules = group.rules.len(), "security group created");
     let location = format!("/v1/security-groups/{}", group.id);
+    let revision = auth::last_commit_revision().unwrap_or_default();
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(group),
+        Tagged(group, revision),
     ))
 }
 
@@ -340,12 +342,12 @@ pub async fn get(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Owned<SecurityGroup>>> {
+) -> ApiResult<Tagged<Owned<SecurityGroup>>> {
     let g = load(st.store.as_ref(), &id)
         .await?
         .ok_or_else(|| not_found(&id))?;
     caller.check(&g.value.tenant_id, Access::Read, || not_found(&id))?;
-    Ok(Json(g.value))
+    Ok(Tagged(g.value, g.mod_revision))
 }
 
 #[utoipa::path(patch, path = "/v1/security-groups/{id}", tag = "security-groups",
@@ -357,8 +359,9 @@ pub async fn patch(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
     ApiJson(req): ApiJson<PatchSecurityGroup>,
-) -> ApiResult<Json<Owned<SecurityGroup>>> {
+) -> ApiResult<Tagged<Owned<SecurityGroup>>> {
     if let Some(name) = &req.name {
         validate::name("name", name)?;
     }
@@ -366,10 +369,11 @@ pub async fn patch(
         validate::description("description", d)?;
     }
     let store = st.store.as_ref();
-    let (id, req, caller) = (&id, &req, &caller);
-    let group = db::retry("update the security group", || async move {
+    let (id, req, caller, if_match) = (&id, &req, &caller, &if_match);
+    let (group, read_at) = db::retry("update the security group", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
+        if_match.check(cur.mod_revision)?;
         let mut g = cur.value.clone();
         let key = keys::security_group(id);
         let mut compare = vec![Compare::mod_revision_is(&key, cur.mod_revision)];
@@ -391,18 +395,19 @@ pub async fn patch(
             g.description = d.clone();
         }
         if g == cur.value {
-            return Ok(Attempt::Done(g));
+            return Ok(Attempt::Done((g, cur.mod_revision)));
         }
         ops.push(db::put_json(&key, &g)?);
         Ok(if db::commit(store, compare, ops).await? {
-            Attempt::Done(g)
+            Attempt::Done((g, 0))
         } else {
             Attempt::Retry
         })
     })
     .await?;
     tracing::info!(name = %group.name, "security group updated");
-    Ok(Json(group))
+    let revision = auth::last_commit_revision().unwrap_or(read_at);
+    Ok(Tagged(group, revision))
 }
 
 #[utoipa::path(delete, path = "/v1/security-groups/{id}", tag = "security-groups",
@@ -413,12 +418,14 @@ pub async fn delete(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
 ) -> ApiResult<StatusCode> {
     let store = st.store.as_ref();
-    let (id, caller) = (&id, &caller);
+    let (id, caller, if_match) = (&id, &caller, &if_match);
     db::retry("delete the security group", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
+        if_match.check(cur.mod_revision)?;
         if cur.value.is_default {
             return Err(Problem::conflict(format!(
                 "security group {id:?} is the default group of VPC {:?}; it is deleted with \

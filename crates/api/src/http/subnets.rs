@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{self, Access, Caller};
 use super::db::{self, index, Attempt};
+use super::etag::{IfMatch, Tagged};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problem::{ApiResult, Problem};
 use super::validate;
@@ -160,7 +161,7 @@ pub async fn create(
             },
         );
         let key = keys::subnet(id);
-        auth::respond_with(&format!("/v1/subnets/{id}"), &subnet);
+        auth::respond_with_revision(&format!("/v1/subnets/{id}"), &subnet);
         db::commit_attempt(
             store,
             vec![
@@ -181,10 +182,11 @@ pub async fn create(
     .await?;
     tracing::info!(cidr = %subnet.cidr, "subnet created");
     let location = format!("/v1/subnets/{}", subnet.id);
+    let revision = auth::last_commit_revision().unwrap_or_default();
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(subnet),
+        Tagged(subnet, revision),
     ))
 }
 
@@ -215,12 +217,12 @@ pub async fn get(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Owned<Subnet>>> {
+) -> ApiResult<Tagged<Owned<Subnet>>> {
     let s = load(st.store.as_ref(), &id)
         .await?
         .ok_or_else(|| not_found(&id))?;
     caller.check(&s.value.tenant_id, Access::Read, || not_found(&id))?;
-    Ok(Json(s.value))
+    Ok(Tagged(s.value, s.mod_revision))
 }
 
 #[utoipa::path(patch, path = "/v1/subnets/{id}", tag = "subnets", request_body = PatchSubnet,
@@ -233,8 +235,9 @@ pub async fn patch(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
     ApiJson(req): ApiJson<PatchSubnet>,
-) -> ApiResult<Json<Owned<Subnet>>> {
+) -> ApiResult<Tagged<Owned<Subnet>>> {
     if let Some(name) = &req.name {
         validate::name("name", name)?;
     }
@@ -244,10 +247,11 @@ pub async fn patch(
         .map(validate::dns_servers)
         .transpose()?;
     let store = st.store.as_ref();
-    let (id, req, dns, caller) = (&id, &req, &dns, &caller);
-    let subnet = db::retry("update the subnet", || async move {
+    let (id, req, dns, caller, if_match) = (&id, &req, &dns, &caller, &if_match);
+    let (subnet, read_at) = db::retry("update the subnet", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
+        if_match.check(cur.mod_revision)?;
         let mut subnet = cur.value.clone();
         if let Some(name) = &req.name {
             subnet.name = name.clone();
@@ -256,20 +260,21 @@ pub async fn patch(
             subnet.dns_servers = dns.clone();
         }
         if subnet == cur.value {
-            return Ok(Attempt::Done(subnet));
+            return Ok(Attempt::Done((subnet, cur.mod_revision)));
         }
         let key = keys::subnet(id);
         db::commit_attempt(
             store,
             vec![Compare::mod_revision_is(&key, cur.mod_revision)],
             vec![db::put_json(&key, &subnet)?],
-            subnet,
+            (subnet, 0),
         )
         .await
     })
     .await?;
     tracing::info!("subnet updated");
-    Ok(Json(subnet))
+    let revision = auth::last_commit_revision().unwrap_or(read_at);
+    Ok(Tagged(subnet, revision))
 }
 
 #[utoipa::path(delete, path = "/v1/subnets/{id}", tag = "subnets", params(("id" = String, Path)),
@@ -280,12 +285,14 @@ pub async fn delete(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
 ) -> ApiResult<StatusCode> {
     let store = st.store.as_ref();
-    let (id, caller) = (&id, &caller);
+    let (id, caller, if_match) = (&id, &caller, &if_match);
     db::retry("delete the subnet", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
+        if_match.check(cur.mod_revision)?;
         // Guard first, then the NICs: a NIC added after this read bumps the
         // guard and fails the compare.
         let guard = index::subnet_guard(id);

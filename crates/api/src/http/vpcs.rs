@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use super::auth::{self, Access, Caller};
 use super::db::{self, index, Attempt};
+use super::etag::{IfMatch, Tagged};
 use super::extract::{ApiJson, ApiPath};
 use super::nodes::DEFAULT_SET;
 use super::problem::{ApiResult, Problem};
@@ -121,7 +122,7 @@ pub async fn create(
             },
         );
         let key = keys::vpc(id);
-        auth::respond_with(&format!("/v1/vpcs/{id}"), &vpc);
+        auth::respond_with_revision(&format!("/v1/vpcs/{id}"), &vpc);
         db::commit_attempt(
             store,
             vec![
@@ -147,10 +148,11 @@ pub async fn create(
     .await?;
     tracing::info!(vni = vpc.vni, "VPC created");
     let location = format!("/v1/vpcs/{}", vpc.id);
+    let revision = auth::last_commit_revision().unwrap_or_default();
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(vpc),
+        Tagged(vpc, revision),
     ))
 }
 
@@ -176,12 +178,12 @@ pub async fn get(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Owned<Vpc>>> {
+) -> ApiResult<Tagged<Owned<Vpc>>> {
     let vpc = load(st.store.as_ref(), &id)
         .await?
         .ok_or_else(|| not_found(&id))?;
     caller.check(&vpc.value.tenant_id, Access::Read, || not_found(&id))?;
-    Ok(Json(vpc.value))
+    Ok(Tagged(vpc.value, vpc.mod_revision))
 }
 
 #[utoipa::path(patch, path = "/v1/vpcs/{id}", tag = "vpcs", request_body = PatchVpc,
@@ -194,18 +196,20 @@ pub async fn patch(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
     ApiJson(req): ApiJson<PatchVpc>,
-) -> ApiResult<Json<Owned<Vpc>>> {
+) -> ApiResult<Tagged<Owned<Vpc>>> {
     if let Some(name) = &req.name {
         validate::name("name", name)?;
     }
     let store = st.store.as_ref();
-    let (id, req, caller) = (&id, &req, &caller);
-    let vpc = db::retry("rename the VPC", || async move {
+    let (id, req, caller, if_match) = (&id, &req, &caller, &if_match);
+    let (vpc, read_at) = db::retry("rename the VPC", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
+        if_match.check(cur.mod_revision)?;
         let Some(name) = req.name.as_ref().filter(|n| **n != cur.value.name) else {
-            return Ok(Attempt::Done(cur.value));
+            return Ok(Attempt::Done((cur.value, cur.mod_revision)));
         };
         let new_key = index::vpc_name(&cur.value.tenant_id, name);
         if let Some(owner) = db::get_text(store, &new_key).await? {
@@ -229,13 +233,14 @@ pub async fn patch(
                 Compare::absent(&new_key),
             ],
             ops,
-            vpc,
+            (vpc, 0),
         )
         .await
     })
     .await?;
     tracing::info!(name = %vpc.name, "VPC updated");
-    Ok(Json(vpc))
+    let revision = auth::last_commit_revision().unwrap_or(read_at);
+    Ok(Tagged(vpc, revision))
 }
 
 #[utoipa::path(delete, path = "/v1/vpcs/{id}", tag = "vpcs", params(("id" = String, Path)),
@@ -246,12 +251,14 @@ pub async fn delete(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
 ) -> ApiResult<StatusCode> {
     let store = st.store.as_ref();
-    let (id, caller) = (&id, &caller);
+    let (id, caller, if_match) = (&id, &caller, &if_match);
     db::retry("delete the VPC", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
+        if_match.check(cur.mod_revision)?;
         // Guard first, then the subnets: a subnet added after this read
         // bumps the guard and fails the compare.
         let guard = index::vpc_guard(id);

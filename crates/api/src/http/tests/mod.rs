@@ -2,6 +2,7 @@
 
 mod audit;
 mod concurrency;
+mod etag;
 mod failures;
 mod iam;
 mod idempotency;
