@@ -111,6 +111,9 @@ pub struct Owned<T> {
     /// answers; not stored (0 there, and left out).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub revision: u64,
+    /// The tenant's labels of the resource (lists filter on them).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: std::collections::BTreeMap<String, String>,
     #[serde(flatten)]
     pub inner: T,
 }
@@ -124,8 +127,14 @@ impl<T> Owned<T> {
         Owned {
             tenant_id: tenant_id.into(),
             revision: 0,
+            tags: Default::default(),
             inner,
         }
+    }
+
+    pub fn with_tags(mut self, tags: std::collections::BTreeMap<String, String>) -> Self {
+        self.tags = tags;
+        self
     }
 
     /// The value as answered: with the revision it was read or written at.

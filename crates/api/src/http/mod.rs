@@ -12,6 +12,7 @@ mod etag;
 mod extract;
 pub mod iam;
 mod idempotency;
+mod list;
 pub mod nics;
 pub mod nodes;
 mod openapi;

@@ -7,7 +7,6 @@ use std::net::Ipv4Addr;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::Json;
 use serde::{Deserialize, Deserializer, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
@@ -16,6 +15,7 @@ use super::auth::{self, Access, Caller};
 use super::db::{self, index, Attempt};
 use super::etag::{IfMatch, Tagged};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::list::{page_of, PageOf};
 use super::problem::{ApiResult, Problem};
 use super::validate;
 use super::{security_groups, subnets, vpcs, AppState};
@@ -26,6 +26,11 @@ use crate::store::{Compare, Op, Store};
 #[serde(deny_unknown_fields)]
 pub struct CreateNic {
     pub subnet_id: String,
+    /// Labels: up to 50 `key: value` pairs (keys 1 to 128 of A-Z a-z 0-9
+    /// `. _ : / -`, values up to 256 characters). On a PATCH: the new set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
+
     /// The NIC id if omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -112,6 +117,11 @@ async fn group_refs(store: &dyn Store, nic: &Nic) -> ApiResult<(Vec<Compare>, Ve
 pub struct PatchNic {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels: up to 50 `key: value` pairs (keys 1 to 128 of A-Z a-z 0-9
+    /// `. _ : / -`, values up to 256 characters). On a PATCH: the new set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
+
     /// A node name to (re)bind the NIC to, or null to unbind it.
     #[serde(
         default,
@@ -143,6 +153,15 @@ pub struct NicFilter {
     pub vpc_id: Option<String>,
     /// Only the NICs bound to this node.
     pub node: Option<String>,
+    /// Only resources with exactly this name.
+    pub name: Option<String>,
+    /// Only resources with these tags: `key` or `key=value`, several
+    /// separated by commas (all must hold).
+    pub tag: Option<String>,
+    /// At most this many (1 to 1000; 1000 if absent).
+    pub page_size: Option<u32>,
+    /// From a previous page's `Next-Page-Token` (or `Link: rel=next`).
+    pub page_token: Option<String>,
 }
 
 /// A NIC as the API shows it: the stored NIC plus its data-path status.
@@ -229,6 +248,9 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateNic>,
 ) -> ApiResult<impl IntoResponse> {
     caller.tenant_scope()?;
+    let tags = req.tags.clone().unwrap_or_default();
+    validate::tags(&tags)?;
+    let tags = &tags;
     let id = validate::new_id("nic");
     tracing::Span::current().record("nic_id", id.as_str());
     let name = req.name.clone().unwrap_or_else(|| id.clone());
@@ -372,6 +394,7 @@ pub async fn create(
                 created_at: created_at.clone(),
             },
         );
+        let nic = nic.with_tags(tags.clone());
         check_port_security(&nic)?;
         let mut ops = vec![
             db::put_json(&key, &nic)?,
@@ -417,11 +440,12 @@ pub async fn create(
 pub async fn list(
     State(st): State<AppState>,
     caller: Caller,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
     ApiQuery(f): ApiQuery<NicFilter>,
-) -> ApiResult<Json<Vec<NicView>>> {
+) -> ApiResult<PageOf<NicView>> {
     caller.tenant_scope()?;
     let store = st.store.as_ref();
-    let nics: Vec<Owned<Nic>> = db::list_json(store, keys::NICS).await?;
+    let nics: Vec<Owned<Nic>> = db::list_revisioned(store, keys::NICS).await?;
     let (kvs, _) = store.range(keys::NIC_STATUS).await?;
     let mut statuses: HashMap<String, NicStatusRecord> = HashMap::new();
     for kv in kvs {
@@ -445,7 +469,9 @@ pub async fn list(
             NicView { nic, status }
         })
         .collect();
-    Ok(Json(out))
+    let filters = format!("{:?}", (&f.subnet_id, &f.vpc_id, &f.node));
+    let (items, next) = page_of!(f).apply("nics", &filters, out)?;
+    Ok(PageOf { items, next, uri })
 }
 
 #[utoipa::path(get, path = "/v1/nics/{id}", tag = "nics", params(("id" = String, Path)),
@@ -477,6 +503,9 @@ pub async fn patch(
     if let Some(name) = &req.name {
         validate::name("name", name)?;
     }
+    if let Some(t) = &req.tags {
+        validate::tags(t)?;
+    }
     let want_groups = req
         .security_groups
         .as_deref()
@@ -500,6 +529,9 @@ pub async fn patch(
         let mut ops = vec![];
         if let Some(name) = &req.name {
             nic.name = name.clone();
+        }
+        if let Some(t) = &req.tags {
+            nic.tags = t.clone();
         }
         if let Some(node) = req.node.as_ref().filter(|n| **n != nic.node) {
             if let Some(node) = node {

@@ -199,6 +199,31 @@ impl utoipa::Modify for Idempotent {
                     );
                 }
             }
+            if let Some(RefOr::T(resp)) = item
+                .get
+                .as_mut()
+                .filter(|_| collection)
+                .and_then(|op| op.responses.responses.get_mut("200"))
+            {
+                for (name, what) in [
+                    (
+                        "Link",
+                        "`<uri of the next page>; rel=\"next\"` when there is one",
+                    ),
+                    (
+                        "Next-Page-Token",
+                        "the `page_token` of the next page, when there is one",
+                    ),
+                ] {
+                    resp.headers.insert(
+                        name.into(),
+                        utoipa::openapi::header::HeaderBuilder::new()
+                            .schema(ObjectBuilder::new().schema_type(Type::String))
+                            .description(Some(what))
+                            .build(),
+                    );
+                }
+            }
             if !single {
                 continue;
             }

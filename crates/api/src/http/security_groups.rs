@@ -23,6 +23,7 @@ use super::auth::{self, Access, Caller};
 use super::db::{self, index, Attempt};
 use super::etag::{IfMatch, Tagged};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::list::{page_of, PageOf};
 use super::problem::{ApiResult, Problem};
 use super::validate::{self, RuleSpec};
 use super::{vpcs, AppState};
@@ -96,6 +97,11 @@ impl CreateRule {
 #[serde(deny_unknown_fields)]
 pub struct CreateSecurityGroup {
     pub vpc_id: String,
+    /// Labels: up to 50 `key: value` pairs (keys 1 to 128 of A-Z a-z 0-9
+    /// `. _ : / -`, values up to 256 characters). On a PATCH: the new set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
+
     /// Unique within the VPC.
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,6 +116,11 @@ pub struct CreateSecurityGroup {
 pub struct PatchSecurityGroup {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels: up to 50 `key: value` pairs (keys 1 to 128 of A-Z a-z 0-9
+    /// `. _ : / -`, values up to 256 characters). On a PATCH: the new set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
+
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
@@ -120,6 +131,15 @@ pub struct PatchSecurityGroup {
 pub struct GroupFilter {
     /// Only the groups of this VPC.
     pub vpc_id: Option<String>,
+    /// Only resources with exactly this name.
+    pub name: Option<String>,
+    /// Only resources with these tags: `key` or `key=value`, several
+    /// separated by commas (all must hold).
+    pub tag: Option<String>,
+    /// At most this many (1 to 1000; 1000 if absent).
+    pub page_size: Option<u32>,
+    /// From a previous page's `Next-Page-Token` (or `Link: rel=next`).
+    pub page_token: Option<String>,
 }
 
 fn not_found(id: &str) -> Problem {
@@ -242,6 +262,9 @@ pub async fn create(
 ) -> ApiResult<impl IntoResponse> {
     caller.tenant_scope()?;
     validate::name("name", &req.name)?;
+    let tags = req.tags.clone().unwrap_or_default();
+    validate::tags(&tags)?;
+    let tags = &tags;
     let description = req.description.clone().unwrap_or_default();
     validate::description("description", &description)?;
     let rules = check_rules(req.rules.as_deref().unwrap_or_default())?;
@@ -283,6 +306,7 @@ pub async fn create(
                 created_at: created_at.clone(),
             },
         );
+        let group = group.with_tags(tags.clone());
         let mut ops = vec![
             db::put_json(&key, &group)?,
             Op::put(name_key, id.as_bytes().to_vec()),
@@ -321,17 +345,19 @@ pub async fn create(
 pub async fn list(
     State(st): State<AppState>,
     caller: Caller,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
     ApiQuery(f): ApiQuery<GroupFilter>,
-) -> ApiResult<Json<Vec<Owned<SecurityGroup>>>> {
+) -> ApiResult<PageOf<Owned<SecurityGroup>>> {
     caller.tenant_scope()?;
     let all: Vec<Owned<SecurityGroup>> =
-        db::list_json(st.store.as_ref(), keys::SECURITY_GROUPS).await?;
-    Ok(Json(
-        all.into_iter()
-            .filter(|g| caller.sees(&g.tenant_id))
-            .filter(|g| f.vpc_id.as_ref().is_none_or(|v| &g.vpc_id == v))
-            .collect(),
-    ))
+        db::list_revisioned(st.store.as_ref(), keys::SECURITY_GROUPS).await?;
+    let seen = all
+        .into_iter()
+        .filter(|g| caller.sees(&g.tenant_id))
+        .filter(|g| f.vpc_id.as_ref().is_none_or(|v| &g.vpc_id == v))
+        .collect();
+    let (items, next) = page_of!(f).apply("security-groups", &format!("{:?}", f.vpc_id), seen)?;
+    Ok(PageOf { items, next, uri })
 }
 
 #[utoipa::path(get, path = "/v1/security-groups/{id}", tag = "security-groups",
@@ -365,6 +391,9 @@ pub async fn patch(
     if let Some(name) = &req.name {
         validate::name("name", name)?;
     }
+    if let Some(t) = &req.tags {
+        validate::tags(t)?;
+    }
     if let Some(d) = &req.description {
         validate::description("description", d)?;
     }
@@ -393,6 +422,9 @@ pub async fn patch(
         }
         if let Some(d) = &req.description {
             g.description = d.clone();
+        }
+        if let Some(t) = &req.tags {
+            g.tags = t.clone();
         }
         if g == cur.value {
             return Ok(Attempt::Done((g, cur.mod_revision)));

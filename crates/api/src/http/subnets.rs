@@ -3,7 +3,6 @@
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
@@ -12,6 +11,7 @@ use super::auth::{self, Access, Caller};
 use super::db::{self, index, Attempt};
 use super::etag::{IfMatch, Tagged};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::list::{page_of, PageOf};
 use super::problem::{ApiResult, Problem};
 use super::validate;
 use super::vpcs;
@@ -23,6 +23,11 @@ use crate::store::{Compare, Op, Store};
 #[serde(deny_unknown_fields)]
 pub struct CreateSubnet {
     pub vpc_id: String,
+    /// Labels: up to 50 `key: value` pairs (keys 1 to 128 of A-Z a-z 0-9
+    /// `. _ : / -`, values up to 256 characters). On a PATCH: the new set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
+
     /// The subnet id if omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -45,6 +50,11 @@ pub struct CreateSubnet {
 pub struct PatchSubnet {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels: up to 50 `key: value` pairs (keys 1 to 128 of A-Z a-z 0-9
+    /// `. _ : / -`, values up to 256 characters). On a PATCH: the new set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
+
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_servers: Option<Vec<String>>,
 }
@@ -55,6 +65,15 @@ pub struct PatchSubnet {
 pub struct SubnetFilter {
     /// Only the subnets of this VPC.
     pub vpc_id: Option<String>,
+    /// Only resources with exactly this name.
+    pub name: Option<String>,
+    /// Only resources with these tags: `key` or `key=value`, several
+    /// separated by commas (all must hold).
+    pub tag: Option<String>,
+    /// At most this many (1 to 1000; 1000 if absent).
+    pub page_size: Option<u32>,
+    /// From a previous page's `Next-Page-Token` (or `Link: rel=next`).
+    pub page_token: Option<String>,
 }
 
 fn not_found(id: &str) -> Problem {
@@ -92,6 +111,9 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateSubnet>,
 ) -> ApiResult<impl IntoResponse> {
     caller.tenant_scope()?;
+    let tags = req.tags.clone().unwrap_or_default();
+    validate::tags(&tags)?;
+    let tags = &tags;
     let id = validate::new_id("subnet");
     tracing::Span::current().record("subnet_id", id.as_str());
     let name = req.name.clone().unwrap_or_else(|| id.clone());
@@ -160,6 +182,7 @@ pub async fn create(
                 created_at: created_at.clone(),
             },
         );
+        let subnet = subnet.with_tags(tags.clone());
         let key = keys::subnet(id);
         auth::respond_with_revision(&format!("/v1/subnets/{id}"), &subnet);
         db::commit_attempt(
@@ -197,16 +220,19 @@ pub async fn create(
 pub async fn list(
     State(st): State<AppState>,
     caller: Caller,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
     ApiQuery(filter): ApiQuery<SubnetFilter>,
-) -> ApiResult<Json<Vec<Owned<Subnet>>>> {
+) -> ApiResult<PageOf<Owned<Subnet>>> {
     caller.tenant_scope()?;
-    let all: Vec<Owned<Subnet>> = db::list_json(st.store.as_ref(), keys::SUBNETS).await?;
-    Ok(Json(
-        all.into_iter()
-            .filter(|s| caller.sees(&s.tenant_id))
-            .filter(|s| filter.vpc_id.as_ref().is_none_or(|v| &s.vpc_id == v))
-            .collect(),
-    ))
+    let all: Vec<Owned<Subnet>> = db::list_revisioned(st.store.as_ref(), keys::SUBNETS).await?;
+    let seen = all
+        .into_iter()
+        .filter(|s| caller.sees(&s.tenant_id))
+        .filter(|s| filter.vpc_id.as_ref().is_none_or(|v| &s.vpc_id == v))
+        .collect();
+    let filters = format!("{:?}", filter.vpc_id);
+    let (items, next) = page_of!(filter).apply("subnets", &filters, seen)?;
+    Ok(PageOf { items, next, uri })
 }
 
 #[utoipa::path(get, path = "/v1/subnets/{id}", tag = "subnets", params(("id" = String, Path)),
@@ -241,6 +267,9 @@ pub async fn patch(
     if let Some(name) = &req.name {
         validate::name("name", name)?;
     }
+    if let Some(t) = &req.tags {
+        validate::tags(t)?;
+    }
     let dns = req
         .dns_servers
         .as_deref()
@@ -255,6 +284,9 @@ pub async fn patch(
         let mut subnet = cur.value.clone();
         if let Some(name) = &req.name {
             subnet.name = name.clone();
+        }
+        if let Some(t) = &req.tags {
+            subnet.tags = t.clone();
         }
         if let Some(dns) = dns {
             subnet.dns_servers = dns.clone();

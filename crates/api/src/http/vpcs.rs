@@ -3,7 +3,6 @@
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::ToSchema;
@@ -11,7 +10,8 @@ use utoipa::ToSchema;
 use super::auth::{self, Access, Caller};
 use super::db::{self, index, Attempt};
 use super::etag::{IfMatch, Tagged};
-use super::extract::{ApiJson, ApiPath};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::list::{page_of, PageOf};
 use super::nodes::DEFAULT_SET;
 use super::problem::{ApiResult, Problem};
 use super::security_groups::{self, sg_index};
@@ -31,6 +31,10 @@ pub struct CreateVpc {
     /// One or more IPv4 CIDRs that do not overlap each other.
     #[schema(example = json!(["10.0.0.0/16"]))]
     pub cidrs: Vec<String>,
+    /// Labels: up to 50 `key: value` pairs (keys 1 to 128 of A-Z a-z 0-9
+    /// `. _ : / -`, values up to 256 characters). On a PATCH: the new set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
@@ -38,6 +42,25 @@ pub struct CreateVpc {
 pub struct PatchVpc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels: up to 50 `key: value` pairs (keys 1 to 128 of A-Z a-z 0-9
+    /// `. _ : / -`, values up to 256 characters). On a PATCH: the new set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct VpcFilter {
+    /// Only resources with exactly this name.
+    pub name: Option<String>,
+    /// Only resources with these tags: `key` or `key=value`, several
+    /// separated by commas (all must hold).
+    pub tag: Option<String>,
+    /// At most this many (1 to 1000; 1000 if absent).
+    pub page_size: Option<u32>,
+    /// From a previous page's `Next-Page-Token` (or `Link: rel=next`).
+    pub page_token: Option<String>,
 }
 
 fn not_found(id: &str) -> Problem {
@@ -76,6 +99,9 @@ pub async fn create(
 ) -> ApiResult<impl IntoResponse> {
     let tenant = caller.tenant_for_create()?;
     validate::name("name", &req.name)?;
+    let tags = req.tags.clone().unwrap_or_default();
+    validate::tags(&tags)?;
+    let tags = &tags;
     let set = req.set.unwrap_or_else(|| DEFAULT_SET.to_string());
     validate::dns_label("set", &set)?;
     let cidrs = validate::vpc_cidrs(&req.cidrs)?;
@@ -121,6 +147,7 @@ pub async fn create(
                 created_at: created_at.clone(),
             },
         );
+        let vpc = vpc.with_tags(tags.clone());
         let key = keys::vpc(id);
         auth::respond_with_revision(&format!("/v1/vpcs/{id}"), &vpc);
         db::commit_attempt(
@@ -156,18 +183,24 @@ pub async fn create(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/vpcs", tag = "vpcs",
-    responses((status = 200, body = [Owned<Vpc>]), (status = 401, body = Problem),
-        (status = 403, body = Problem)))]
+#[utoipa::path(get, path = "/v1/vpcs", tag = "vpcs", params(VpcFilter),
+    responses((status = 200, body = [Owned<Vpc>]), (status = 400, body = Problem),
+        (status = 401, body = Problem), (status = 403, body = Problem)))]
 #[instrument(skip_all)]
-pub async fn list(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Owned<Vpc>>>> {
+pub async fn list(
+    State(st): State<AppState>,
+    caller: Caller,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
+    ApiQuery(f): ApiQuery<VpcFilter>,
+) -> ApiResult<PageOf<Owned<Vpc>>> {
     caller.tenant_scope()?;
-    let all: Vec<Owned<Vpc>> = db::list_json(st.store.as_ref(), keys::VPCS).await?;
-    Ok(Json(
-        all.into_iter()
-            .filter(|v| caller.sees(&v.tenant_id))
-            .collect(),
-    ))
+    let all: Vec<Owned<Vpc>> = db::list_revisioned(st.store.as_ref(), keys::VPCS).await?;
+    let seen = all
+        .into_iter()
+        .filter(|v| caller.sees(&v.tenant_id))
+        .collect();
+    let (items, next) = page_of!(f).apply("vpcs", "", seen)?;
+    Ok(PageOf { items, next, uri })
 }
 
 #[utoipa::path(get, path = "/v1/vpcs/{id}", tag = "vpcs", params(("id" = String, Path)),
@@ -202,40 +235,40 @@ pub async fn patch(
     if let Some(name) = &req.name {
         validate::name("name", name)?;
     }
+    if let Some(t) = &req.tags {
+        validate::tags(t)?;
+    }
     let store = st.store.as_ref();
     let (id, req, caller, if_match) = (&id, &req, &caller, &if_match);
-    let (vpc, read_at) = db::retry("rename the VPC", || async move {
+    let (vpc, read_at) = db::retry("update the VPC", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         if_match.check(cur.mod_revision)?;
-        let Some(name) = req.name.as_ref().filter(|n| **n != cur.value.name) else {
-            return Ok(Attempt::Done((cur.value, cur.mod_revision)));
-        };
-        let new_key = index::vpc_name(&cur.value.tenant_id, name);
-        if let Some(owner) = db::get_text(store, &new_key).await? {
-            return Err(name_taken(name, &owner));
-        }
-        let old_key = index::vpc_name(&cur.value.tenant_id, &cur.value.name);
         let mut vpc = cur.value.clone();
-        vpc.name = name.clone();
-        let key = keys::vpc(id);
-        let mut ops = vec![
-            db::put_json(&key, &vpc)?,
-            Op::put(&new_key, id.as_bytes().to_vec()),
-        ];
-        if db::get_text(store, &old_key).await?.as_deref() == Some(id.as_str()) {
-            ops.push(Op::delete(old_key));
+        if let Some(t) = &req.tags {
+            vpc.tags = t.clone();
         }
-        db::commit_attempt(
-            store,
-            vec![
-                Compare::mod_revision_is(&key, cur.mod_revision),
-                Compare::absent(&new_key),
-            ],
-            ops,
-            (vpc, 0),
-        )
-        .await
+        let key = keys::vpc(id);
+        let mut compare = vec![Compare::mod_revision_is(&key, cur.mod_revision)];
+        let mut ops = vec![];
+        if let Some(name) = req.name.as_ref().filter(|n| **n != cur.value.name) {
+            let new_key = index::vpc_name(&cur.value.tenant_id, name);
+            if let Some(owner) = db::get_text(store, &new_key).await? {
+                return Err(name_taken(name, &owner));
+            }
+            let old_key = index::vpc_name(&cur.value.tenant_id, &cur.value.name);
+            vpc.name = name.clone();
+            ops.push(Op::put(&new_key, id.as_bytes().to_vec()));
+            compare.push(Compare::absent(&new_key));
+            if db::get_text(store, &old_key).await?.as_deref() == Some(id.as_str()) {
+                ops.push(Op::delete(old_key));
+            }
+        }
+        if vpc == cur.value {
+            return Ok(Attempt::Done((cur.value, cur.mod_revision)));
+        }
+        ops.push(db::put_json(&key, &vpc)?);
+        db::commit_attempt(store, compare, ops, (vpc, 0)).await
     })
     .await?;
     tracing::info!(name = %vpc.name, "VPC updated");

@@ -6,6 +6,7 @@ mod etag;
 mod failures;
 mod iam;
 mod idempotency;
+mod lists;
 mod matrix;
 mod nics;
 mod nodes;
