@@ -70,6 +70,9 @@ pub mod keys {
     /// `/stacknet-iam/idempotency-lock/<tenant>/<sha256 of the key>`: the
     /// in-flight marker of a create with that key, on a short lease.
     pub const IDEMPOTENCY_LOCK: &str = "/stacknet-iam/idempotency-lock/";
+    /// `/stacknet-iam/quota/<tenant>/limits` (the tenant's limits) and
+    /// `.../usage/<kind>/<shard>` (usage counters, see `http::quota`).
+    pub const QUOTA: &str = "/stacknet-iam/quota/";
     /// Unique names of tenants and users: `<kind>/<name>` → id.
     pub const IAM_INDEX: &str = "/stacknet-iam/index/";
 

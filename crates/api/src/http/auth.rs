@@ -895,6 +895,7 @@ pub async fn bootstrap(store: &dyn Store, auth: &AuthConfig) -> ApiResult<Option
             db::put_json(keys::user(&user.id), &record)?,
             Op::put(keys::user_name(&user.name), user.id.as_bytes().to_vec()),
             db::put_json(keys::api_key(&key.key.key_id), &key)?,
+            super::quota::bootstrap_limits_op(&tenant.id)?,
         ],
     )
     .await?;

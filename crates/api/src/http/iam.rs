@@ -254,7 +254,13 @@ pub async fn delete_tenant(
             )));
         }
         let key = keys::tenant(id);
-        let mut ops = vec![Op::delete(&key), Op::delete(&guard)];
+        let mut ops = vec![
+            Op::delete(&key),
+            Op::delete(&guard),
+            Op::DeletePrefix {
+                prefix: format!("{}{id}/", keys::QUOTA),
+            },
+        ];
         let name_key = keys::tenant_name(&cur.value.name);
         if db::get_text(store, &name_key).await?.as_deref() == Some(id.as_str()) {
             ops.push(Op::delete(name_key));

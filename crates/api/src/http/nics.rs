@@ -17,6 +17,7 @@ use super::etag::{IfMatch, Tagged};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::list::{page_of, PageOf};
 use super::problem::{ApiResult, Problem};
+use super::quota::{self, Kind};
 use super::validate;
 use super::{security_groups, subnets, vpcs, AppState};
 use crate::model::{keys, Nic, NicStatus, NicStatusRecord, Node, Owned};
@@ -405,6 +406,9 @@ pub async fn create(
         let (c, o) = group_refs(store, &nic).await?;
         compare.extend(c);
         ops.extend(o);
+        let (c, o) = quota::charge(store, &nic.tenant_id, &[(Kind::Nics, 1)]).await?;
+        compare.extend(c);
+        ops.extend(o);
         if let Some(node) = &req.node {
             let (c, op) = bind(store, node, &vpc.value.set, &vpc.value.id).await?;
             compare.extend(c);
@@ -607,6 +611,8 @@ pub async fn delete(
         if_match.check(cur.mod_revision)?;
         let key = keys::nic(id);
         let mut ops = vec![Op::delete(&key), Op::delete(keys::nic_status(id))];
+        let (qc, qo) = quota::charge(store, &cur.value.tenant_id, &[(Kind::Nics, -1)]).await?;
+        ops.extend(qo);
         for idx in [
             index::ip(&cur.value.subnet_id, cur.value.ip),
             index::mac(&cur.value.vpc_id, cur.value.mac),
@@ -617,7 +623,10 @@ pub async fn delete(
         }
         db::commit_attempt(
             store,
-            vec![Compare::mod_revision_is(&key, cur.mod_revision)],
+            [Compare::mod_revision_is(&key, cur.mod_revision)]
+                .into_iter()
+                .chain(qc)
+                .collect(),
             ops,
             (),
         )

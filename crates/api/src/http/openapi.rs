@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{iam, nics, nodes, problem, security_groups, subnets, vpcs};
+use super::{iam, nics, nodes, problem, quota, security_groups, subnets, vpcs};
 use crate::model;
 
 #[derive(OpenApi)]
@@ -14,6 +14,7 @@ use crate::model;
         iam::create_tenant, iam::list_tenants, iam::get_tenant, iam::delete_tenant,
         iam::create_user, iam::list_users, iam::get_user, iam::delete_user,
         iam::create_key, iam::list_keys, iam::delete_key, iam::list_audit,
+        quota::get, quota::patch,
         nodes::create, nodes::list, nodes::get, nodes::patch, nodes::delete,
         vpcs::create, vpcs::list, vpcs::get, vpcs::patch, vpcs::delete,
         subnets::create, subnets::list, subnets::get, subnets::patch, subnets::delete,
@@ -33,6 +34,7 @@ use crate::model;
         security_groups::CreateRule,
         model::Tenant, model::User, model::Role, model::ApiKey, model::AuditRecord,
         iam::CreateTenant, iam::CreateUser, iam::NewApiKey,
+        quota::Limits, quota::PatchQuotas, quota::Quotas,
     )),
     tags((name = "iam"), (name = "nodes"), (name = "vpcs"), (name = "subnets"), (name = "nics"),
         (name = "security-groups"))

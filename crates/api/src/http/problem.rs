@@ -122,6 +122,16 @@ impl Problem {
         )
     }
 
+    /// A create would take the tenant over one of its quotas.
+    pub fn quota_exceeded(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "quota-exceeded",
+            "Quota exceeded",
+            detail,
+        )
+    }
+
     /// `If-Match` named a revision the resource is no longer at.
     pub fn precondition_failed(detail: impl Into<String>) -> Self {
         Self::new(

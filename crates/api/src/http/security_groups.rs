@@ -25,6 +25,7 @@ use super::etag::{IfMatch, Tagged};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::list::{page_of, PageOf};
 use super::problem::{ApiResult, Problem};
+use super::quota::{self, Kind};
 use super::validate::{self, RuleSpec};
 use super::{vpcs, AppState};
 use crate::model::{keys, Direction, Nic, Owned, Protocol, SecurityGroup, SecurityGroupRule};
@@ -313,6 +314,17 @@ pub async fn create(
             // The VPC's delete compares its guard: it sees this group.
             db::bump(index::vpc_guard(vpc_id)),
         ];
+        let (c, o) = quota::charge(
+            store,
+            &group.tenant_id,
+            &[
+                (Kind::SecurityGroups, 1),
+                (Kind::SecurityGroupRules, rules.len() as i64),
+            ],
+        )
+        .await?;
+        compare.extend(c);
+        ops.extend(o);
         for (i, r) in rules.iter().enumerate() {
             if let Some(remote) = &r.remote_group_id {
                 let field = format!("rules[{i}].remote_group_id");
@@ -478,6 +490,16 @@ pub async fn delete(
         }
         let key = keys::security_group(id);
         let mut ops = vec![Op::delete(&key), Op::delete(&guard)];
+        let (qc, qo) = quota::charge(
+            store,
+            &cur.value.tenant_id,
+            &[
+                (Kind::SecurityGroups, -1),
+                (Kind::SecurityGroupRules, -(cur.value.rules.len() as i64)),
+            ],
+        )
+        .await?;
+        ops.extend(qo);
         let name_key = sg_index::name(&cur.value.vpc_id, &cur.value.name);
         if db::get_text(store, &name_key).await?.as_deref() == Some(id.as_str()) {
             ops.push(Op::delete(name_key));
@@ -487,7 +509,10 @@ pub async fn delete(
             vec![
                 Compare::mod_revision_is(&key, cur.mod_revision),
                 Compare::mod_revision_is(&guard, guard_rev),
-            ],
+            ]
+            .into_iter()
+            .chain(qc)
+            .collect(),
             ops,
             (),
         )
@@ -569,6 +594,9 @@ pub async fn add_rule(
         }
         g.rules.push(rule.clone());
         ops.push(db::put_json(&key, &g)?);
+        let (c, o) = quota::charge(store, &g.tenant_id, &[(Kind::SecurityGroupRules, 1)]).await?;
+        compare.extend(c);
+        ops.extend(o);
         auth::respond_with(&format!("/v1/security-groups/{id}/rules/{}", rule.id), rule);
         Ok(if db::commit(store, compare, ops).await? {
             Attempt::Done(())
@@ -609,10 +637,15 @@ pub async fn delete_rule(
             )));
         }
         let key = keys::security_group(id);
+        let (qc, qo) =
+            quota::charge(store, &g.tenant_id, &[(Kind::SecurityGroupRules, -1)]).await?;
         db::commit_attempt(
             store,
-            vec![Compare::mod_revision_is(&key, cur.mod_revision)],
-            vec![db::put_json(&key, &g)?],
+            [Compare::mod_revision_is(&key, cur.mod_revision)]
+                .into_iter()
+                .chain(qc)
+                .collect(),
+            [db::put_json(&key, &g)?].into_iter().chain(qo).collect(),
             (),
         )
         .await

@@ -13,6 +13,7 @@ use super::etag::{IfMatch, Tagged};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::list::{page_of, PageOf};
 use super::problem::{ApiResult, Problem};
+use super::quota::{self, Kind};
 use super::validate;
 use super::vpcs;
 use super::AppState;
@@ -185,19 +186,26 @@ pub async fn create(
         let subnet = subnet.with_tags(tags.clone());
         let key = keys::subnet(id);
         auth::respond_with_revision(&format!("/v1/subnets/{id}"), &subnet);
+        let (qc, qo) = quota::charge(store, &vpc.value.tenant_id, &[(Kind::Subnets, 1)]).await?;
         db::commit_attempt(
             store,
-            vec![
+            [
                 db::created_at(keys::vpc(&vpc.value.id), vpc.create_revision),
                 Compare::mod_revision_is(&guard, guard_rev),
                 Compare::absent(&key),
                 Compare::absent(&mac_key),
-            ],
-            vec![
+            ]
+            .into_iter()
+            .chain(qc)
+            .collect(),
+            [
                 db::put_json(&key, &subnet)?,
                 Op::put(mac_key, id.as_bytes().to_vec()),
                 db::bump(guard),
-            ],
+            ]
+            .into_iter()
+            .chain(qo)
+            .collect(),
             subnet,
         )
         .await
@@ -337,7 +345,9 @@ pub async fn delete(
             )));
         }
         let key = keys::subnet(id);
+        let (qc, qo) = quota::charge(store, &cur.value.tenant_id, &[(Kind::Subnets, -1)]).await?;
         let mut ops = vec![Op::delete(&key), Op::delete(&guard)];
+        ops.extend(qo);
         let mac_key = index::mac(&cur.value.vpc_id, cur.value.gateway_mac);
         if db::get_text(store, &mac_key).await?.as_deref() == Some(id.as_str()) {
             ops.push(Op::delete(mac_key));
@@ -347,7 +357,10 @@ pub async fn delete(
             vec![
                 Compare::mod_revision_is(&key, cur.mod_revision),
                 Compare::mod_revision_is(&guard, guard_rev),
-            ],
+            ]
+            .into_iter()
+            .chain(qc)
+            .collect(),
             ops,
             (),
         )

@@ -14,6 +14,7 @@ use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::list::{page_of, PageOf};
 use super::nodes::DEFAULT_SET;
 use super::problem::{ApiResult, Problem};
+use super::quota::{self, Kind};
 use super::security_groups::{self, sg_index};
 use super::validate;
 use super::{iam, AppState};
@@ -150,6 +151,16 @@ pub async fn create(
         let vpc = vpc.with_tags(tags.clone());
         let key = keys::vpc(id);
         auth::respond_with_revision(&format!("/v1/vpcs/{id}"), &vpc);
+        let (qc, qo) = quota::charge(
+            store,
+            tenant,
+            &[
+                (Kind::Vpcs, 1),
+                (Kind::SecurityGroups, 1),
+                (Kind::SecurityGroupRules, sg.rules.len() as i64),
+            ],
+        )
+        .await?;
         db::commit_attempt(
             store,
             vec![
@@ -159,7 +170,10 @@ pub async fn create(
                 Compare::absent(&sg_key),
                 Compare::absent(&sg_name_key),
                 tenant_cmp,
-            ],
+            ]
+            .into_iter()
+            .chain(qc)
+            .collect(),
             vec![
                 tenant_op,
                 db::put_json(&key, &vpc)?,
@@ -167,7 +181,10 @@ pub async fn create(
                 Op::put(vni_key, id.as_bytes().to_vec()),
                 db::put_json(&sg_key, &sg)?,
                 Op::put(sg_name_key, sg_id.as_bytes().to_vec()),
-            ],
+            ]
+            .into_iter()
+            .chain(qo)
+            .collect(),
             vpc,
         )
         .await
@@ -322,6 +339,18 @@ pub async fn delete(
         let mut ops = vec![Op::delete(&key), Op::delete(&guard)];
         // The default group goes with the VPC (no NIC can be in it: the VPC
         // has no subnets left, so no NICs).
+        let default_rules: usize = defaults.iter().map(|g| g.rules.len()).sum();
+        let (qc, qo) = quota::charge(
+            store,
+            &cur.value.tenant_id,
+            &[
+                (Kind::Vpcs, -1),
+                (Kind::SecurityGroups, -(defaults.len() as i64)),
+                (Kind::SecurityGroupRules, -(default_rules as i64)),
+            ],
+        )
+        .await?;
+        ops.extend(qo);
         for g in defaults {
             ops.push(Op::delete(keys::security_group(&g.id)));
             ops.push(Op::delete(sg_index::guard(&g.id)));
@@ -343,7 +372,10 @@ pub async fn delete(
             vec![
                 Compare::mod_revision_is(&key, cur.mod_revision),
                 Compare::mod_revision_is(&guard, guard_rev),
-            ],
+            ]
+            .into_iter()
+            .chain(qc)
+            .collect(),
             ops,
             (),
         )

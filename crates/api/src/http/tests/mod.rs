@@ -11,6 +11,7 @@ mod matrix;
 mod nics;
 mod nodes;
 mod protocol;
+mod quotas;
 mod ratelimit;
 mod security_groups;
 mod server;
