@@ -64,6 +64,15 @@ pub mod keys {
     /// `/stacknet-iam/replay/<key id>/<nonce>`: nonces of committed
     /// mutations, attached to a lease that outlives the signing window.
     pub const REPLAY: &str = "/stacknet-iam/replay/";
+    /// `/stacknet-iam/idempotency/<tenant>/<sha256 of the key>`: the stored
+    /// answer of a create made with an idempotency key.
+    pub const IDEMPOTENCY: &str = "/stacknet-iam/idempotency/";
+    /// `/stacknet-iam/idempotency-lock/<tenant>/<sha256 of the key>`: the
+    /// in-flight marker of a create with that key, on a short lease.
+    pub const IDEMPOTENCY_LOCK: &str = "/stacknet-iam/idempotency-lock/";
+    /// `/stacknet-iam/quota/<tenant>/limits` (the tenant's limits) and
+    /// `.../usage/<kind>/<shard>` (usage counters, see `http::quota`).
+    pub const QUOTA: &str = "/stacknet-iam/quota/";
     /// Unique names of tenants and users: `<kind>/<name>` → id.
     pub const IAM_INDEX: &str = "/stacknet-iam/index/";
 
@@ -100,16 +109,41 @@ pub struct Owned<T> {
     /// tenants existed: only a system admin sees them).
     #[serde(default)]
     pub tenant_id: String,
+    /// The store revision of the resource's last change; its `ETag` is
+    /// this number in quotes (`If-Match` takes it). Filled in when the API
+    /// answers; not stored (0 there, and left out).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revision: u64,
+    /// The tenant's labels of the resource (lists filter on them).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: std::collections::BTreeMap<String, String>,
     #[serde(flatten)]
     pub inner: T,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl<T> Owned<T> {
     pub fn new(tenant_id: impl Into<String>, inner: T) -> Self {
         Owned {
             tenant_id: tenant_id.into(),
+            revision: 0,
+            tags: Default::default(),
             inner,
         }
+    }
+
+    pub fn with_tags(mut self, tags: std::collections::BTreeMap<String, String>) -> Self {
+        self.tags = tags;
+        self
+    }
+
+    /// The value as answered: with the revision it was read or written at.
+    pub fn at(mut self, revision: u64) -> Self {
+        self.revision = revision;
+        self
     }
 }
 

@@ -148,13 +148,22 @@ fn main() {
             );
             if round >= warmup {
                 runs.entry(sys).or_default().push(run);
+                // Kept current after every run, so a cut-short session
+                // still leaves its figures.
+                write_json(&report(w, &runs, false));
             }
         }
     }
-    let json = report(w, &runs);
-    let path = std::env::var("VS_OVN_JSON").unwrap_or_else(|_| "vs-ovn.json".into());
-    std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    let path = write_json(&report(w, &runs, true));
     println!("JSON written to {path}");
+}
+
+/// Writes the figures to `VS_OVN_JSON` (default `vs-ovn.json`); returns
+/// the path.
+fn write_json(v: &Value) -> String {
+    let path = std::env::var("VS_OVN_JSON").unwrap_or_else(|_| "vs-ovn.json".into());
+    std::fs::write(&path, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+    path
 }
 
 /// Nearest-rank percentile of unsorted samples (NaN when empty).
@@ -549,7 +558,11 @@ fn spread(v: &[f64]) -> (f64, f64) {
     (pct(v, 0.5), pct(v, 0.95))
 }
 
-fn report(w: Workload, runs: &BTreeMap<&str, Vec<Run>>) -> Value {
+/// The table (printed when `print`) and the JSON document.
+fn report(w: Workload, runs: &BTreeMap<&str, Vec<Run>>, print: bool) -> Value {
+    macro_rules! out {
+        ($($t:tt)*) => { if print { println!($($t)*) } };
+    }
     type Figure = (&'static str, fn(&[Run]) -> Vec<f64>);
     let pooled = |f: fn(&Run) -> &Vec<f64>, p: f64| {
         move |rs: &[Run]| -> f64 {
@@ -591,14 +604,17 @@ fn report(w: Workload, runs: &BTreeMap<&str, Vec<Run>>) -> Value {
     ];
     let get = |s: &str| runs.get(s).map(Vec::as_slice).unwrap_or(&[]);
     let rounds = get("stacknet").len().max(get("ovn").len());
-    println!();
-    println!(
+    out!();
+    out!(
         "workload 1, {rounds} rounds ({} NIC-ready samples per system); median over rounds (p95 in brackets)",
         rounds * w.iters
     );
-    println!(
+    out!(
         "{:<40} {:>20} {:>20} {:>13}",
-        "figure", "stacknet", "OVN", "stacknet/OVN"
+        "figure",
+        "stacknet",
+        "OVN",
+        "stacknet/OVN"
     );
     let mut rows = Vec::new();
     let mut row = |name: &str, a: f64, b: f64, a95: Option<f64>, b95: Option<f64>| {
@@ -606,7 +622,7 @@ fn report(w: Workload, runs: &BTreeMap<&str, Vec<Run>>) -> Value {
             Some(p) => format!("{m:.2} ({p:.2})"),
             None => format!("{m:.2}"),
         };
-        println!(
+        out!(
             "{name:<40} {:>20} {:>20} {:>13.3}",
             cell(a, a95),
             cell(b, b95),
@@ -674,10 +690,12 @@ fn report(w: Workload, runs: &BTreeMap<&str, Vec<Run>>) -> Value {
         row(name, a, b, Some(a95), Some(b95));
     }
     // Per process: median over rounds.
-    println!();
-    println!(
+    out!();
+    out!(
         "{:<28} {:>12} {:>16}",
-        "process (median of rounds)", "CPU (s)", "peak RSS (MiB)"
+        "process (median of rounds)",
+        "CPU (s)",
+        "peak RSS (MiB)"
     );
     let mut procs = serde_json::Map::new();
     for (sys, rs) in runs {
@@ -696,7 +714,7 @@ fn report(w: Workload, runs: &BTreeMap<&str, Vec<Run>>) -> Value {
                 .filter_map(|r| r.procs.get(&n))
                 .map(|u| u.peak_rss_kib as f64 / 1024.0)
                 .collect();
-            println!(
+            out!(
                 "{:<28} {:>12.2} {:>16.1}",
                 format!("{sys}: {n}"),
                 pct(&cpu, 0.5),

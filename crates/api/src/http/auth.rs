@@ -45,6 +45,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::db;
+use super::idempotency::{self, Idem};
 use super::problem::{ApiResult, Problem};
 use super::validate;
 use super::AppState;
@@ -73,6 +74,9 @@ pub struct AuthConfig {
     replay: ReplayCache,
     lease: tokio::sync::Mutex<Option<(LeaseId, Instant)>>,
     keys: Mutex<HashMap<String, CachedKey>>,
+    pub(super) idem_leases: idempotency::Leases,
+    /// Per-tenant request rate limits of this replica.
+    pub rate_limit: super::ratelimit::RateLimiter,
 }
 
 /// A key as last read from the store.
@@ -94,6 +98,8 @@ impl AuthConfig {
             replay: ReplayCache::default(),
             lease: tokio::sync::Mutex::new(None),
             keys: Mutex::new(HashMap::new()),
+            idem_leases: idempotency::Leases::default(),
+            rate_limit: Default::default(),
         })
     }
 
@@ -139,7 +145,7 @@ impl AuthConfig {
 
     /// hex(nonce ‖ ciphertext); the key id is the associated data, so a
     /// sealed secret cannot be moved to another key record.
-    fn seal(&self, key_id: &str, secret: &str) -> ApiResult<String> {
+    pub(super) fn seal(&self, key_id: &str, secret: &str) -> ApiResult<String> {
         let mut nonce = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut nonce);
         let ct = self
@@ -157,7 +163,7 @@ impl AuthConfig {
         Ok(hex::encode(out))
     }
 
-    fn unseal(&self, key_id: &str, sealed: &str) -> Option<String> {
+    pub(super) fn unseal(&self, key_id: &str, sealed: &str) -> Option<String> {
         let bytes = hex::decode(sealed).ok()?;
         if bytes.len() < 12 {
             return None;
@@ -353,6 +359,10 @@ pub(super) struct Mutation {
     committed: AtomicBool,
     /// The status recorded in the committed record.
     committed_status: Mutex<u16>,
+    /// The store revision of the last commit (0: none yet).
+    last_revision: std::sync::atomic::AtomicU64,
+    /// The create's idempotency key, held while it runs.
+    idem: Option<Box<Idem>>,
 }
 
 impl Mutation {
@@ -426,6 +436,9 @@ pub(super) async fn add_to_txn(
     let status = success_status(&m.method);
     let (key, record) = m.record(status, "succeeded");
     success.push(db::put_json(key, &record)?);
+    if let Some(idem) = &m.idem {
+        idempotency::add_to_txn(idem, store, &m.auth, status, compare, success).await?;
+    }
     let replay = m.replay_key();
     if let Some(r) = &replay {
         let lease = m.auth.replay_lease(store).await?;
@@ -439,12 +452,55 @@ pub(super) async fn add_to_txn(
     Ok(replay)
 }
 
-/// After a commit: marks the mutation recorded.
-pub(super) fn committed() {
+/// After a commit at `revision`: marks the mutation recorded.
+pub(super) fn committed(revision: u64) {
     let _ = MUTATION.try_with(|m| {
+        m.last_revision.store(revision, Ordering::Release);
         *m.committed_status.lock().unwrap_or_else(|p| p.into_inner()) = success_status(&m.method);
         m.committed.store(true, Ordering::Release);
     });
+}
+
+/// After a failed commit: a 409 if another request with this one's
+/// idempotency key committed first (the middleware then answers with that
+/// request's stored answer).
+pub(super) async fn check_idempotency_lost(store: &dyn Store) -> ApiResult<()> {
+    let Ok(m) = MUTATION.try_with(Arc::clone) else {
+        return Ok(());
+    };
+    match &m.idem {
+        Some(idem) if idempotency::check_lost(idem, store).await? => Err(idempotency::lost()),
+        _ => Ok(()),
+    }
+}
+
+/// What a create answers if its next commit succeeds: stored with the
+/// change when the request has an idempotency key (see [`idempotency`]).
+/// Call it before the commit that creates the resource.
+pub(super) fn respond_with<T: Serialize>(location: &str, body: &T) {
+    remember(location, body, false);
+}
+
+/// Like [`respond_with`] for a resource that carries its `revision` (the
+/// commit's, filled in when the answer is replayed).
+pub(super) fn respond_with_revision<T: Serialize>(location: &str, body: &T) {
+    remember(location, body, true);
+}
+
+fn remember<T: Serialize>(location: &str, body: &T, revision: bool) {
+    let _ = MUTATION.try_with(|m| {
+        if let Some(idem) = &m.idem {
+            idempotency::remember(idem, Some(location.to_string()), body, revision);
+        }
+    });
+}
+
+/// The revision of the current mutation's last commit, if it committed.
+pub(super) fn last_commit_revision() -> Option<u64> {
+    MUTATION
+        .try_with(|m| m.last_revision.load(Ordering::Acquire))
+        .ok()
+        .filter(|r| *r != 0)
 }
 
 pub(super) fn replayed() -> Problem {
@@ -471,15 +527,42 @@ pub async fn authenticate(State(st): State<AppState>, req: Request, next: Next) 
             return p.into_response();
         }
     };
+    if !matches!(caller.role, Role::SystemAdmin | Role::Operator) {
+        if let Err(wait) = st.auth.rate_limit.take(&caller.tenant_id) {
+            tracing::debug!(tenant_id = %caller.tenant_id, "request over the tenant's rate limit");
+            return super::ratelimit::too_many(&caller.tenant_id, wait);
+        }
+    }
     let span =
         tracing::info_span!("caller", user_id = %caller.user_id, tenant_id = %caller.tenant_id);
     parts.extensions.insert(caller.clone());
     let path = original_uri(&parts).path().to_string();
     let mutating = !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let req = Request::from_parts(parts, Body::from(bytes));
     if !mutating {
+        let req = Request::from_parts(parts, Body::from(bytes));
         return tracing::Instrument::instrument(next.run(req), span).await;
     }
+    let (idem, bytes) = if parts.method == Method::POST {
+        match idempotency::begin(
+            st.store.as_ref(),
+            &st.auth,
+            &caller,
+            parts.method.as_str(),
+            &path,
+            &parts.headers,
+            bytes,
+        )
+        .await
+        {
+            Ok(idempotency::Begin::None(b)) => (None, b),
+            Ok(idempotency::Begin::Started(i, b)) => (Some(i), b),
+            Ok(idempotency::Begin::Answered(resp)) => return resp,
+            Err(p) => return p.into_response(),
+        }
+    } else {
+        (None, bytes)
+    };
+    let req = Request::from_parts(parts, Body::from(bytes));
     let m = Arc::new(Mutation {
         caller,
         method: req.method().to_string(),
@@ -489,6 +572,8 @@ pub async fn authenticate(State(st): State<AppState>, req: Request, next: Next) 
         tenant: Mutex::new(None),
         committed: AtomicBool::new(false),
         committed_status: Mutex::new(0),
+        last_revision: Default::default(),
+        idem,
     });
     let resp = MUTATION
         .scope(
@@ -496,8 +581,12 @@ pub async fn authenticate(State(st): State<AppState>, req: Request, next: Next) 
             tracing::Instrument::instrument(next.run(req), span),
         )
         .await;
-    let status = resp.status().as_u16();
     let committed = m.committed.load(Ordering::Acquire);
+    let resp = match &m.idem {
+        Some(idem) => idempotency::finish(idem, st.store.as_ref(), &st.auth, committed, resp).await,
+        None => resp,
+    };
+    let status = resp.status().as_u16();
     let recorded = *m.committed_status.lock().unwrap_or_else(|p| p.into_inner());
     if !committed || recorded != status {
         // Nothing committed (a refusal, or a change that was a no-op), or
@@ -806,6 +895,7 @@ pub async fn bootstrap(store: &dyn Store, auth: &AuthConfig) -> ApiResult<Option
             db::put_json(keys::user(&user.id), &record)?,
             Op::put(keys::user_name(&user.name), user.id.as_bytes().to_vec()),
             db::put_json(keys::api_key(&key.key.key_id), &key)?,
+            super::quota::bootstrap_limits_op(&tenant.id)?,
         ],
     )
     .await?;

@@ -105,6 +105,21 @@ pub async fn list_json<T: DeserializeOwned>(store: &dyn Store, prefix: &str) -> 
     kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
 }
 
+/// Every object under `prefix`, decoded, each with its revision.
+pub async fn list_revisioned<T: DeserializeOwned + super::etag::Revisioned>(
+    store: &dyn Store,
+    prefix: &str,
+) -> ApiResult<Vec<T>> {
+    let (kvs, _rev) = store.range(prefix).await?;
+    kvs.iter()
+        .map(|kv| {
+            let mut v: T = decode(&kv.key, &kv.value)?;
+            v.set_revision(kv.mod_revision);
+            Ok(v)
+        })
+        .collect()
+}
+
 /// The `mod_revision` of `key`, 0 if absent (what a compare sees).
 pub async fn mod_revision(store: &dyn Store, key: &str) -> ApiResult<Revision> {
     Ok(store.get(key).await?.map_or(0, |kv| kv.mod_revision))
@@ -160,14 +175,17 @@ pub async fn commit(
         })
         .await?;
     if r.succeeded {
-        auth::committed();
-    } else if let Some(key) = replay {
+        auth::committed(r.revision);
+        return Ok(true);
+    }
+    auth::check_idempotency_lost(store).await?;
+    if let Some(key) = replay {
         // Another replica already committed this very request.
         if store.get(&key).await?.is_some() {
             return Err(auth::replayed());
         }
     }
-    Ok(r.succeeded)
+    Ok(false)
 }
 
 /// Commits like [`commit`] and turns the outcome into an [`Attempt`]:

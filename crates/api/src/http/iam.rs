@@ -145,6 +145,7 @@ pub async fn create_tenant(
     tracing::Span::current().record("tenant_id", tenant.id.as_str());
     let store = st.store.as_ref();
     let name_key = keys::tenant_name(&tenant.name);
+    auth::respond_with(&format!("/v1/tenants/{}", tenant.id), &tenant);
     let ok = db::commit(
         store,
         vec![Compare::absent(&name_key)],
@@ -253,7 +254,13 @@ pub async fn delete_tenant(
             )));
         }
         let key = keys::tenant(id);
-        let mut ops = vec![Op::delete(&key), Op::delete(&guard)];
+        let mut ops = vec![
+            Op::delete(&key),
+            Op::delete(&guard),
+            Op::DeletePrefix {
+                prefix: format!("{}{id}/", keys::QUOTA),
+            },
+        ];
         let name_key = keys::tenant_name(&cur.value.name);
         if db::get_text(store, &name_key).await?.as_deref() == Some(id.as_str()) {
             ops.push(Op::delete(name_key));
@@ -350,6 +357,7 @@ pub async fn create_user(
     if db::get_text(store, &name_key).await?.is_some() {
         return Err(name_taken(&user.name));
     }
+    auth::respond_with(&format!("/v1/users/{}", user.id), &user);
     let ok = db::commit(
         store,
         vec![tenant_cmp, Compare::absent(&name_key)],
@@ -486,6 +494,13 @@ pub async fn create_key(
         .get(&user_key)
         .await?
         .map_or(0, |kv| kv.create_revision);
+    auth::respond_with(
+        &format!("/v1/users/{id}/keys/{}", record.key.key_id),
+        &NewApiKey {
+            key: record.key.clone(),
+            secret: secret.clone(),
+        },
+    );
     let ok = db::commit(
         store,
         vec![

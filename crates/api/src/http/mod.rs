@@ -8,12 +8,17 @@
 
 pub mod auth;
 mod db;
+mod etag;
 mod extract;
 pub mod iam;
+mod idempotency;
+mod list;
 pub mod nics;
 pub mod nodes;
 mod openapi;
 pub mod problem;
+pub mod quota;
+pub mod ratelimit;
 pub mod security_groups;
 pub mod subnets;
 mod validate;
@@ -48,6 +53,7 @@ pub fn router(store: Arc<dyn Store>, auth: Arc<auth::AuthConfig>) -> Router {
             "/tenants/{id}",
             get(iam::get_tenant).delete(iam::delete_tenant),
         )
+        .route("/tenants/{id}/quotas", get(quota::get).patch(quota::patch))
         .route("/users", get(iam::list_users).post(iam::create_user))
         .route("/users/{id}", get(iam::get_user).delete(iam::delete_user))
         .route(

@@ -7,15 +7,17 @@ use std::net::Ipv4Addr;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::Json;
 use serde::{Deserialize, Deserializer, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{Access, Caller};
+use super::auth::{self, Access, Caller};
 use super::db::{self, index, Attempt};
+use super::etag::{IfMatch, Tagged};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::list::{page_of, PageOf};
 use super::problem::{ApiResult, Problem};
+use super::quota::{self, Kind};
 use super::validate;
 use super::{security_groups, subnets, vpcs, AppState};
 use crate::model::{keys, Nic, NicStatus, NicStatusRecord, Node, Owned};
@@ -25,6 +27,11 @@ use crate::store::{Compare, Op, Store};
 #[serde(deny_unknown_fields)]
 pub struct CreateNic {
     pub subnet_id: String,
+    /// Labels: up to 50 `key: value` pairs (keys 1 to 128 of A-Z a-z 0-9
+    /// `. _ : / -`, values up to 256 characters). On a PATCH: the new set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
+
     /// The NIC id if omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -111,6 +118,11 @@ async fn group_refs(store: &dyn Store, nic: &Nic) -> ApiResult<(Vec<Compare>, Ve
 pub struct PatchNic {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels: up to 50 `key: value` pairs (keys 1 to 128 of A-Z a-z 0-9
+    /// `. _ : / -`, values up to 256 characters). On a PATCH: the new set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
+
     /// A node name to (re)bind the NIC to, or null to unbind it.
     #[serde(
         default,
@@ -142,6 +154,15 @@ pub struct NicFilter {
     pub vpc_id: Option<String>,
     /// Only the NICs bound to this node.
     pub node: Option<String>,
+    /// Only resources with exactly this name.
+    pub name: Option<String>,
+    /// Only resources with these tags: `key` or `key=value`, several
+    /// separated by commas (all must hold).
+    pub tag: Option<String>,
+    /// At most this many (1 to 1000; 1000 if absent).
+    pub page_size: Option<u32>,
+    /// From a previous page's `Next-Page-Token` (or `Link: rel=next`).
+    pub page_token: Option<String>,
 }
 
 /// A NIC as the API shows it: the stored NIC plus its data-path status.
@@ -228,6 +249,9 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateNic>,
 ) -> ApiResult<impl IntoResponse> {
     caller.tenant_scope()?;
+    let tags = req.tags.clone().unwrap_or_default();
+    validate::tags(&tags)?;
+    let tags = &tags;
     let id = validate::new_id("nic");
     tracing::Span::current().record("nic_id", id.as_str());
     let name = req.name.clone().unwrap_or_else(|| id.clone());
@@ -371,6 +395,7 @@ pub async fn create(
                 created_at: created_at.clone(),
             },
         );
+        let nic = nic.with_tags(tags.clone());
         check_port_security(&nic)?;
         let mut ops = vec![
             db::put_json(&key, &nic)?,
@@ -381,11 +406,20 @@ pub async fn create(
         let (c, o) = group_refs(store, &nic).await?;
         compare.extend(c);
         ops.extend(o);
+        let (c, o) = quota::charge(store, &nic.tenant_id, &[(Kind::Nics, 1)]).await?;
+        compare.extend(c);
+        ops.extend(o);
         if let Some(node) = &req.node {
             let (c, op) = bind(store, node, &vpc.value.set, &vpc.value.id).await?;
             compare.extend(c);
             ops.push(op);
         }
+        // A new NIC has no status report yet: it is down.
+        let answer = NicView {
+            nic: nic.clone(),
+            status: NicStatus::Down,
+        };
+        auth::respond_with_revision(&format!("/v1/nics/{id}"), &answer);
         Ok(if db::commit(store, compare, ops).await? {
             Attempt::Done(nic)
         } else {
@@ -396,10 +430,11 @@ pub async fn create(
     tracing::info!(ip = %nic.ip, mac = %nic.mac, node = ?nic.node, "NIC created");
     let location = format!("/v1/nics/{}", nic.id);
     let view = view(store, nic).await?;
+    let revision = auth::last_commit_revision().unwrap_or_default();
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(view),
+        Tagged(view, revision),
     ))
 }
 
@@ -409,11 +444,12 @@ pub async fn create(
 pub async fn list(
     State(st): State<AppState>,
     caller: Caller,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
     ApiQuery(f): ApiQuery<NicFilter>,
-) -> ApiResult<Json<Vec<NicView>>> {
+) -> ApiResult<PageOf<NicView>> {
     caller.tenant_scope()?;
     let store = st.store.as_ref();
-    let nics: Vec<Owned<Nic>> = db::list_json(store, keys::NICS).await?;
+    let nics: Vec<Owned<Nic>> = db::list_revisioned(store, keys::NICS).await?;
     let (kvs, _) = store.range(keys::NIC_STATUS).await?;
     let mut statuses: HashMap<String, NicStatusRecord> = HashMap::new();
     for kv in kvs {
@@ -437,7 +473,9 @@ pub async fn list(
             NicView { nic, status }
         })
         .collect();
-    Ok(Json(out))
+    let filters = format!("{:?}", (&f.subnet_id, &f.vpc_id, &f.node));
+    let (items, next) = page_of!(f).apply("nics", &filters, out)?;
+    Ok(PageOf { items, next, uri })
 }
 
 #[utoipa::path(get, path = "/v1/nics/{id}", tag = "nics", params(("id" = String, Path)),
@@ -447,11 +485,11 @@ pub async fn get(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<NicView>> {
+) -> ApiResult<Tagged<NicView>> {
     let store = st.store.as_ref();
-    let nic = load(store, &id).await?.value;
-    caller.check(&nic.tenant_id, Access::Read, || not_found(&id))?;
-    Ok(Json(view(store, nic).await?))
+    let nic = load(store, &id).await?;
+    caller.check(&nic.value.tenant_id, Access::Read, || not_found(&id))?;
+    Ok(Tagged(view(store, nic.value).await?, nic.mod_revision))
 }
 
 #[utoipa::path(patch, path = "/v1/nics/{id}", tag = "nics", request_body = PatchNic,
@@ -463,10 +501,14 @@ pub async fn patch(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
     ApiJson(req): ApiJson<PatchNic>,
-) -> ApiResult<Json<NicView>> {
+) -> ApiResult<Tagged<NicView>> {
     if let Some(name) = &req.name {
         validate::name("name", name)?;
+    }
+    if let Some(t) = &req.tags {
+        validate::tags(t)?;
     }
     let want_groups = req
         .security_groups
@@ -480,16 +522,20 @@ pub async fn patch(
         .transpose()?;
     let (want_groups, want_pairs) = (&want_groups, &want_pairs);
     let store = st.store.as_ref();
-    let (id, req, caller) = (&id, &req, &caller);
-    let nic = db::retry("update the NIC", || async move {
+    let (id, req, caller, if_match) = (&id, &req, &caller, &if_match);
+    let (nic, read_at) = db::retry("update the NIC", || async move {
         let cur = load(store, id).await?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
+        if_match.check(cur.mod_revision)?;
         let mut nic = cur.value.clone();
         let key = keys::nic(id);
         let mut compare = vec![Compare::mod_revision_is(&key, cur.mod_revision)];
         let mut ops = vec![];
         if let Some(name) = &req.name {
             nic.name = name.clone();
+        }
+        if let Some(t) = &req.tags {
+            nic.tags = t.clone();
         }
         if let Some(node) = req.node.as_ref().filter(|n| **n != nic.node) {
             if let Some(node) = node {
@@ -528,11 +574,11 @@ pub async fn patch(
         }
         check_port_security(&nic)?;
         if nic == cur.value {
-            return Ok(Attempt::Done(nic));
+            return Ok(Attempt::Done((nic, cur.mod_revision)));
         }
         ops.push(db::put_json(&key, &nic)?);
         Ok(if db::commit(store, compare, ops).await? {
-            Attempt::Done(nic)
+            Attempt::Done((nic, 0))
         } else {
             Attempt::Retry
         })
@@ -544,7 +590,8 @@ pub async fn patch(
         groups = ?nic.security_groups,
         "NIC updated"
     );
-    Ok(Json(view(store, nic).await?))
+    let revision = auth::last_commit_revision().unwrap_or(read_at);
+    Ok(Tagged(view(store, nic).await?, revision))
 }
 
 #[utoipa::path(delete, path = "/v1/nics/{id}", tag = "nics", params(("id" = String, Path)),
@@ -554,14 +601,18 @@ pub async fn delete(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
 ) -> ApiResult<StatusCode> {
     let store = st.store.as_ref();
-    let (id, caller) = (&id, &caller);
+    let (id, caller, if_match) = (&id, &caller, &if_match);
     db::retry("delete the NIC", || async move {
         let cur = load(store, id).await?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
+        if_match.check(cur.mod_revision)?;
         let key = keys::nic(id);
         let mut ops = vec![Op::delete(&key), Op::delete(keys::nic_status(id))];
+        let (qc, qo) = quota::charge(store, &cur.value.tenant_id, &[(Kind::Nics, -1)]).await?;
+        ops.extend(qo);
         for idx in [
             index::ip(&cur.value.subnet_id, cur.value.ip),
             index::mac(&cur.value.vpc_id, cur.value.mac),
@@ -572,7 +623,10 @@ pub async fn delete(
         }
         db::commit_attempt(
             store,
-            vec![Compare::mod_revision_is(&key, cur.mod_revision)],
+            [Compare::mod_revision_is(&key, cur.mod_revision)]
+                .into_iter()
+                .chain(qc)
+                .collect(),
             ops,
             (),
         )

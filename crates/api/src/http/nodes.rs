@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::Caller;
+use super::auth::{self, Caller};
 use super::db::{self, index, Attempt};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problem::{ApiResult, Problem};
@@ -141,6 +141,7 @@ pub async fn create(
         if members(store, &node.set).await? >= MAX_NODES_PER_SET {
             return Err(set_full(&node.set));
         }
+        auth::respond_with(&format!("/v1/nodes/{}", node.name), node);
         db::commit_attempt(
             store,
             vec![

@@ -122,6 +122,36 @@ impl Problem {
         )
     }
 
+    /// A create would take the tenant over one of its quotas.
+    pub fn quota_exceeded(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "quota-exceeded",
+            "Quota exceeded",
+            detail,
+        )
+    }
+
+    /// `If-Match` named a revision the resource is no longer at.
+    pub fn precondition_failed(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition-failed",
+            "Precondition failed",
+            detail,
+        )
+    }
+
+    /// The caller's tenant is over its request rate limit.
+    pub fn too_many_requests(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "Too many requests",
+            detail,
+        )
+    }
+
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
         self

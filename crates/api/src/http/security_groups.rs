@@ -19,10 +19,13 @@ use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{Access, Caller};
+use super::auth::{self, Access, Caller};
 use super::db::{self, index, Attempt};
+use super::etag::{IfMatch, Tagged};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::list::{page_of, PageOf};
 use super::problem::{ApiResult, Problem};
+use super::quota::{self, Kind};
 use super::validate::{self, RuleSpec};
 use super::{vpcs, AppState};
 use crate::model::{keys, Direction, Nic, Owned, Protocol, SecurityGroup, SecurityGroupRule};
@@ -95,6 +98,11 @@ impl CreateRule {
 #[serde(deny_unknown_fields)]
 pub struct CreateSecurityGroup {
     pub vpc_id: String,
+    /// Labels: up to 50 `key: value` pairs (keys 1 to 128 of A-Z a-z 0-9
+    /// `. _ : / -`, values up to 256 characters). On a PATCH: the new set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
+
     /// Unique within the VPC.
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,6 +117,11 @@ pub struct CreateSecurityGroup {
 pub struct PatchSecurityGroup {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels: up to 50 `key: value` pairs (keys 1 to 128 of A-Z a-z 0-9
+    /// `. _ : / -`, values up to 256 characters). On a PATCH: the new set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
+
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
@@ -119,6 +132,15 @@ pub struct PatchSecurityGroup {
 pub struct GroupFilter {
     /// Only the groups of this VPC.
     pub vpc_id: Option<String>,
+    /// Only resources with exactly this name.
+    pub name: Option<String>,
+    /// Only resources with these tags: `key` or `key=value`, several
+    /// separated by commas (all must hold).
+    pub tag: Option<String>,
+    /// At most this many (1 to 1000; 1000 if absent).
+    pub page_size: Option<u32>,
+    /// From a previous page's `Next-Page-Token` (or `Link: rel=next`).
+    pub page_token: Option<String>,
 }
 
 fn not_found(id: &str) -> Problem {
@@ -241,6 +263,9 @@ pub async fn create(
 ) -> ApiResult<impl IntoResponse> {
     caller.tenant_scope()?;
     validate::name("name", &req.name)?;
+    let tags = req.tags.clone().unwrap_or_default();
+    validate::tags(&tags)?;
+    let tags = &tags;
     let description = req.description.clone().unwrap_or_default();
     validate::description("description", &description)?;
     let rules = check_rules(req.rules.as_deref().unwrap_or_default())?;
@@ -282,12 +307,24 @@ pub async fn create(
                 created_at: created_at.clone(),
             },
         );
+        let group = group.with_tags(tags.clone());
         let mut ops = vec![
             db::put_json(&key, &group)?,
             Op::put(name_key, id.as_bytes().to_vec()),
             // The VPC's delete compares its guard: it sees this group.
             db::bump(index::vpc_guard(vpc_id)),
         ];
+        let (c, o) = quota::charge(
+            store,
+            &group.tenant_id,
+            &[
+                (Kind::SecurityGroups, 1),
+                (Kind::SecurityGroupRules, rules.len() as i64),
+            ],
+        )
+        .await?;
+        compare.extend(c);
+        ops.extend(o);
         for (i, r) in rules.iter().enumerate() {
             if let Some(remote) = &r.remote_group_id {
                 let field = format!("rules[{i}].remote_group_id");
@@ -296,6 +333,7 @@ pub async fn create(
                 ops.push(op);
             }
         }
+        auth::respond_with_revision(&format!("/v1/security-groups/{id}"), &group);
         Ok(if db::commit(store, compare, ops).await? {
             Attempt::Done(group)
         } else {
@@ -305,10 +343,11 @@ pub async fn create(
     .await?;
     tracing::info!(rules = group.rules.len(), "security group created");
     let location = format!("/v1/security-groups/{}", group.id);
+    let revision = auth::last_commit_revision().unwrap_or_default();
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(group),
+        Tagged(group, revision),
     ))
 }
 
@@ -318,17 +357,19 @@ pub async fn create(
 pub async fn list(
     State(st): State<AppState>,
     caller: Caller,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
     ApiQuery(f): ApiQuery<GroupFilter>,
-) -> ApiResult<Json<Vec<Owned<SecurityGroup>>>> {
+) -> ApiResult<PageOf<Owned<SecurityGroup>>> {
     caller.tenant_scope()?;
     let all: Vec<Owned<SecurityGroup>> =
-        db::list_json(st.store.as_ref(), keys::SECURITY_GROUPS).await?;
-    Ok(Json(
-        all.into_iter()
-            .filter(|g| caller.sees(&g.tenant_id))
-            .filter(|g| f.vpc_id.as_ref().is_none_or(|v| &g.vpc_id == v))
-            .collect(),
-    ))
+        db::list_revisioned(st.store.as_ref(), keys::SECURITY_GROUPS).await?;
+    let seen = all
+        .into_iter()
+        .filter(|g| caller.sees(&g.tenant_id))
+        .filter(|g| f.vpc_id.as_ref().is_none_or(|v| &g.vpc_id == v))
+        .collect();
+    let (items, next) = page_of!(f).apply("security-groups", &format!("{:?}", f.vpc_id), seen)?;
+    Ok(PageOf { items, next, uri })
 }
 
 #[utoipa::path(get, path = "/v1/security-groups/{id}", tag = "security-groups",
@@ -339,12 +380,12 @@ pub async fn get(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Owned<SecurityGroup>>> {
+) -> ApiResult<Tagged<Owned<SecurityGroup>>> {
     let g = load(st.store.as_ref(), &id)
         .await?
         .ok_or_else(|| not_found(&id))?;
     caller.check(&g.value.tenant_id, Access::Read, || not_found(&id))?;
-    Ok(Json(g.value))
+    Ok(Tagged(g.value, g.mod_revision))
 }
 
 #[utoipa::path(patch, path = "/v1/security-groups/{id}", tag = "security-groups",
@@ -356,19 +397,24 @@ pub async fn patch(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
     ApiJson(req): ApiJson<PatchSecurityGroup>,
-) -> ApiResult<Json<Owned<SecurityGroup>>> {
+) -> ApiResult<Tagged<Owned<SecurityGroup>>> {
     if let Some(name) = &req.name {
         validate::name("name", name)?;
+    }
+    if let Some(t) = &req.tags {
+        validate::tags(t)?;
     }
     if let Some(d) = &req.description {
         validate::description("description", d)?;
     }
     let store = st.store.as_ref();
-    let (id, req, caller) = (&id, &req, &caller);
-    let group = db::retry("update the security group", || async move {
+    let (id, req, caller, if_match) = (&id, &req, &caller, &if_match);
+    let (group, read_at) = db::retry("update the security group", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
+        if_match.check(cur.mod_revision)?;
         let mut g = cur.value.clone();
         let key = keys::security_group(id);
         let mut compare = vec![Compare::mod_revision_is(&key, cur.mod_revision)];
@@ -389,19 +435,23 @@ pub async fn patch(
         if let Some(d) = &req.description {
             g.description = d.clone();
         }
+        if let Some(t) = &req.tags {
+            g.tags = t.clone();
+        }
         if g == cur.value {
-            return Ok(Attempt::Done(g));
+            return Ok(Attempt::Done((g, cur.mod_revision)));
         }
         ops.push(db::put_json(&key, &g)?);
         Ok(if db::commit(store, compare, ops).await? {
-            Attempt::Done(g)
+            Attempt::Done((g, 0))
         } else {
             Attempt::Retry
         })
     })
     .await?;
     tracing::info!(name = %group.name, "security group updated");
-    Ok(Json(group))
+    let revision = auth::last_commit_revision().unwrap_or(read_at);
+    Ok(Tagged(group, revision))
 }
 
 #[utoipa::path(delete, path = "/v1/security-groups/{id}", tag = "security-groups",
@@ -412,12 +462,14 @@ pub async fn delete(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
 ) -> ApiResult<StatusCode> {
     let store = st.store.as_ref();
-    let (id, caller) = (&id, &caller);
+    let (id, caller, if_match) = (&id, &caller, &if_match);
     db::retry("delete the security group", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
+        if_match.check(cur.mod_revision)?;
         if cur.value.is_default {
             return Err(Problem::conflict(format!(
                 "security group {id:?} is the default group of VPC {:?}; it is deleted with \
@@ -438,6 +490,16 @@ pub async fn delete(
         }
         let key = keys::security_group(id);
         let mut ops = vec![Op::delete(&key), Op::delete(&guard)];
+        let (qc, qo) = quota::charge(
+            store,
+            &cur.value.tenant_id,
+            &[
+                (Kind::SecurityGroups, -1),
+                (Kind::SecurityGroupRules, -(cur.value.rules.len() as i64)),
+            ],
+        )
+        .await?;
+        ops.extend(qo);
         let name_key = sg_index::name(&cur.value.vpc_id, &cur.value.name);
         if db::get_text(store, &name_key).await?.as_deref() == Some(id.as_str()) {
             ops.push(Op::delete(name_key));
@@ -447,7 +509,10 @@ pub async fn delete(
             vec![
                 Compare::mod_revision_is(&key, cur.mod_revision),
                 Compare::mod_revision_is(&guard, guard_rev),
-            ],
+            ]
+            .into_iter()
+            .chain(qc)
+            .collect(),
             ops,
             (),
         )
@@ -529,6 +594,10 @@ pub async fn add_rule(
         }
         g.rules.push(rule.clone());
         ops.push(db::put_json(&key, &g)?);
+        let (c, o) = quota::charge(store, &g.tenant_id, &[(Kind::SecurityGroupRules, 1)]).await?;
+        compare.extend(c);
+        ops.extend(o);
+        auth::respond_with(&format!("/v1/security-groups/{id}/rules/{}", rule.id), rule);
         Ok(if db::commit(store, compare, ops).await? {
             Attempt::Done(())
         } else {
@@ -568,10 +637,15 @@ pub async fn delete_rule(
             )));
         }
         let key = keys::security_group(id);
+        let (qc, qo) =
+            quota::charge(store, &g.tenant_id, &[(Kind::SecurityGroupRules, -1)]).await?;
         db::commit_attempt(
             store,
-            vec![Compare::mod_revision_is(&key, cur.mod_revision)],
-            vec![db::put_json(&key, &g)?],
+            [Compare::mod_revision_is(&key, cur.mod_revision)]
+                .into_iter()
+                .chain(qc)
+                .collect(),
+            [db::put_json(&key, &g)?].into_iter().chain(qo).collect(),
             (),
         )
         .await

@@ -3,15 +3,17 @@
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{Access, Caller};
+use super::auth::{self, Access, Caller};
 use super::db::{self, index, Attempt};
+use super::etag::{IfMatch, Tagged};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::list::{page_of, PageOf};
 use super::problem::{ApiResult, Problem};
+use super::quota::{self, Kind};
 use super::validate;
 use super::vpcs;
 use super::AppState;
@@ -22,6 +24,11 @@ use crate::store::{Compare, Op, Store};
 #[serde(deny_unknown_fields)]
 pub struct CreateSubnet {
     pub vpc_id: String,
+    /// Labels: up to 50 `key: value` pairs (keys 1 to 128 of A-Z a-z 0-9
+    /// `. _ : / -`, values up to 256 characters). On a PATCH: the new set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
+
     /// The subnet id if omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -44,6 +51,11 @@ pub struct CreateSubnet {
 pub struct PatchSubnet {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels: up to 50 `key: value` pairs (keys 1 to 128 of A-Z a-z 0-9
+    /// `. _ : / -`, values up to 256 characters). On a PATCH: the new set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
+
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_servers: Option<Vec<String>>,
 }
@@ -54,6 +66,15 @@ pub struct PatchSubnet {
 pub struct SubnetFilter {
     /// Only the subnets of this VPC.
     pub vpc_id: Option<String>,
+    /// Only resources with exactly this name.
+    pub name: Option<String>,
+    /// Only resources with these tags: `key` or `key=value`, several
+    /// separated by commas (all must hold).
+    pub tag: Option<String>,
+    /// At most this many (1 to 1000; 1000 if absent).
+    pub page_size: Option<u32>,
+    /// From a previous page's `Next-Page-Token` (or `Link: rel=next`).
+    pub page_token: Option<String>,
 }
 
 fn not_found(id: &str) -> Problem {
@@ -91,6 +112,9 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateSubnet>,
 ) -> ApiResult<impl IntoResponse> {
     caller.tenant_scope()?;
+    let tags = req.tags.clone().unwrap_or_default();
+    validate::tags(&tags)?;
+    let tags = &tags;
     let id = validate::new_id("subnet");
     tracing::Span::current().record("subnet_id", id.as_str());
     let name = req.name.clone().unwrap_or_else(|| id.clone());
@@ -159,20 +183,29 @@ pub async fn create(
                 created_at: created_at.clone(),
             },
         );
+        let subnet = subnet.with_tags(tags.clone());
         let key = keys::subnet(id);
+        auth::respond_with_revision(&format!("/v1/subnets/{id}"), &subnet);
+        let (qc, qo) = quota::charge(store, &vpc.value.tenant_id, &[(Kind::Subnets, 1)]).await?;
         db::commit_attempt(
             store,
-            vec![
+            [
                 db::created_at(keys::vpc(&vpc.value.id), vpc.create_revision),
                 Compare::mod_revision_is(&guard, guard_rev),
                 Compare::absent(&key),
                 Compare::absent(&mac_key),
-            ],
-            vec![
+            ]
+            .into_iter()
+            .chain(qc)
+            .collect(),
+            [
                 db::put_json(&key, &subnet)?,
                 Op::put(mac_key, id.as_bytes().to_vec()),
                 db::bump(guard),
-            ],
+            ]
+            .into_iter()
+            .chain(qo)
+            .collect(),
             subnet,
         )
         .await
@@ -180,10 +213,11 @@ pub async fn create(
     .await?;
     tracing::info!(cidr = %subnet.cidr, "subnet created");
     let location = format!("/v1/subnets/{}", subnet.id);
+    let revision = auth::last_commit_revision().unwrap_or_default();
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(subnet),
+        Tagged(subnet, revision),
     ))
 }
 
@@ -194,16 +228,19 @@ pub async fn create(
 pub async fn list(
     State(st): State<AppState>,
     caller: Caller,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
     ApiQuery(filter): ApiQuery<SubnetFilter>,
-) -> ApiResult<Json<Vec<Owned<Subnet>>>> {
+) -> ApiResult<PageOf<Owned<Subnet>>> {
     caller.tenant_scope()?;
-    let all: Vec<Owned<Subnet>> = db::list_json(st.store.as_ref(), keys::SUBNETS).await?;
-    Ok(Json(
-        all.into_iter()
-            .filter(|s| caller.sees(&s.tenant_id))
-            .filter(|s| filter.vpc_id.as_ref().is_none_or(|v| &s.vpc_id == v))
-            .collect(),
-    ))
+    let all: Vec<Owned<Subnet>> = db::list_revisioned(st.store.as_ref(), keys::SUBNETS).await?;
+    let seen = all
+        .into_iter()
+        .filter(|s| caller.sees(&s.tenant_id))
+        .filter(|s| filter.vpc_id.as_ref().is_none_or(|v| &s.vpc_id == v))
+        .collect();
+    let filters = format!("{:?}", filter.vpc_id);
+    let (items, next) = page_of!(filter).apply("subnets", &filters, seen)?;
+    Ok(PageOf { items, next, uri })
 }
 
 #[utoipa::path(get, path = "/v1/subnets/{id}", tag = "subnets", params(("id" = String, Path)),
@@ -214,12 +251,12 @@ pub async fn get(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Owned<Subnet>>> {
+) -> ApiResult<Tagged<Owned<Subnet>>> {
     let s = load(st.store.as_ref(), &id)
         .await?
         .ok_or_else(|| not_found(&id))?;
     caller.check(&s.value.tenant_id, Access::Read, || not_found(&id))?;
-    Ok(Json(s.value))
+    Ok(Tagged(s.value, s.mod_revision))
 }
 
 #[utoipa::path(patch, path = "/v1/subnets/{id}", tag = "subnets", request_body = PatchSubnet,
@@ -232,10 +269,14 @@ pub async fn patch(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
     ApiJson(req): ApiJson<PatchSubnet>,
-) -> ApiResult<Json<Owned<Subnet>>> {
+) -> ApiResult<Tagged<Owned<Subnet>>> {
     if let Some(name) = &req.name {
         validate::name("name", name)?;
+    }
+    if let Some(t) = &req.tags {
+        validate::tags(t)?;
     }
     let dns = req
         .dns_servers
@@ -243,32 +284,37 @@ pub async fn patch(
         .map(validate::dns_servers)
         .transpose()?;
     let store = st.store.as_ref();
-    let (id, req, dns, caller) = (&id, &req, &dns, &caller);
-    let subnet = db::retry("update the subnet", || async move {
+    let (id, req, dns, caller, if_match) = (&id, &req, &dns, &caller, &if_match);
+    let (subnet, read_at) = db::retry("update the subnet", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
+        if_match.check(cur.mod_revision)?;
         let mut subnet = cur.value.clone();
         if let Some(name) = &req.name {
             subnet.name = name.clone();
+        }
+        if let Some(t) = &req.tags {
+            subnet.tags = t.clone();
         }
         if let Some(dns) = dns {
             subnet.dns_servers = dns.clone();
         }
         if subnet == cur.value {
-            return Ok(Attempt::Done(subnet));
+            return Ok(Attempt::Done((subnet, cur.mod_revision)));
         }
         let key = keys::subnet(id);
         db::commit_attempt(
             store,
             vec![Compare::mod_revision_is(&key, cur.mod_revision)],
             vec![db::put_json(&key, &subnet)?],
-            subnet,
+            (subnet, 0),
         )
         .await
     })
     .await?;
     tracing::info!("subnet updated");
-    Ok(Json(subnet))
+    let revision = auth::last_commit_revision().unwrap_or(read_at);
+    Ok(Tagged(subnet, revision))
 }
 
 #[utoipa::path(delete, path = "/v1/subnets/{id}", tag = "subnets", params(("id" = String, Path)),
@@ -279,12 +325,14 @@ pub async fn delete(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
 ) -> ApiResult<StatusCode> {
     let store = st.store.as_ref();
-    let (id, caller) = (&id, &caller);
+    let (id, caller, if_match) = (&id, &caller, &if_match);
     db::retry("delete the subnet", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
+        if_match.check(cur.mod_revision)?;
         // Guard first, then the NICs: a NIC added after this read bumps the
         // guard and fails the compare.
         let guard = index::subnet_guard(id);
@@ -297,7 +345,9 @@ pub async fn delete(
             )));
         }
         let key = keys::subnet(id);
+        let (qc, qo) = quota::charge(store, &cur.value.tenant_id, &[(Kind::Subnets, -1)]).await?;
         let mut ops = vec![Op::delete(&key), Op::delete(&guard)];
+        ops.extend(qo);
         let mac_key = index::mac(&cur.value.vpc_id, cur.value.gateway_mac);
         if db::get_text(store, &mac_key).await?.as_deref() == Some(id.as_str()) {
             ops.push(Op::delete(mac_key));
@@ -307,7 +357,10 @@ pub async fn delete(
             vec![
                 Compare::mod_revision_is(&key, cur.mod_revision),
                 Compare::mod_revision_is(&guard, guard_rev),
-            ],
+            ]
+            .into_iter()
+            .chain(qc)
+            .collect(),
             ops,
             (),
         )

@@ -301,6 +301,45 @@ pub const MAX_ADDRESS_PAIRS: usize = 10;
 /// Longest free-text description.
 pub const MAX_DESCRIPTION_LEN: usize = 255;
 
+/// At most this many tags on one resource.
+pub const MAX_TAGS: usize = 50;
+
+/// A tag key: 1 to 128 of `A-Z a-z 0-9 . _ : / -`.
+pub fn is_tag_key(k: &str) -> bool {
+    (1..=128).contains(&k.len())
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'-'))
+}
+
+/// Tags: at most [`MAX_TAGS`], keys per [`is_tag_key`], values up to 256
+/// characters without control characters or commas (list filters split on
+/// commas).
+pub fn tags(tags: &std::collections::BTreeMap<String, String>) -> Result<(), Problem> {
+    if tags.len() > MAX_TAGS {
+        return Err(Problem::invalid(
+            "tags",
+            format!("at most {MAX_TAGS} tags per resource"),
+        ));
+    }
+    for (k, v) in tags {
+        if !is_tag_key(k) {
+            return Err(Problem::invalid(
+                format!("tags.{k}"),
+                format!("tag key {k:?}: use 1 to 128 of A-Z a-z 0-9 . _ : / -"),
+            ));
+        }
+        if v.chars().count() > 256 || v.chars().any(|c| c.is_control() || c == ',') {
+            return Err(Problem::invalid(
+                format!("tags.{k}"),
+                format!(
+                    "tag {k:?}: a value is at most 256 characters, no control characters or commas"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn description(field: &str, s: &str) -> Result<(), Problem> {
     if s.len() > MAX_DESCRIPTION_LEN || s.chars().any(char::is_control) {
         return Err(Problem::invalid(

@@ -3,16 +3,18 @@
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::ToSchema;
 
-use super::auth::{Access, Caller};
+use super::auth::{self, Access, Caller};
 use super::db::{self, index, Attempt};
-use super::extract::{ApiJson, ApiPath};
+use super::etag::{IfMatch, Tagged};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::list::{page_of, PageOf};
 use super::nodes::DEFAULT_SET;
 use super::problem::{ApiResult, Problem};
+use super::quota::{self, Kind};
 use super::security_groups::{self, sg_index};
 use super::validate;
 use super::{iam, AppState};
@@ -30,6 +32,10 @@ pub struct CreateVpc {
     /// One or more IPv4 CIDRs that do not overlap each other.
     #[schema(example = json!(["10.0.0.0/16"]))]
     pub cidrs: Vec<String>,
+    /// Labels: up to 50 `key: value` pairs (keys 1 to 128 of A-Z a-z 0-9
+    /// `. _ : / -`, values up to 256 characters). On a PATCH: the new set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
@@ -37,6 +43,25 @@ pub struct CreateVpc {
 pub struct PatchVpc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels: up to 50 `key: value` pairs (keys 1 to 128 of A-Z a-z 0-9
+    /// `. _ : / -`, values up to 256 characters). On a PATCH: the new set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct VpcFilter {
+    /// Only resources with exactly this name.
+    pub name: Option<String>,
+    /// Only resources with these tags: `key` or `key=value`, several
+    /// separated by commas (all must hold).
+    pub tag: Option<String>,
+    /// At most this many (1 to 1000; 1000 if absent).
+    pub page_size: Option<u32>,
+    /// From a previous page's `Next-Page-Token` (or `Link: rel=next`).
+    pub page_token: Option<String>,
 }
 
 fn not_found(id: &str) -> Problem {
@@ -75,6 +100,9 @@ pub async fn create(
 ) -> ApiResult<impl IntoResponse> {
     let tenant = caller.tenant_for_create()?;
     validate::name("name", &req.name)?;
+    let tags = req.tags.clone().unwrap_or_default();
+    validate::tags(&tags)?;
+    let tags = &tags;
     let set = req.set.unwrap_or_else(|| DEFAULT_SET.to_string());
     validate::dns_label("set", &set)?;
     let cidrs = validate::vpc_cidrs(&req.cidrs)?;
@@ -120,7 +148,19 @@ pub async fn create(
                 created_at: created_at.clone(),
             },
         );
+        let vpc = vpc.with_tags(tags.clone());
         let key = keys::vpc(id);
+        auth::respond_with_revision(&format!("/v1/vpcs/{id}"), &vpc);
+        let (qc, qo) = quota::charge(
+            store,
+            tenant,
+            &[
+                (Kind::Vpcs, 1),
+                (Kind::SecurityGroups, 1),
+                (Kind::SecurityGroupRules, sg.rules.len() as i64),
+            ],
+        )
+        .await?;
         db::commit_attempt(
             store,
             vec![
@@ -130,7 +170,10 @@ pub async fn create(
                 Compare::absent(&sg_key),
                 Compare::absent(&sg_name_key),
                 tenant_cmp,
-            ],
+            ]
+            .into_iter()
+            .chain(qc)
+            .collect(),
             vec![
                 tenant_op,
                 db::put_json(&key, &vpc)?,
@@ -138,7 +181,10 @@ pub async fn create(
                 Op::put(vni_key, id.as_bytes().to_vec()),
                 db::put_json(&sg_key, &sg)?,
                 Op::put(sg_name_key, sg_id.as_bytes().to_vec()),
-            ],
+            ]
+            .into_iter()
+            .chain(qo)
+            .collect(),
             vpc,
         )
         .await
@@ -146,25 +192,32 @@ pub async fn create(
     .await?;
     tracing::info!(vni = vpc.vni, "VPC created");
     let location = format!("/v1/vpcs/{}", vpc.id);
+    let revision = auth::last_commit_revision().unwrap_or_default();
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(vpc),
+        Tagged(vpc, revision),
     ))
 }
 
-#[utoipa::path(get, path = "/v1/vpcs", tag = "vpcs",
-    responses((status = 200, body = [Owned<Vpc>]), (status = 401, body = Problem),
-        (status = 403, body = Problem)))]
+#[utoipa::path(get, path = "/v1/vpcs", tag = "vpcs", params(VpcFilter),
+    responses((status = 200, body = [Owned<Vpc>]), (status = 400, body = Problem),
+        (status = 401, body = Problem), (status = 403, body = Problem)))]
 #[instrument(skip_all)]
-pub async fn list(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Owned<Vpc>>>> {
+pub async fn list(
+    State(st): State<AppState>,
+    caller: Caller,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
+    ApiQuery(f): ApiQuery<VpcFilter>,
+) -> ApiResult<PageOf<Owned<Vpc>>> {
     caller.tenant_scope()?;
-    let all: Vec<Owned<Vpc>> = db::list_json(st.store.as_ref(), keys::VPCS).await?;
-    Ok(Json(
-        all.into_iter()
-            .filter(|v| caller.sees(&v.tenant_id))
-            .collect(),
-    ))
+    let all: Vec<Owned<Vpc>> = db::list_revisioned(st.store.as_ref(), keys::VPCS).await?;
+    let seen = all
+        .into_iter()
+        .filter(|v| caller.sees(&v.tenant_id))
+        .collect();
+    let (items, next) = page_of!(f).apply("vpcs", "", seen)?;
+    Ok(PageOf { items, next, uri })
 }
 
 #[utoipa::path(get, path = "/v1/vpcs/{id}", tag = "vpcs", params(("id" = String, Path)),
@@ -175,12 +228,12 @@ pub async fn get(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Owned<Vpc>>> {
+) -> ApiResult<Tagged<Owned<Vpc>>> {
     let vpc = load(st.store.as_ref(), &id)
         .await?
         .ok_or_else(|| not_found(&id))?;
     caller.check(&vpc.value.tenant_id, Access::Read, || not_found(&id))?;
-    Ok(Json(vpc.value))
+    Ok(Tagged(vpc.value, vpc.mod_revision))
 }
 
 #[utoipa::path(patch, path = "/v1/vpcs/{id}", tag = "vpcs", request_body = PatchVpc,
@@ -193,48 +246,51 @@ pub async fn patch(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
     ApiJson(req): ApiJson<PatchVpc>,
-) -> ApiResult<Json<Owned<Vpc>>> {
+) -> ApiResult<Tagged<Owned<Vpc>>> {
     if let Some(name) = &req.name {
         validate::name("name", name)?;
     }
+    if let Some(t) = &req.tags {
+        validate::tags(t)?;
+    }
     let store = st.store.as_ref();
-    let (id, req, caller) = (&id, &req, &caller);
-    let vpc = db::retry("rename the VPC", || async move {
+    let (id, req, caller, if_match) = (&id, &req, &caller, &if_match);
+    let (vpc, read_at) = db::retry("update the VPC", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
-        let Some(name) = req.name.as_ref().filter(|n| **n != cur.value.name) else {
-            return Ok(Attempt::Done(cur.value));
-        };
-        let new_key = index::vpc_name(&cur.value.tenant_id, name);
-        if let Some(owner) = db::get_text(store, &new_key).await? {
-            return Err(name_taken(name, &owner));
-        }
-        let old_key = index::vpc_name(&cur.value.tenant_id, &cur.value.name);
+        if_match.check(cur.mod_revision)?;
         let mut vpc = cur.value.clone();
-        vpc.name = name.clone();
-        let key = keys::vpc(id);
-        let mut ops = vec![
-            db::put_json(&key, &vpc)?,
-            Op::put(&new_key, id.as_bytes().to_vec()),
-        ];
-        if db::get_text(store, &old_key).await?.as_deref() == Some(id.as_str()) {
-            ops.push(Op::delete(old_key));
+        if let Some(t) = &req.tags {
+            vpc.tags = t.clone();
         }
-        db::commit_attempt(
-            store,
-            vec![
-                Compare::mod_revision_is(&key, cur.mod_revision),
-                Compare::absent(&new_key),
-            ],
-            ops,
-            vpc,
-        )
-        .await
+        let key = keys::vpc(id);
+        let mut compare = vec![Compare::mod_revision_is(&key, cur.mod_revision)];
+        let mut ops = vec![];
+        if let Some(name) = req.name.as_ref().filter(|n| **n != cur.value.name) {
+            let new_key = index::vpc_name(&cur.value.tenant_id, name);
+            if let Some(owner) = db::get_text(store, &new_key).await? {
+                return Err(name_taken(name, &owner));
+            }
+            let old_key = index::vpc_name(&cur.value.tenant_id, &cur.value.name);
+            vpc.name = name.clone();
+            ops.push(Op::put(&new_key, id.as_bytes().to_vec()));
+            compare.push(Compare::absent(&new_key));
+            if db::get_text(store, &old_key).await?.as_deref() == Some(id.as_str()) {
+                ops.push(Op::delete(old_key));
+            }
+        }
+        if vpc == cur.value {
+            return Ok(Attempt::Done((cur.value, cur.mod_revision)));
+        }
+        ops.push(db::put_json(&key, &vpc)?);
+        db::commit_attempt(store, compare, ops, (vpc, 0)).await
     })
     .await?;
     tracing::info!(name = %vpc.name, "VPC updated");
-    Ok(Json(vpc))
+    let revision = auth::last_commit_revision().unwrap_or(read_at);
+    Ok(Tagged(vpc, revision))
 }
 
 #[utoipa::path(delete, path = "/v1/vpcs/{id}", tag = "vpcs", params(("id" = String, Path)),
@@ -245,12 +301,14 @@ pub async fn delete(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
 ) -> ApiResult<StatusCode> {
     let store = st.store.as_ref();
-    let (id, caller) = (&id, &caller);
+    let (id, caller, if_match) = (&id, &caller, &if_match);
     db::retry("delete the VPC", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
+        if_match.check(cur.mod_revision)?;
         // Guard first, then the subnets: a subnet added after this read
         // bumps the guard and fails the compare.
         let guard = index::vpc_guard(id);
@@ -281,6 +339,18 @@ pub async fn delete(
         let mut ops = vec![Op::delete(&key), Op::delete(&guard)];
         // The default group goes with the VPC (no NIC can be in it: the VPC
         // has no subnets left, so no NICs).
+        let default_rules: usize = defaults.iter().map(|g| g.rules.len()).sum();
+        let (qc, qo) = quota::charge(
+            store,
+            &cur.value.tenant_id,
+            &[
+                (Kind::Vpcs, -1),
+                (Kind::SecurityGroups, -(defaults.len() as i64)),
+                (Kind::SecurityGroupRules, -(default_rules as i64)),
+            ],
+        )
+        .await?;
+        ops.extend(qo);
         for g in defaults {
             ops.push(Op::delete(keys::security_group(&g.id)));
             ops.push(Op::delete(sg_index::guard(&g.id)));
@@ -302,7 +372,10 @@ pub async fn delete(
             vec![
                 Compare::mod_revision_is(&key, cur.mod_revision),
                 Compare::mod_revision_is(&guard, guard_rev),
-            ],
+            ]
+            .into_iter()
+            .chain(qc)
+            .collect(),
             ops,
             (),
         )

@@ -2,12 +2,17 @@
 
 mod audit;
 mod concurrency;
+mod etag;
 mod failures;
 mod iam;
+mod idempotency;
+mod lists;
 mod matrix;
 mod nics;
 mod nodes;
 mod protocol;
+mod quotas;
+mod ratelimit;
 mod security_groups;
 mod server;
 mod subnets;

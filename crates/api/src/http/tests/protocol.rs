@@ -104,14 +104,25 @@ async fn health_and_openapi() {
     ] {
         assert!(schemas.contains_key(s), "{s}");
     }
-    // The NIC list filters are documented.
+    // The NIC list filters (and the list parameters) are documented.
     let params: Vec<&str> = paths["/v1/nics"]["get"]["parameters"]
         .as_array()
         .unwrap()
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(params, ["subnet_id", "vpc_id", "node"]);
+    assert_eq!(
+        params,
+        [
+            "subnet_id",
+            "vpc_id",
+            "node",
+            "name",
+            "tag",
+            "page_size",
+            "page_token"
+        ]
+    );
 }
 
 #[test]
