@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::Json;
 use rand::seq::SliceRandom;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::ToSchema;
@@ -217,9 +218,29 @@ pub async fn charge(
         return Ok((vec![], vec![]));
     }
     let (limits, limits_rev) = limits(store, tenant).await?;
-    let current = shards(store, tenant).await?;
     let mut compare = vec![Compare::mod_revision_is(limits_key(tenant), limits_rev)];
     let mut ops = vec![];
+    // The common case, one unit into a shard that has room: one read of
+    // that shard instead of all of them.
+    if let [(kind, 1)] = deltas {
+        let s = rand::thread_rng().gen_range(0..SHARDS);
+        let key = shard_key(tenant, *kind, s);
+        let (count, rev) = match store.get(&key).await? {
+            Some(kv) => (
+                String::from_utf8_lossy(&kv.value)
+                    .parse::<u64>()
+                    .unwrap_or(u64::MAX),
+                kv.mod_revision,
+            ),
+            None => (0, 0),
+        };
+        if count < budget(limits.get(*kind), s) {
+            compare.push(Compare::mod_revision_is(&key, rev));
+            ops.push(Op::put(key, (count + 1).to_string().into_bytes()));
+            return Ok((compare, ops));
+        }
+    }
+    let current = shards(store, tenant).await?;
     let mut order: Vec<u64> = (0..SHARDS).collect();
     for &(kind, delta) in deltas.iter().filter(|(_, d)| *d != 0) {
         let limit = limits.get(kind);
@@ -372,7 +393,7 @@ pub async fn patch(
             }
         }
         let key = limits_key(id);
-        let mut compare = vec![
+        let compare = vec![
             Compare::mod_revision_is(&key, rev),
             db::created_at(keys::tenant(id), tenant_created(store, id).await?),
         ];
@@ -396,11 +417,11 @@ pub async fn patch(
             want[0] += left;
             for (s, &w) in want.iter().enumerate() {
                 let s = s as u64;
-                let (have, rev) = current.get(&(kind, s)).copied().unwrap_or((0, 0));
-                let key = shard_key(id, kind, s);
-                compare.push(Compare::mod_revision_is(&key, rev));
+                // No compare on the shards: every charge compares the
+                // limits record this transaction rewrites.
+                let have = current.get(&(kind, s)).map_or(0, |c| c.0);
                 if have != w {
-                    ops.push(Op::put(key, w.to_string().into_bytes()));
+                    ops.push(Op::put(shard_key(id, kind, s), w.to_string().into_bytes()));
                 }
             }
         }

@@ -594,7 +594,9 @@ pub async fn add_rule(
         }
         g.rules.push(rule.clone());
         ops.push(db::put_json(&key, &g)?);
-        let (c, o) = quota::charge(store, &g.tenant_id, &[(Kind::SecurityGroupRules, 1)]).await?;
+        // A default group is part of its VPC: its rules are not counted.
+        let n = i64::from(!g.is_default);
+        let (c, o) = quota::charge(store, &g.tenant_id, &[(Kind::SecurityGroupRules, n)]).await?;
         compare.extend(c);
         ops.extend(o);
         auth::respond_with(&format!("/v1/security-groups/{id}/rules/{}", rule.id), rule);
@@ -637,8 +639,12 @@ pub async fn delete_rule(
             )));
         }
         let key = keys::security_group(id);
-        let (qc, qo) =
-            quota::charge(store, &g.tenant_id, &[(Kind::SecurityGroupRules, -1)]).await?;
+        let (qc, qo) = quota::charge(
+            store,
+            &g.tenant_id,
+            &[(Kind::SecurityGroupRules, -i64::from(!g.is_default))],
+        )
+        .await?;
         db::commit_attempt(
             store,
             [Compare::mod_revision_is(&key, cur.mod_revision)]

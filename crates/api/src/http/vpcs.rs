@@ -151,16 +151,8 @@ pub async fn create(
         let vpc = vpc.with_tags(tags.clone());
         let key = keys::vpc(id);
         auth::respond_with_revision(&format!("/v1/vpcs/{id}"), &vpc);
-        let (qc, qo) = quota::charge(
-            store,
-            tenant,
-            &[
-                (Kind::Vpcs, 1),
-                (Kind::SecurityGroups, 1),
-                (Kind::SecurityGroupRules, sg.rules.len() as i64),
-            ],
-        )
-        .await?;
+        // The default group is part of the VPC: it does not count.
+        let (qc, qo) = quota::charge(store, tenant, &[(Kind::Vpcs, 1)]).await?;
         db::commit_attempt(
             store,
             vec![
@@ -339,17 +331,7 @@ pub async fn delete(
         let mut ops = vec![Op::delete(&key), Op::delete(&guard)];
         // The default group goes with the VPC (no NIC can be in it: the VPC
         // has no subnets left, so no NICs).
-        let default_rules: usize = defaults.iter().map(|g| g.rules.len()).sum();
-        let (qc, qo) = quota::charge(
-            store,
-            &cur.value.tenant_id,
-            &[
-                (Kind::Vpcs, -1),
-                (Kind::SecurityGroups, -(defaults.len() as i64)),
-                (Kind::SecurityGroupRules, -(default_rules as i64)),
-            ],
-        )
-        .await?;
+        let (qc, qo) = quota::charge(store, &cur.value.tenant_id, &[(Kind::Vpcs, -1)]).await?;
         ops.extend(qo);
         for g in defaults {
             ops.push(Op::delete(keys::security_group(&g.id)));
