@@ -39,7 +39,7 @@ use crate::model::keys;
 use crate::store::{Compare, Op, Store};
 
 /// Counter keys per tenant and kind.
-pub const SHARDS: u64 = 32;
+pub const SHARDS: u64 = 256;
 
 /// The largest limit that may be set.
 pub const MAX_LIMIT: u64 = 1_000_000_000;
@@ -162,7 +162,7 @@ fn usage_prefix(tenant: &str) -> String {
 }
 
 fn shard_key(tenant: &str, kind: Kind, shard: u64) -> String {
-    format!("{}{}/{shard:02}", usage_prefix(tenant), kind.name())
+    format!("{}{}/{shard:03}", usage_prefix(tenant), kind.name())
 }
 
 /// The limits of `tenant` and the revision they were read at (0: never set).
@@ -401,27 +401,35 @@ pub async fn patch(
         // Every shard within its new budget (see the module's comment).
         let current = shards(store, id).await?;
         for kind in Kind::ALL {
-            let mut left: u64 = current
-                .iter()
-                .filter(|((k, _), _)| *k == kind)
-                .map(|(_, (c, _))| c)
-                .sum();
             let limit = limits.get(kind);
-            let mut want: Vec<u64> = (0..SHARDS)
-                .map(|s| {
-                    let c = budget(limit, s).min(left);
-                    left -= c;
-                    c
-                })
+            let have: Vec<u64> = (0..SHARDS)
+                .map(|s| current.get(&(kind, s)).map_or(0, |c| c.0))
                 .collect();
-            want[0] += left;
-            for (s, &w) in want.iter().enumerate() {
-                let s = s as u64;
+            // Fewest changes: over-budget shards down to their budget, the
+            // excess into shards with room, what does not fit into shard 0.
+            let mut want = have.clone();
+            let mut excess = 0;
+            for (s, w) in want.iter_mut().enumerate() {
+                let b = budget(limit, s as u64);
+                if *w > b {
+                    excess += *w - b;
+                    *w = b;
+                }
+            }
+            for (s, w) in want.iter_mut().enumerate() {
+                let room = budget(limit, s as u64).saturating_sub(*w).min(excess);
+                *w += room;
+                excess -= room;
+            }
+            want[0] += excess;
+            for (s, (&w, &h)) in want.iter().zip(&have).enumerate() {
                 // No compare on the shards: every charge compares the
                 // limits record this transaction rewrites.
-                let have = current.get(&(kind, s)).map_or(0, |c| c.0);
-                if have != w {
-                    ops.push(Op::put(shard_key(id, kind, s), w.to_string().into_bytes()));
+                if w != h {
+                    ops.push(Op::put(
+                        shard_key(id, kind, s as u64),
+                        w.to_string().into_bytes(),
+                    ));
                 }
             }
         }
