@@ -252,6 +252,41 @@ impl utoipa::Modify for Idempotent {
                     });
             }
         }
+        // Every operation may answer a malformed request (400), those with
+        // a body one that is not JSON (415); every problem is
+        // `application/problem+json`, not `application/json`.
+        for item in doc.paths.paths.values_mut() {
+            let has_body = |o: &utoipa::openapi::path::Operation| o.request_body.is_some();
+            for op in [
+                item.get.as_mut(),
+                item.post.as_mut(),
+                item.patch.as_mut(),
+                item.delete.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let body = has_body(op);
+                let r = &mut op.responses.responses;
+                r.entry("400".into())
+                    .or_insert_with(|| problem("malformed request"));
+                if body {
+                    r.entry("415".into())
+                        .or_insert_with(|| problem("the body is not application/json"));
+                }
+                for resp in r.values_mut() {
+                    let RefOr::T(resp) = resp else { continue };
+                    let is_problem = resp.content.get("application/json").is_some_and(|c| {
+                        matches!(&c.schema, Some(RefOr::Ref(r)) if r.ref_location.ends_with("/Problem"))
+                    });
+                    if is_problem {
+                        if let Some(c) = resp.content.shift_remove("application/json") {
+                            resp.content.insert(problem::PROBLEM_JSON.into(), c);
+                        }
+                    }
+                }
+            }
+        }
         let Some(components) = doc.components.as_mut() else {
             return;
         };
