@@ -55,6 +55,9 @@ use crate::process::{tail_file, Proc};
 use crate::traffic::{self, Capture, DhcpClient, DhcpLease, PingStats, TransferStats};
 use crate::util::{lab_log_filter, require_root_and_tools, wait_until, RunDir};
 
+/// The interpreter of the helper scripts run inside VMs.
+const PYTHON: &str = "/usr/bin/python3";
+
 /// The underlay subnet (TEST-NET-1); node `i` is `192.0.2.(10 + i)`.
 pub const UNDERLAY_NET: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 0);
 /// Underlay prefix length.
@@ -373,6 +376,16 @@ impl Vm {
     }
 
     /// Start a capture on eth0 with a pcap filter.
+    /// Runs a python3 `script` with `args` inside the VM, in the
+    /// background (output in `<vm dir>/<name>.out`); stopped, by pid, when
+    /// the returned process is dropped.
+    pub fn spawn_python(&self, name: &str, script: &str, args: &[&str]) -> Result<Proc> {
+        let mut a = vec![PYTHON, "-u", "-c", script];
+        a.extend(args);
+        let log = self.dir.join(format!("{name}.out"));
+        self.netns.spawn(name, &a, Some(&log))
+    }
+
     pub fn capture(&mut self, filter: &str) -> Result<Capture> {
         self.captures += 1;
         let name = format!("eth0-{}", self.captures);

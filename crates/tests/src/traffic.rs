@@ -569,6 +569,33 @@ pub fn hex(frame: &[u8]) -> String {
     s
 }
 
+/// python3: a TCP listener on each port given (argv); accepted connections
+/// are echoed. Run it in a VM with [`crate::Vm::spawn_python`].
+pub const ECHO_SERVER: &str = r#"
+import socket, sys, threading
+def handle(c):
+    try:
+        while True:
+            d = c.recv(4096)
+            if not d:
+                return
+            c.sendall(d)
+    except OSError:
+        return
+def serve(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(64)
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=handle, args=(c,), daemon=True).start()
+for p in sys.argv[1:]:
+    threading.Thread(target=serve, args=(int(p),), daemon=True).start()
+print("listening", flush=True)
+threading.Event().wait()
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;

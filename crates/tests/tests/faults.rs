@@ -22,11 +22,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tests::ha::{HaCloud, HaConfig};
 use tests::lab::Lab;
-use tests::traffic::{parse_ping, PingStats};
+use tests::traffic::{parse_ping, PingStats, ECHO_SERVER};
 use tests::{require_root_and_tools, wait_until, ApiClient, Proc, Vm};
 
 const SETTLE: Duration = Duration::from_secs(30);
-const PYTHON: &str = "/usr/bin/python3";
 /// The stream's port (allowed) and the probe's (denied by the group).
 const STREAM_PORT: u16 = 5001;
 const DENIED_PORT: u16 = 5002;
@@ -98,32 +97,6 @@ fn setup_with(cfg: HaConfig) -> Fixture {
     }
 }
 
-/// A TCP listener on each port given; accepted connections are echoed.
-const ECHO_SERVER: &str = r#"
-import socket, sys, threading
-def handle(c):
-    try:
-        while True:
-            d = c.recv(4096)
-            if not d:
-                return
-            c.sendall(d)
-    except OSError:
-        return
-def serve(port):
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
-    s.listen(64)
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=handle, args=(c,), daemon=True).start()
-for p in sys.argv[1:]:
-    threading.Thread(target=serve, args=(int(p),), daemon=True).start()
-print("listening", flush=True)
-threading.Event().wait()
-"#;
-
 /// One long-lived connection; both ends send a byte every 100 ms and log
 /// "rx <bytes> <unix time>" per receive. The log ends with "closed" if
 /// the connection breaks.
@@ -163,13 +136,6 @@ with open(log, "a") as f:
         f.write("rx %d %f\n" % (len(d), time.time()))
         f.flush()
 "#;
-
-fn spawn_py(vm: &Vm, name: &str, script: &str, args: &[&str]) -> Proc {
-    let mut a = vec![PYTHON, "-u", "-c", script];
-    a.extend(args);
-    let log = vm.dir().join(format!("{name}.out"));
-    vm.netns().spawn(name, &a, Some(&log)).unwrap()
-}
 
 /// Whether a TCP connection to `dst:port` completes within 2 s.
 fn connects(vm: &Vm, dst: Ipv4Addr, port: u16) -> bool {
@@ -229,34 +195,38 @@ struct Seen {
 impl Traffic {
     fn start(lab: &Lab, ip_b: Ipv4Addr) -> Traffic {
         let (va, vb) = (lab.vm("a").unwrap(), lab.vm("b").unwrap());
-        let echo = spawn_py(vb, "echo", ECHO_SERVER, &[&DENIED_PORT.to_string()]);
+        let echo = vb
+            .spawn_python("echo", ECHO_SERVER, &[&DENIED_PORT.to_string()])
+            .unwrap();
         let logs = [va.dir().join("stream-a.log"), vb.dir().join("stream-b.log")];
         for l in &logs {
             let _ = std::fs::remove_file(l);
         }
         let port = STREAM_PORT.to_string();
-        let server = spawn_py(
-            vb,
-            "stream-b",
-            STREAM,
-            &["server", "-", &port, logs[1].to_str().unwrap()],
-        );
+        let server = vb
+            .spawn_python(
+                "stream-b",
+                STREAM,
+                &["server", "-", &port, logs[1].to_str().unwrap()],
+            )
+            .unwrap();
         wait_until(Duration::from_secs(5), "stream listener", || {
             vb.run(&["ss", "-Hltn"])
                 .is_ok_and(|o| o.contains(&format!(":{STREAM_PORT} ")))
         })
         .unwrap();
-        let client = spawn_py(
-            va,
-            "stream-a",
-            STREAM,
-            &[
-                "client",
-                &ip_b.to_string(),
-                &port,
-                logs[0].to_str().unwrap(),
-            ],
-        );
+        let client = va
+            .spawn_python(
+                "stream-a",
+                STREAM,
+                &[
+                    "client",
+                    &ip_b.to_string(),
+                    &port,
+                    logs[0].to_str().unwrap(),
+                ],
+            )
+            .unwrap();
         wait_until(Duration::from_secs(10), "stream to flow", || {
             logs.iter().all(|l| stream_log(l).0.len() >= 5)
         })

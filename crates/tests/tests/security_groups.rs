@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use serde_json::{json, Value};
-use tests::{require_root_and_tools, wait_until, Cloud, Proc, Vm};
+use tests::traffic::ECHO_SERVER;
+use tests::{require_root_and_tools, wait_until, Cloud, Vm};
 
 const SETTLE: Duration = Duration::from_secs(20);
 const PYTHON: &str = "/usr/bin/python3";
@@ -63,41 +64,6 @@ fn nic(cloud: &Cloud, subnet: &Value, node: usize, addr: &str, groups: Option<&[
 fn vm<'a>(cloud: &'a mut Cloud, name: &str, nic: &Value, subnet: &Value) -> &'a mut Vm {
     cloud.vm(name, nic, subnet).unwrap()
 }
-
-/// Runs `script` with `args` under python3 inside the VM, in the
-/// background; stopped (by pid) when dropped.
-fn spawn_py(vm: &Vm, name: &str, script: &str, args: &[&str]) -> Proc {
-    let mut a = vec![PYTHON, "-u", "-c", script];
-    a.extend(args);
-    let log = vm.dir().join(format!("{name}.log"));
-    vm.netns().spawn(name, &a, Some(&log)).unwrap()
-}
-
-/// A TCP listener on each port; accepted connections are echoed.
-const ECHO_SERVER: &str = r#"
-import socket, sys, threading
-def handle(c):
-    try:
-        while True:
-            d = c.recv(4096)
-            if not d:
-                return
-            c.sendall(d)
-    except OSError:
-        return
-def serve(port):
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
-    s.listen(64)
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=handle, args=(c,), daemon=True).start()
-for p in sys.argv[1:]:
-    threading.Thread(target=serve, args=(int(p),), daemon=True).start()
-print("listening", flush=True)
-threading.Event().wait()
-"#;
 
 /// One long-lived connection on which both ends send a byte every 100 ms;
 /// each end appends a line to its log per byte received ("rx"). `server`
@@ -295,12 +261,12 @@ fn allow_deny_matrix() {
         vm(&mut cloud, name, n, sn);
     }
     let t_ip = ip(&t["ip"]);
-    let _server = spawn_py(
-        cloud.lab.vm("t").unwrap(),
-        "echo",
-        ECHO_SERVER,
-        &["8080", "9090"],
-    );
+    let _server = cloud
+        .lab
+        .vm("t")
+        .unwrap()
+        .spawn_python("echo", ECHO_SERVER, &["8080", "9090"])
+        .unwrap();
     let allowed: BTreeSet<(Ipv4Addr, &str, u16)> = [
         (ip(&sources[0].1["ip"]), "tcp", 8080),
         (ip(&sources[1].1["ip"]), "udp", 5353),
@@ -366,7 +332,12 @@ fn replies_pass_closed_ingress_stays_closed() {
     vm(&mut cloud, "a", &a, &sn);
     vm(&mut cloud, "b", &b, &sn);
     let (ip_a, ip_b) = (ip(&a["ip"]), ip(&b["ip"]));
-    let _srv_a = spawn_py(cloud.lab.vm("a").unwrap(), "echo", ECHO_SERVER, &["7000"]);
+    let _srv_a = cloud
+        .lab
+        .vm("a")
+        .unwrap()
+        .spawn_python("echo", ECHO_SERVER, &["7000"])
+        .unwrap();
 
     let cap = cloud
         .lab
@@ -441,7 +412,7 @@ fn rule_changes_apply_to_new_and_established_connections() {
     let ip_b = ip(&b["ip"]);
     let lab = &cloud.lab;
     let (va, vb) = (lab.vm("a").unwrap(), lab.vm("b").unwrap());
-    let _srv = spawn_py(vb, "echo", ECHO_SERVER, &["7100"]);
+    let _srv = vb.spawn_python("echo", ECHO_SERVER, &["7100"]).unwrap();
     // The NICs are up and a reaches the gateway; b still refuses 7100.
     va.wait_ping(ip(&sn["gateway_ip"]), SETTLE).unwrap();
     assert!(!connects(va, ip_b, 7100));
@@ -465,22 +436,24 @@ fn rule_changes_apply_to_new_and_established_connections() {
 
     let log_a = va.dir().join("stream-a.log");
     let log_b = vb.dir().join("stream-b.log");
-    let _sb = spawn_py(
-        vb,
-        "stream-b",
-        STREAM,
-        &["server", "-", "7101", log_b.to_str().unwrap()],
-    );
+    let _sb = vb
+        .spawn_python(
+            "stream-b",
+            STREAM,
+            &["server", "-", "7101", log_b.to_str().unwrap()],
+        )
+        .unwrap();
     wait_until(Duration::from_secs(5), "stream server", || {
         vb.run(&["ss", "-Hltn"]).is_ok_and(|o| o.contains(":7101"))
     })
     .unwrap();
-    let _sa = spawn_py(
-        va,
-        "stream-a",
-        STREAM,
-        &["client", &ip_b.to_string(), "7101", log_a.to_str().unwrap()],
-    );
+    let _sa = va
+        .spawn_python(
+            "stream-a",
+            STREAM,
+            &["client", &ip_b.to_string(), "7101", log_a.to_str().unwrap()],
+        )
+        .unwrap();
     // Positive control: the established connection carries data both ways.
     flowing(&log_a, 5);
     flowing(&log_b, 5);
@@ -534,7 +507,7 @@ fn remote_group_membership_opens_and_closes() {
         lab.vm("c").unwrap(),
         lab.vm("m").unwrap(),
     );
-    let _srv = spawn_py(vb, "echo", ECHO_SERVER, &["7200"]);
+    let _srv = vb.spawn_python("echo", ECHO_SERVER, &["7200"]).unwrap();
     // Positive control: a member connects; c (not a member) does not.
     wait_until(SETTLE, "member → b", || connects(vm_, ip_b, 7200)).unwrap();
     assert!(!connects(vc, ip_b, 7200), "c is not in b-clients");
@@ -555,22 +528,24 @@ fn remote_group_membership_opens_and_closes() {
 
     let log_c = vc.dir().join("stream-c.log");
     let log_b = vb.dir().join("stream-b.log");
-    let _sb = spawn_py(
-        vb,
-        "stream-b",
-        STREAM,
-        &["server", "-", "7201", log_b.to_str().unwrap()],
-    );
+    let _sb = vb
+        .spawn_python(
+            "stream-b",
+            STREAM,
+            &["server", "-", "7201", log_b.to_str().unwrap()],
+        )
+        .unwrap();
     wait_until(Duration::from_secs(5), "stream server", || {
         vb.run(&["ss", "-Hltn"]).is_ok_and(|o| o.contains(":7201"))
     })
     .unwrap();
-    let _sc = spawn_py(
-        vc,
-        "stream-c",
-        STREAM,
-        &["client", &ip_b.to_string(), "7201", log_c.to_str().unwrap()],
-    );
+    let _sc = vc
+        .spawn_python(
+            "stream-c",
+            STREAM,
+            &["client", &ip_b.to_string(), "7201", log_c.to_str().unwrap()],
+        )
+        .unwrap();
     flowing(&log_b, 5);
     flowing(&log_c, 5);
 
@@ -851,7 +826,12 @@ fn tenants_cannot_admit_each_other() {
             &json!({"direction": "ingress", "protocol": "icmp", "remote_group_id": gy["id"]}),
         )
         .unwrap();
-    let _srv = spawn_py(cloud.lab.vm("x1").unwrap(), "echo", ECHO_SERVER, &["7300"]);
+    let _srv = cloud
+        .lab
+        .vm("x1")
+        .unwrap()
+        .spawn_python("echo", ECHO_SERVER, &["7300"])
+        .unwrap();
     let lab = &cloud.lab;
     // Positive controls: x2 (member of x-members) reaches x1 on any port;
     // y2 reaches 10.46.1.10 in its own tenant (y1).
