@@ -19,7 +19,9 @@ use sha2::{Digest, Sha256};
 use super::problem::{ApiResult, Problem};
 use crate::model::Owned;
 
-/// Used when `page_size` is absent, and the largest accepted.
+/// The largest `page_size` accepted. Without `page_size` a list is not
+/// paged (every item, as before pages existed: clients that list
+/// everything keep working).
 pub const MAX_PAGE_SIZE: u32 = 1000;
 
 /// The list parameters every list takes (each filter struct carries them).
@@ -63,6 +65,7 @@ impl<'a> Page<'a> {
         mut items: Vec<T>,
     ) -> ApiResult<(Vec<T>, Option<String>)> {
         let size = match self.page_size {
+            None if self.page_token.is_none() => u32::MAX,
             None => MAX_PAGE_SIZE,
             Some(n) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
             Some(_) => {

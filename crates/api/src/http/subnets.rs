@@ -71,7 +71,7 @@ pub struct SubnetFilter {
     /// Only resources with these tags: `key` or `key=value`, several
     /// separated by commas (all must hold).
     pub tag: Option<String>,
-    /// At most this many (1 to 1000; 1000 if absent).
+    /// At most this many (1 to 1000); absent: every one (no pages).
     pub page_size: Option<u32>,
     /// From a previous page's `Next-Page-Token` (or `Link: rel=next`).
     pub page_token: Option<String>,

@@ -115,7 +115,7 @@ async fn pages_cover_the_list_once_in_id_order() {
     }
     assert_eq!(pages, 3);
     assert_eq!(seen, made, "every VPC once, in id order");
-    // Without page_size: all of them (up to 1000).
+    // Without page_size: all of them, no pages.
     let (_, h, all) = get(&api, "/v1/vpcs").await;
     assert_eq!(ids(&all), made);
     assert!(h.get("link").is_none());
