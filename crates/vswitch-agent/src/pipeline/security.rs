@@ -263,7 +263,8 @@ pub(super) fn remote_groups(g: &SecurityGroup) -> BTreeSet<&str> {
 /// scratch: what the incremental renderer keeps current piece by piece.
 pub(super) fn all_group_flows(ctx: &Ctx<'_>, out: &mut Vec<Flow>) {
     for g in local_groups(ctx).into_values() {
-        group_flows(ctx, g, out);
+        let rules = GroupRules::new(g);
+        group_flows(ctx, &rules, out);
         let remotes = remote_groups(g);
         let mut sets: BTreeMap<&str, BTreeSet<Ipv4Prefix>> = BTreeMap::new();
         for nic in ctx.state.nics.values().filter(|n| n.vpc_id == g.vpc_id) {
@@ -279,7 +280,7 @@ pub(super) fn all_group_flows(ctx: &Ctx<'_>, out: &mut Vec<Flow>) {
         for p in prefixes {
             member_flows(
                 ctx,
-                g,
+                &rules,
                 p,
                 |rg| sets.get(rg).is_some_and(|s| s.contains(&p)),
                 out,
@@ -386,67 +387,101 @@ fn allow() -> Vec<Action> {
     )]
 }
 
-/// The conjunction id of each rule of `g` that is a conjunctive match: a
-/// remote group (any number of members) × more than one protocol/port match.
-/// Deterministic, so the group's flows and its members' flows agree.
-fn conjunctions(g: &SecurityGroup) -> BTreeMap<&str, u32> {
-    let tag = group_tag(&g.id);
-    let mut ids = BTreeMap::new();
-    let mut used = BTreeSet::new();
-    for r in &g.rules {
-        let conjunctive =
-            matches!(r.remote, Remote::Group(_)) && l4_side(r).is_some_and(|p| p.len() > 1);
-        if !conjunctive {
+/// What a group's flows are built from, worked out once per render of the
+/// group (not once per member address): its tag, each rule's protocol/port
+/// matches, and the conjunction id of each rule that is a conjunctive match
+/// (a remote group × more than one protocol/port match). Ids are
+/// deterministic, so the group's flows and its members' flows agree.
+pub(super) struct GroupRules<'a> {
+    tag: u32,
+    /// Per rule, in order: its protocol/port matches (one empty match for
+    /// "any") and its conjunction id, if it is one.
+    rules: Vec<(&'a SgRule, Vec<Match>, Option<u32>)>,
+}
+
+impl<'a> GroupRules<'a> {
+    pub(super) fn new(group: &'a SecurityGroup) -> Self {
+        let tag = group_tag(&group.id);
+        let mut used = BTreeSet::new();
+        let rules = group
+            .rules
+            .iter()
+            .map(|r| {
+                let l4 = l4_side(r).unwrap_or_else(|| vec![Match::new()]);
+                let conj = (matches!(r.remote, Remote::Group(_)) && l4.len() > 1).then(|| {
+                    let mut id = Fnv::new().bytes(&tag.to_be_bytes()).str(&r.id).finish();
+                    while !used.insert(id) {
+                        id = id.wrapping_add(1).max(1);
+                    }
+                    id
+                });
+                (r, l4, conj)
+            })
+            .collect();
+        GroupRules { tag, rules }
+    }
+}
+
+/// One flow per match holding clause `clause` (of 2) of each of its
+/// conjunctions; keys `skip` accepts are left out.
+fn clause_flows(
+    c: u64,
+    clause: u8,
+    clauses: BTreeMap<(u8, Match), BTreeSet<u32>>,
+    skip: impl Fn(&(u8, Match)) -> bool,
+    out: &mut Vec<Flow>,
+) {
+    for (key, ids) in clauses {
+        if skip(&key) {
             continue;
         }
-        let mut id = Fnv::new().bytes(&tag.to_be_bytes()).str(&r.id).finish();
-        while used.contains(&id) {
-            id = id.wrapping_add(1).max(1);
-        }
-        used.insert(id);
-        ids.insert(r.id.as_str(), id);
+        let acts = ids
+            .into_iter()
+            .map(|id| Action::Conjunction {
+                id,
+                clause,
+                n_clauses: 2,
+            })
+            .collect();
+        let (t, m) = key;
+        out.push(flow(t, sg_priority::CONJUNCTION, c, m).actions(acts));
     }
-    ids
 }
 
 /// The flows of one group that do not depend on who is in the groups it
 /// names: plain allows of its CIDR rules, and for each conjunctive rule the
 /// `conj_id` flow and the protocol/port clauses. The address clauses come
 /// from [`member_flows`].
-pub(super) fn group_flows(ctx: &Ctx<'_>, g: &SecurityGroup, out: &mut Vec<Flow>) {
-    let tag = group_tag(&g.id);
-    let c = cookie(ctx.generation, tag);
-    let conj = conjunctions(g);
+pub(super) fn group_flows(ctx: &Ctx<'_>, g: &GroupRules<'_>, out: &mut Vec<Flow>) {
+    let c = cookie(ctx.generation, g.tag);
     let mut allows: BTreeSet<(u8, Match)> = BTreeSet::new();
     let mut clauses: BTreeMap<(u8, Match), BTreeSet<u32>> = BTreeMap::new();
-    for r in &g.rules {
-        let (t, base) = (rule_table(r.direction), rule_base(tag));
-        let l4 = l4_side(r).unwrap_or_else(|| vec![Match::new()]);
-        match &r.remote {
-            Remote::Group(_) => {
-                if let Some(id) = conj.get(r.id.as_str()) {
-                    out.push(
-                        flow(
-                            t,
-                            sg_priority::CONJUNCTION,
-                            c,
-                            merge(&base, &Match::new().set(Field::ConjId, (*id).into())),
-                        )
-                        .actions(allow()),
-                    );
-                    for y in &l4 {
-                        clauses.entry((t, merge(&base, y))).or_default().insert(*id);
-                    }
+    for (r, l4, conj) in &g.rules {
+        let (t, base) = (rule_table(r.direction), rule_base(g.tag));
+        match (&r.remote, conj) {
+            (Remote::Group(_), Some(id)) => {
+                out.push(
+                    flow(
+                        t,
+                        sg_priority::CONJUNCTION,
+                        c,
+                        merge(&base, &Match::new().set(Field::ConjId, (*id).into())),
+                    )
+                    .actions(allow()),
+                );
+                for y in l4 {
+                    clauses.entry((t, merge(&base, y))).or_default().insert(*id);
                 }
             }
-            Remote::Cidr(p) => {
+            (Remote::Group(_), None) => {} // all in member_flows
+            (Remote::Cidr(p), _) => {
                 // 0.0.0.0/0 is no constraint at all.
                 let addr = if p.len == 0 {
                     Match::new()
                 } else {
                     address_match(r.direction, canonical_prefix(*p))
                 };
-                for y in &l4 {
+                for y in l4 {
                     allows.insert((t, merge(&merge(&base, &addr), y)));
                 }
             }
@@ -455,17 +490,7 @@ pub(super) fn group_flows(ctx: &Ctx<'_>, g: &SecurityGroup, out: &mut Vec<Flow>)
     for (t, m) in allows {
         out.push(flow(t, sg_priority::ALLOW, c, m).actions(allow()));
     }
-    for ((t, m), ids) in clauses {
-        let acts = ids
-            .into_iter()
-            .map(|id| Action::Conjunction {
-                id,
-                clause: 1,
-                n_clauses: 2,
-            })
-            .collect();
-        out.push(flow(t, sg_priority::CONJUNCTION, c, m).actions(acts));
-    }
+    clause_flows(c, 1, clauses, |_| false, out);
 }
 
 /// The flows of group `g` for one address `p` of the groups it names:
@@ -474,17 +499,15 @@ pub(super) fn group_flows(ctx: &Ctx<'_>, g: &SecurityGroup, out: &mut Vec<Flow>)
 /// says whether a remote group's address set contains `p`.
 pub(super) fn member_flows(
     ctx: &Ctx<'_>,
-    g: &SecurityGroup,
+    g: &GroupRules<'_>,
     p: Ipv4Prefix,
     holds: impl Fn(&str) -> bool,
     out: &mut Vec<Flow>,
 ) {
-    let tag = group_tag(&g.id);
-    let c = cookie(ctx.generation, tag);
-    let conj = conjunctions(g);
+    let c = cookie(ctx.generation, g.tag);
     let mut allows: BTreeSet<(u8, Match)> = BTreeSet::new();
     let mut clauses: BTreeMap<(u8, Match), BTreeSet<u32>> = BTreeMap::new();
-    for r in &g.rules {
+    for (r, l4, conj) in &g.rules {
         let Remote::Group(rg) = &r.remote else {
             continue;
         };
@@ -492,33 +515,20 @@ pub(super) fn member_flows(
             continue;
         }
         let t = rule_table(r.direction);
-        let at = merge(&rule_base(tag), &address_match(r.direction, p));
-        match conj.get(r.id.as_str()) {
+        let at = merge(&rule_base(g.tag), &address_match(r.direction, p));
+        match conj {
             Some(id) => {
                 clauses.entry((t, at)).or_default().insert(*id);
             }
             None => {
-                for y in l4_side(r).unwrap_or_else(|| vec![Match::new()]) {
-                    allows.insert((t, merge(&at, &y)));
+                for y in l4 {
+                    allows.insert((t, merge(&at, y)));
                 }
             }
         }
     }
-    for ((t, m), ids) in clauses {
-        // An address another rule admits outright needs no clause.
-        if allows.contains(&(t, m.clone())) {
-            continue;
-        }
-        let acts = ids
-            .into_iter()
-            .map(|id| Action::Conjunction {
-                id,
-                clause: 0,
-                n_clauses: 2,
-            })
-            .collect();
-        out.push(flow(t, sg_priority::CONJUNCTION, c, m).actions(acts));
-    }
+    // An address another rule admits outright needs no clause.
+    clause_flows(c, 0, clauses, |key| allows.contains(key), out);
     for (t, m) in allows {
         out.push(flow(t, sg_priority::MEMBER_ALLOW, c, m).actions(allow()));
     }

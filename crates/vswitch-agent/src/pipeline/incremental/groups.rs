@@ -104,26 +104,18 @@ impl Groups {
             let sets = self.sets.get(&g.vpc_id).unwrap_or(&no_sets);
             let remotes = security::remote_groups(g);
             let changed = self.rendered.get(id).is_none_or(|r| r.group != *g);
-            let r = self
-                .rendered
-                .entry(id.to_string())
-                .or_insert_with(|| RenderedGroup {
-                    group: g.clone(),
-                    flows: Vec::new(),
-                    members: HashMap::new(),
-                });
             let addresses: BTreeSet<Ipv4Prefix> = if changed {
-                let mut flows = Vec::new();
-                security::group_flows(ctx, g, &mut flows);
-                let flows = canonical(flows);
-                diff_owned(&r.flows, &flows, deleted, added);
-                r.flows = flows;
-                r.group = g.clone();
+                // Every address it renders now or rendered before.
+                let before = self
+                    .rendered
+                    .get(id)
+                    .into_iter()
+                    .flat_map(|r| r.members.keys());
                 let now = remotes
                     .iter()
                     .filter_map(|rg| sets.get(*rg))
                     .flat_map(|s| s.keys());
-                r.members.keys().chain(now).copied().collect()
+                before.chain(now).copied().collect()
             } else {
                 touched
                     .iter()
@@ -131,10 +123,33 @@ impl Groups {
                     .map(|(_, _, p)| *p)
                     .collect()
             };
+            if !changed && addresses.is_empty() {
+                continue;
+            }
+            let rules = security::GroupRules::new(g);
+            if changed {
+                let mut flows = Vec::new();
+                security::group_flows(ctx, &rules, &mut flows);
+                let flows = canonical(flows);
+                let old = self.rendered.remove(id);
+                let (old_flows, members) = old.map(|r| (r.flows, r.members)).unwrap_or_default();
+                diff_owned(&old_flows, &flows, deleted, added);
+                self.rendered.insert(
+                    id.to_string(),
+                    RenderedGroup {
+                        group: g.clone(),
+                        flows,
+                        members,
+                    },
+                );
+            }
+            let Some(r) = self.rendered.get_mut(id) else {
+                continue;
+            };
             for p in addresses {
                 let holds = |rg: &str| sets.get(rg).is_some_and(|s| s.contains_key(&p));
                 let mut flows = Vec::new();
-                security::member_flows(ctx, g, p, holds, &mut flows);
+                security::member_flows(ctx, &rules, p, holds, &mut flows);
                 let flows = canonical(flows);
                 let old = r.members.remove(&p).unwrap_or_default();
                 diff_owned(&old, &flows, deleted, added);
