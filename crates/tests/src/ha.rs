@@ -168,11 +168,7 @@ impl HaCloud {
     pub fn stop_replica(&mut self, i: usize, kill: bool) -> Result<()> {
         let r = self.replica_mut(i)?;
         if let Some(mut p) = r.proc.take() {
-            if kill {
-                p.kill()?;
-            } else {
-                p.stop()?;
-            }
+            p.end(kill)?;
         }
         Ok(())
     }

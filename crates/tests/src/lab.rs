@@ -991,11 +991,7 @@ impl Lab {
     /// Stop flowctl (SIGTERM, then SIGKILL). `kill = true`: SIGKILL at once.
     pub fn stop_flowctl(&mut self, kill: bool) -> Result<()> {
         if let Some(p) = self.flowctl.as_mut().and_then(|f| f.proc.as_mut()) {
-            if kill {
-                p.kill()?;
-            } else {
-                p.stop()?;
-            }
+            p.end(kill)?;
         }
         if let Some(f) = self.flowctl.as_mut() {
             f.proc = None;
@@ -1068,11 +1064,7 @@ impl Lab {
     pub fn stop_agent(&mut self, i: usize, kill: bool) -> Result<()> {
         let node = self.node_mut(i)?;
         if let Some(mut p) = node.agent.take() {
-            if kill {
-                p.kill()?;
-            } else {
-                p.stop()?;
-            }
+            p.end(kill)?;
         }
         Ok(())
     }

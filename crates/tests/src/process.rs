@@ -138,6 +138,15 @@ impl Proc {
         self.stop_with(Duration::from_secs(5))
     }
 
+    /// [`Proc::kill`] if `kill` (a crash), else [`Proc::stop`].
+    pub fn end(&mut self, kill: bool) -> Result<()> {
+        if kill {
+            self.kill()
+        } else {
+            self.stop()
+        }
+    }
+
     /// SIGKILL right away (a crash, as far as the process is concerned).
     pub fn kill(&mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else {
