@@ -151,24 +151,30 @@ pub type FlowctlSpec = BinSpec<FlowctlCtx>;
 /// How a vswitch-agent is started.
 pub type AgentSpec = BinSpec<AgentCtx>;
 
+/// `flowctl serve` on `store` with the context's listeners, cluster secret
+/// and bootstrap credentials file.
+pub fn serve_args(store: &str, c: &FlowctlCtx) -> Vec<String> {
+    vec![
+        "serve".into(),
+        "--store".into(),
+        store.into(),
+        "--agent-listen".into(),
+        c.agent_addr.to_string(),
+        "--api-listen".into(),
+        c.api_addr.to_string(),
+        "--cluster-secret-file".into(),
+        c.cluster_secret_file.display().to_string(),
+        "--admin-credentials".into(),
+        c.admin_credentials_file().display().to_string(),
+    ]
+}
+
 impl Default for BinSpec<FlowctlCtx> {
     /// `flowctl serve --store .. --agent-listen .. --api-listen ..
     /// --cluster-secret-file ..` (the all-in-one mode, per the flowctl brief).
     fn default() -> Self {
         BinSpec::new("flowctl", |c: &FlowctlCtx| {
-            vec![
-                "serve".into(),
-                "--store".into(),
-                c.store_path.display().to_string(),
-                "--agent-listen".into(),
-                c.agent_addr.to_string(),
-                "--api-listen".into(),
-                c.api_addr.to_string(),
-                "--cluster-secret-file".into(),
-                c.cluster_secret_file.display().to_string(),
-                "--admin-credentials".into(),
-                c.admin_credentials_file().display().to_string(),
-            ]
+            serve_args(&c.store_path.display().to_string(), c)
         })
     }
 }

@@ -6,8 +6,7 @@
 //! health and leadership are read (no etcd client needed here, and it works
 //! the same when the client port requires TLS).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -459,30 +458,13 @@ impl Drop for EtcdCluster {
     }
 }
 
-/// A GET on 127.0.0.1:`port`, the body if it answered 200.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let timeout = Duration::from_millis(500);
-    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
-    s.set_read_timeout(Some(timeout)).ok()?;
-    s.set_write_timeout(Some(timeout)).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200")
-        .then(|| body.to_string())
-        .or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_string()))
-}
-
 /// etcd's `/health`: true when the member has a leader and no alarm.
 fn healthy(metrics_port: u16) -> bool {
-    http_get(metrics_port, "/health").is_some_and(|b| b.contains("\"health\":\"true\""))
+    crate::util::http_get(SocketAddr::from(([127, 0, 0, 1], metrics_port)), "/health")
+        .is_some_and(|b| b.contains("\"health\":\"true\""))
 }
 
 fn is_leader(metrics_port: u16) -> bool {
-    http_get(metrics_port, "/metrics")
+    crate::util::http_get(SocketAddr::from(([127, 0, 0, 1], metrics_port)), "/metrics")
         .is_some_and(|b| b.lines().any(|l| l.trim() == "etcd_server_is_leader 1"))
 }

@@ -201,7 +201,7 @@ impl HaCloud {
     /// `/metrics`), if it answers.
     pub fn replica_metric(&self, i: usize, name: &str) -> Option<f64> {
         let addr = self.replica(i).ok()?.ctx.agent_addr;
-        let body = http_get(addr, "/metrics")?;
+        let body = crate::util::http_get(addr, "/metrics")?;
         body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
             let (k, v) = l.split_once(' ')?;
             (k == name).then(|| v.trim().parse().ok()).flatten()
@@ -240,19 +240,7 @@ fn replica_spec(store_url: &str, extra: &[String]) -> FlowctlSpec {
     let store = store_url.to_string();
     let extra = extra.to_vec();
     BinSpec::new("flowctl", move |c: &FlowctlCtx| {
-        let mut v: Vec<String> = vec![
-            "serve".into(),
-            "--store".into(),
-            store.clone(),
-            "--agent-listen".into(),
-            c.agent_addr.to_string(),
-            "--api-listen".into(),
-            c.api_addr.to_string(),
-            "--cluster-secret-file".into(),
-            c.cluster_secret_file.display().to_string(),
-            "--admin-credentials".into(),
-            c.admin_credentials_file().display().to_string(),
-        ];
+        let mut v = crate::bins::serve_args(&store, c);
         v.extend(extra.iter().cloned());
         v
     })
@@ -289,19 +277,4 @@ fn start_replica(i: usize, r: &mut Replica, spec: &FlowctlSpec) -> Result<()> {
     tracing::info!(replica = i, pid = proc.pid(), %api, %agents, "flowctl replica up");
     r.proc = Some(proc);
     Ok(())
-}
-
-/// A plain HTTP/1.0 GET on 127.0.0.1; the body of a 200 answer.
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let timeout = Duration::from_secs(1);
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
-    s.set_read_timeout(Some(timeout)).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.contains(" 200 ").then(|| body.to_string())
 }
