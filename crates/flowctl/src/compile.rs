@@ -409,6 +409,7 @@ impl Model {
         self.nodes.get(peer).map(|n| proto::Peer {
             node: peer.to_string(),
             underlay_ip: n.underlay_ip,
+            bfd: false,
         })
     }
 
@@ -457,6 +458,8 @@ impl Model {
                     None
                 }
             }
+            // Not compiled yet: external networks, EIPs and NAT gateways.
+            ObjectKey::ExternalNetwork(_) | ObjectKey::Eip(_) | ObjectKey::NatGateway(_) => None,
         }
     }
 }
@@ -643,8 +646,8 @@ impl Compiler {
             }
             for key in d.keys {
                 let change = match self.model.desired(&node, &key) {
-                    None => has(st, &key).then_some(Change::Remove { key }),
-                    Some(obj) => (!holds(st, &obj)).then_some(Change::Upsert { object: obj }),
+                    None => st.contains(&key).then_some(Change::Remove { key }),
+                    Some(obj) => (!st.holds(&obj)).then_some(Change::Upsert { object: obj }),
                 };
                 changes.extend(change);
             }
@@ -825,29 +828,6 @@ impl Compiler {
         for h in m.hosts(vpc) {
             d.keys.insert(ObjectKey::Peer(h.clone()));
         }
-    }
-}
-
-/// Whether the state has an object at `key`.
-fn has(st: &NodeState, key: &ObjectKey) -> bool {
-    match key {
-        ObjectKey::Vpc(id) => st.vpcs.contains_key(id),
-        ObjectKey::Subnet(id) => st.subnets.contains_key(id),
-        ObjectKey::Nic(id) => st.nics.contains_key(id),
-        ObjectKey::Peer(id) => st.peers.contains_key(id),
-        ObjectKey::SecurityGroup(id) => st.security_groups.contains_key(id),
-    }
-}
-
-/// Whether the state already holds exactly `obj`.
-fn holds(st: &NodeState, obj: &Object) -> bool {
-    match obj {
-        Object::Node(n) => &st.node == n,
-        Object::Vpc(v) => st.vpcs.get(&v.id) == Some(v),
-        Object::Subnet(s) => st.subnets.get(&s.id) == Some(s),
-        Object::Nic(n) => st.nics.get(&n.id) == Some(n),
-        Object::Peer(p) => st.peers.get(&p.node) == Some(p),
-        Object::SecurityGroup(g) => st.security_groups.get(&g.id) == Some(g),
     }
 }
 

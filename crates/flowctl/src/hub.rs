@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use api::store::{KeyValue, WatchEvent};
-use proto::{Change, NodeState, Object, ObjectKey, Revision, ServerMessage};
+use proto::{Change, NodeState, ObjectKey, Revision, ServerMessage};
 
 use crate::compile::{Applied, Compiler};
 
@@ -167,14 +167,7 @@ impl Hub {
 fn slot(c: &Change) -> Option<ObjectKey> {
     match c {
         Change::Remove { key } => Some(key.clone()),
-        Change::Upsert { object } => match object {
-            Object::Node(_) => None,
-            Object::Vpc(v) => Some(ObjectKey::Vpc(v.id.clone())),
-            Object::Subnet(s) => Some(ObjectKey::Subnet(s.id.clone())),
-            Object::Nic(n) => Some(ObjectKey::Nic(n.id.clone())),
-            Object::Peer(p) => Some(ObjectKey::Peer(p.node.clone())),
-            Object::SecurityGroup(g) => Some(ObjectKey::SecurityGroup(g.id.clone())),
-        },
+        Change::Upsert { object } => object.key(),
     }
 }
 

@@ -19,7 +19,7 @@ pub use state::*;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every change to the messages or the types they carry.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// A global store revision. Every change in the store carries one.
 pub type Revision = u64;

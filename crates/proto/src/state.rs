@@ -251,6 +251,90 @@ pub struct SecurityGroup {
 pub struct Peer {
     pub node: String,
     pub underlay_ip: Ipv4Addr,
+    /// Run BFD on the tunnel: set when one side is a gateway node the other
+    /// depends on, so a fast-failover group can watch the tunnel's liveness.
+    #[serde(default)]
+    pub bfd: bool,
+}
+
+/// An external network ("the Internet" side) this node is attached to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalNetwork {
+    pub id: String,
+    /// The label the node maps to one of its interfaces
+    /// (`vswitch-agent --external-port PHYSNET=IFACE`).
+    pub physnet: String,
+    pub cidr: Ipv4Prefix,
+    /// The outside router every external packet is sent to.
+    pub gateway_ip: Ipv4Addr,
+}
+
+/// An elastic IP bound to a NIC hosted on this node: 1:1 NAT here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Eip {
+    pub id: String,
+    pub external_network_id: String,
+    pub ip: Ipv4Addr,
+    /// The MAC the EIP answers ARP with on the external network.
+    pub mac: Mac,
+    pub nic_id: String,
+    /// Bandwidth limit in each direction, kbit/s (an OVS meter); none: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_kbps: Option<u32>,
+}
+
+/// An external address a NAT gateway translates to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ExternalAddress {
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+}
+
+/// Sources of a VPC leaving through a NAT gateway with `eip` as source.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SnatRule {
+    pub id: String,
+    /// A subnet's CIDR or one NIC's address (/32).
+    pub source: Ipv4Prefix,
+    pub eip: Ipv4Addr,
+}
+
+/// The transport protocol of a DNAT rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum L4Protocol {
+    Tcp,
+    Udp,
+}
+
+/// Connections to `eip:external_port` forwarded to `internal_ip:internal_port`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DnatRule {
+    pub id: String,
+    pub protocol: L4Protocol,
+    pub eip: Ipv4Addr,
+    pub external_port: u16,
+    pub internal_ip: Ipv4Addr,
+    pub internal_port: u16,
+}
+
+/// A NAT gateway of a VPC the node carries. Compute nodes send the VPC's
+/// outbound traffic of NICs without their own EIP to the first live node of
+/// `gateways`; the gateway nodes translate it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatGateway {
+    pub id: String,
+    pub vpc_id: String,
+    pub external_network_id: String,
+    /// The MAC compute nodes address the VPC's outbound packets to.
+    pub mac: Mac,
+    /// Gateway nodes, highest priority first; drained nodes are left out.
+    pub gateways: Vec<String>,
+    pub eips: Vec<ExternalAddress>,
+    #[serde(default)]
+    pub snat_rules: Vec<SnatRule>,
+    #[serde(default)]
+    pub dnat_rules: Vec<DnatRule>,
 }
 
 /// The complete desired state of one node at one revision. Each map holds
@@ -267,6 +351,15 @@ pub struct NodeState {
     /// Every security group of the VPCs present.
     #[serde(default)]
     pub security_groups: BTreeMap<String, SecurityGroup>,
+    /// The external networks the node is attached to.
+    #[serde(default)]
+    pub external_networks: BTreeMap<String, ExternalNetwork>,
+    /// EIPs bound to NICs hosted on this node.
+    #[serde(default)]
+    pub eips: BTreeMap<String, Eip>,
+    /// NAT gateways of the VPCs present, and those this node is a gateway of.
+    #[serde(default)]
+    pub nat_gateways: BTreeMap<String, NatGateway>,
 }
 
 /// One object of a [`NodeState`], the unit a delta carries.
@@ -279,6 +372,9 @@ pub enum Object {
     Nic(Nic),
     Peer(Peer),
     SecurityGroup(SecurityGroup),
+    ExternalNetwork(ExternalNetwork),
+    Eip(Eip),
+    NatGateway(NatGateway),
 }
 
 /// The key of an [`Object`] within a [`NodeState`].
@@ -290,6 +386,26 @@ pub enum ObjectKey {
     Nic(String),
     Peer(String),
     SecurityGroup(String),
+    ExternalNetwork(String),
+    Eip(String),
+    NatGateway(String),
+}
+
+impl Object {
+    /// The object's key (`None`: the node's own info, which has no key).
+    pub fn key(&self) -> Option<ObjectKey> {
+        Some(match self {
+            Object::Node(_) => return None,
+            Object::Vpc(v) => ObjectKey::Vpc(v.id.clone()),
+            Object::Subnet(s) => ObjectKey::Subnet(s.id.clone()),
+            Object::Nic(n) => ObjectKey::Nic(n.id.clone()),
+            Object::Peer(p) => ObjectKey::Peer(p.node.clone()),
+            Object::SecurityGroup(g) => ObjectKey::SecurityGroup(g.id.clone()),
+            Object::ExternalNetwork(x) => ObjectKey::ExternalNetwork(x.id.clone()),
+            Object::Eip(e) => ObjectKey::Eip(e.id.clone()),
+            Object::NatGateway(g) => ObjectKey::NatGateway(g.id.clone()),
+        })
+    }
 }
 
 /// One step of a delta.
@@ -322,6 +438,15 @@ impl NodeState {
                 Object::SecurityGroup(g) => {
                     self.security_groups.insert(g.id.clone(), g.clone());
                 }
+                Object::ExternalNetwork(x) => {
+                    self.external_networks.insert(x.id.clone(), x.clone());
+                }
+                Object::Eip(e) => {
+                    self.eips.insert(e.id.clone(), e.clone());
+                }
+                Object::NatGateway(g) => {
+                    self.nat_gateways.insert(g.id.clone(), g.clone());
+                }
             },
             Change::Remove { key } => match key {
                 ObjectKey::Vpc(id) => {
@@ -338,6 +463,15 @@ impl NodeState {
                 }
                 ObjectKey::SecurityGroup(id) => {
                     self.security_groups.remove(id);
+                }
+                ObjectKey::ExternalNetwork(id) => {
+                    self.external_networks.remove(id);
+                }
+                ObjectKey::Eip(id) => {
+                    self.eips.remove(id);
+                }
+                ObjectKey::NatGateway(id) => {
+                    self.nat_gateways.remove(id);
                 }
             },
         }
@@ -386,7 +520,57 @@ impl NodeState {
             ObjectKey::SecurityGroup,
             Object::SecurityGroup,
         );
+        diff_map(
+            &self.external_networks,
+            &target.external_networks,
+            &mut out,
+            ObjectKey::ExternalNetwork,
+            Object::ExternalNetwork,
+        );
+        diff_map(
+            &self.eips,
+            &target.eips,
+            &mut out,
+            ObjectKey::Eip,
+            Object::Eip,
+        );
+        diff_map(
+            &self.nat_gateways,
+            &target.nat_gateways,
+            &mut out,
+            ObjectKey::NatGateway,
+            Object::NatGateway,
+        );
         out
+    }
+
+    /// Whether the state has an object at `key`.
+    pub fn contains(&self, key: &ObjectKey) -> bool {
+        match key {
+            ObjectKey::Vpc(id) => self.vpcs.contains_key(id),
+            ObjectKey::Subnet(id) => self.subnets.contains_key(id),
+            ObjectKey::Nic(id) => self.nics.contains_key(id),
+            ObjectKey::Peer(id) => self.peers.contains_key(id),
+            ObjectKey::SecurityGroup(id) => self.security_groups.contains_key(id),
+            ObjectKey::ExternalNetwork(id) => self.external_networks.contains_key(id),
+            ObjectKey::Eip(id) => self.eips.contains_key(id),
+            ObjectKey::NatGateway(id) => self.nat_gateways.contains_key(id),
+        }
+    }
+
+    /// Whether the state already holds exactly `obj`.
+    pub fn holds(&self, obj: &Object) -> bool {
+        match obj {
+            Object::Node(n) => &self.node == n,
+            Object::Vpc(v) => self.vpcs.get(&v.id) == Some(v),
+            Object::Subnet(s) => self.subnets.get(&s.id) == Some(s),
+            Object::Nic(n) => self.nics.get(&n.id) == Some(n),
+            Object::Peer(p) => self.peers.get(&p.node) == Some(p),
+            Object::SecurityGroup(g) => self.security_groups.get(&g.id) == Some(g),
+            Object::ExternalNetwork(x) => self.external_networks.get(&x.id) == Some(x),
+            Object::Eip(e) => self.eips.get(&e.id) == Some(e),
+            Object::NatGateway(g) => self.nat_gateways.get(&g.id) == Some(g),
+        }
     }
 
     /// NICs bound to this node.

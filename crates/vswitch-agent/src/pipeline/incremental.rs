@@ -370,6 +370,7 @@ mod tests {
                 Peer {
                     node: node.clone(),
                     underlay_ip: Ipv4Addr::new(192, 0, 2, n),
+                    bfd: false,
                 },
             );
             ports.set_tunnel(&node, 100 + u32::from(n));
@@ -564,6 +565,7 @@ mod timing {
             Peer {
                 node: "n1".into(),
                 underlay_ip: Ipv4Addr::new(192, 0, 2, 2),
+                bfd: false,
             },
         );
         // The API's default group: egress open, ingress from its members.

@@ -110,10 +110,12 @@ fn node_state(vpcs: Vec<Vpc>, subnets: Vec<Subnet>, nics: Vec<Nic>, peers: &[&st
                 let peer = Peer {
                     node: (*p).into(),
                     underlay_ip: Ipv4Addr::new(192, 0, 2, 10 + i as u8),
+                    bfd: false,
                 };
                 (peer.node.clone(), peer)
             })
             .collect(),
+        ..NodeState::default()
     }
 }
 
