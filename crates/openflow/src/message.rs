@@ -473,6 +473,10 @@ pub enum GroupModCommand {
     Add,
     Modify,
     Delete,
+    /// Create or replace (`OFPGC11_ADD_OR_MOD`, an Open vSwitch extension
+    /// since 2.6): the one command that is right whether or not the group
+    /// exists, as after a restart.
+    AddOrModify,
     Unknown(u16),
 }
 
@@ -1457,11 +1461,15 @@ fn parse_packet_in2(mut r: Reader<'_>) -> Result<PacketIn> {
     Ok(p)
 }
 
+/// Open vSwitch's "add or modify" group command.
+const OFPGC11_ADD_OR_MOD: u16 = 0x8000;
+
 fn emit_group_mod(out: &mut Vec<u8>, g: &GroupMod) -> Result<()> {
     out.put_u16(match g.command {
         GroupModCommand::Add => 0,
         GroupModCommand::Modify => 1,
         GroupModCommand::Delete => 2,
+        GroupModCommand::AddOrModify => OFPGC11_ADD_OR_MOD,
         GroupModCommand::Unknown(v) => v,
     });
     out.put_u8(match g.group_type {
@@ -1492,6 +1500,7 @@ fn parse_group_mod(mut r: Reader<'_>) -> Result<GroupMod> {
         0 => GroupModCommand::Add,
         1 => GroupModCommand::Modify,
         2 => GroupModCommand::Delete,
+        OFPGC11_ADD_OR_MOD => GroupModCommand::AddOrModify,
         v => GroupModCommand::Unknown(v),
     };
     let group_type = match r.u8()? {

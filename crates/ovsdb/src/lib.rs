@@ -23,6 +23,7 @@
 //!     peer: "node-2".into(),
 //!     remote_ip: "192.0.2.2".parse().unwrap(),
 //!     local_ip: None,
+//!     bfd: false,
 //! }];
 //! vs.sync_tunnels(&peers).await?; // ensures these, removes our others
 //! let mut ports = vs.ofports(); // watch: NIC id / port name -> ofport

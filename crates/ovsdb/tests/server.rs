@@ -225,6 +225,7 @@ async fn stale_plans_are_refused_by_their_guards() {
         peer: "n2".into(),
         remote_ip: "192.0.2.2".parse().unwrap(),
         local_ip: None,
+        bfd: false,
     };
     let mut rx = vs.ofports();
     while vs.replica().find_by("Bridge", "name", "br-int").is_none() {
@@ -314,7 +315,8 @@ async fn server_going_away_is_noticed_and_survived() {
         vs.ensure_tunnel(&TunnelSpec {
             peer: "n2".into(),
             remote_ip: "192.0.2.2".parse().unwrap(),
-            local_ip: None
+            local_ip: None,
+            bfd: false
         })
         .await,
         Err(Error::Disconnected)
@@ -337,7 +339,8 @@ async fn server_going_away_is_noticed_and_survived() {
         vs.ensure_tunnel(&TunnelSpec {
             peer: "n2".into(),
             remote_ip: "192.0.2.2".parse().unwrap(),
-            local_ip: None
+            local_ip: None,
+            bfd: false
         })
         .await
         .unwrap(),

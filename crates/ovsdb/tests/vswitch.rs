@@ -43,6 +43,7 @@ fn spec(peer: &str, remote: &str) -> TunnelSpec {
         peer: peer.into(),
         remote_ip: remote.parse().unwrap(),
         local_ip: Some("192.0.2.1".parse().unwrap()),
+        bfd: false,
     }
 }
 

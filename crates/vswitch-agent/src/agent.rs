@@ -6,12 +6,15 @@
 //! pipeline, diffs it against what is installed and applies the difference
 //! in one atomic bundle. Bursts coalesce into one sync.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use openflow::message::{GroupMod, GroupModCommand};
 use openflow::Flow;
-use ovsdb::vswitch::{BridgeConfig, OfportMap, TunnelSpec, Vswitch, VswitchEvent};
+use ovsdb::vswitch::{
+    BridgeConfig, ExternalPortSpec, OfportMap, TunnelSpec, Vswitch, VswitchEvent,
+};
 use proto::{Change, NodeState, Object, ObjectKey, Revision};
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -19,7 +22,8 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::control::{ControlClient, ControlConfig, Update};
 use crate::dhcp;
 use crate::local::{LocalState, Persisted, Persister, Step};
-use crate::pipeline::{IncrementalRenderer, PortMap, Scope};
+use crate::neighbor::{self, Arp, Neighbors};
+use crate::pipeline::{self, IncrementalRenderer, PortMap, Scope};
 use crate::reconcile;
 use crate::switch::Switch;
 
@@ -38,6 +42,8 @@ pub struct AgentConfig {
     /// OpenFlow target of the bridge, `unix:/path/br-int.mgmt`.
     pub openflow: String,
     pub state_dir: PathBuf,
+    /// The node's uplinks to external networks.
+    pub external_ports: Vec<ExternalPortSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +58,13 @@ pub enum AgentError {
 
 /// After a failed apply, try again this soon.
 const RETRY: Duration = Duration::from_secs(1);
+/// A tunnel's BFD session needs about a second to come up: until the agent
+/// has run this long, a peer whose BFD is not up yet counts as alive, so a
+/// (re)starting gateway does not take over from a live one it has not
+/// heard yet.
+const BFD_GRACE: Duration = Duration::from_secs(3);
+/// How often neighbours are resolved and addresses announced.
+const NEIGHBOR_TICK: Duration = Duration::from_secs(1);
 /// Packet-ins a NIC may trigger per second (and burst): tenants control them.
 const PACKET_IN_RATE: f64 = 20.0;
 const PACKET_IN_BURST: u32 = 40;
@@ -76,6 +89,8 @@ pub async fn run(
         local.store(&claimed)?;
         info!(generation, resumed = ?persisted.state.as_ref().map(|s| s.revision), "starting");
 
+        let neighbors_file = cfg.state_dir.join("neighbors.json");
+        let neighbors = Neighbors::restore(load_neighbors(&neighbors_file));
         let vswitch = connect_ovsdb(&cfg).await;
         vswitch.ensure_bridge().await?;
         let switch = Switch::connect_when_ready(&cfg.openflow).await;
@@ -95,6 +110,11 @@ pub async fn run(
             last_ack: None,
             acks,
             packet_in_limit: dhcp::RateLimiter::new(PACKET_IN_RATE, PACKET_IN_BURST),
+            external_ports: cfg.external_ports.clone(),
+            neighbors,
+            neighbors_file,
+            groups: None,
+            started: Instant::now(),
         };
         let dump_started = Instant::now();
         let installed = node.switch.dump_ours().await?;
@@ -213,6 +233,14 @@ struct Node {
     last_ack: Option<(Revision, Vec<String>)>,
     acks: mpsc::Sender<Report>,
     packet_in_limit: dhcp::RateLimiter<u32>,
+    external_ports: Vec<ExternalPortSpec>,
+    /// External networks' gateways resolved, addresses announced.
+    neighbors: Neighbors,
+    neighbors_file: PathBuf,
+    /// The groups installed, by id; `None` when unknown (start, reconnect,
+    /// failed apply): then every desired group is (re)written.
+    groups: Option<BTreeMap<u32, GroupMod>>,
+    started: Instant,
 }
 
 impl Node {
@@ -221,6 +249,9 @@ impl Node {
         let mut events = self.vswitch.events();
         let mut dirty = self.desired.is_some();
         let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut neighbor_tick = tokio::time::interval(NEIGHBOR_TICK);
+        neighbor_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut bfd_grace_over = false;
         loop {
             if dirty {
                 dirty = false;
@@ -266,8 +297,22 @@ impl Node {
                     Ok(other) => debug!(?other, "OVSDB event"),
                     Err(e) => debug!(error = %e, "OVSDB events lagged"),
                 },
+                _ = neighbor_tick.tick() => {
+                    self.maintain_neighbors().await;
+                    if !bfd_grace_over && self.started.elapsed() >= BFD_GRACE {
+                        // BFD's word on peers counts from now.
+                        bfd_grace_over = true;
+                        self.scope = Scope::All;
+                        dirty = true;
+                    }
+                }
                 packet_in = self.switch.packet_in() => match packet_in {
-                    Some(p) => self.on_packet_in(p).await,
+                    Some(p) => {
+                        if self.on_packet_in(p).await {
+                            self.scope = Scope::All;
+                            dirty = true;
+                        }
+                    }
                     None => {
                         warn!("OpenFlow connection lost; reconnecting");
                         self.reconnect_switch().await;
@@ -326,6 +371,9 @@ impl Node {
     async fn sync_to(&mut self, state: &NodeState) -> Result<(), AgentError> {
         let started = Instant::now();
         self.vswitch.ensure_bridge().await?;
+        for spec in &self.external_ports {
+            self.vswitch.ensure_external_port(spec).await?;
+        }
         self.sync_tunnels(state).await?;
         let ports = self.port_map();
         let prepared = started.elapsed();
@@ -344,17 +392,25 @@ impl Node {
             }
         };
         let rendered = started.elapsed();
-        if !changes.is_empty() {
-            if let Err(e) = self.switch.apply(&changes).await {
+        let groups = pipeline::render_groups(state, &ports);
+        let (groups_before, groups_after) = group_changes(self.groups.as_ref(), &groups);
+        if !changes.is_empty() || !groups_before.is_empty() || !groups_after.is_empty() {
+            let applied = self
+                .switch
+                .apply_with_groups(&groups_before, &changes, &groups_after)
+                .await;
+            if let Err(e) = applied {
                 // The bundle left the switch as it was; the renderer moved
                 // on. Read the switch back and reconcile in full next time.
                 self.dumped = Some(self.switch.dump_ours().await.unwrap_or_default());
+                self.groups = None;
                 let error = error_chain(&e);
                 let revision = state.revision;
                 let _ = self.acks.send(Report::Nack { revision, error }).await;
                 return Err(e.into());
             }
         }
+        self.groups = Some(groups.into_iter().map(|g| (g.group_id, g)).collect());
         // A full reconcile is reported even when it changed nothing: it is
         // when a (re)started agent is known to be in step with the switch.
         if !changes.is_empty() || flows > 0 {
@@ -372,6 +428,8 @@ impl Node {
             .filter(|nic| ports.nic(&nic.id).is_some())
             .map(|nic| nic.id.clone())
             .collect();
+        // Announce what this node took over at once: a failover waits on it.
+        self.maintain_neighbors_in(state, &ports).await;
         let ack = (state.revision, ready);
         if self.last_ack.as_ref() != Some(&ack) {
             let (revision, ready) = ack.clone();
@@ -409,17 +467,18 @@ impl Node {
                 peer: p.node.clone(),
                 remote_ip: p.underlay_ip.into(),
                 local_ip: state.node.underlay_ip.map(Into::into),
+                bfd: p.bfd,
             })
             .collect();
-        let have: BTreeSet<(String, Option<String>)> = self
+        let have: BTreeSet<(String, Option<String>, bool)> = self
             .vswitch
             .tunnels()
             .into_iter()
-            .map(|t| (t.peer, t.remote_ip))
+            .map(|t| (t.peer, t.remote_ip, t.bfd))
             .collect();
-        let want: BTreeSet<(String, Option<String>)> = desired
+        let want: BTreeSet<(String, Option<String>, bool)> = desired
             .iter()
-            .map(|t| (t.peer.clone(), Some(t.remote_ip.to_string())))
+            .map(|t| (t.peer.clone(), Some(t.remote_ip.to_string()), t.bfd))
             .collect();
         if have != want {
             self.vswitch.sync_tunnels(&desired).await?;
@@ -433,12 +492,89 @@ impl Node {
         for (iface, ofport) in &ofports.by_iface_id {
             ports.set_nic(iface, *ofport);
         }
+        let bfd_counts = self.started.elapsed() >= BFD_GRACE;
         for tunnel in self.vswitch.tunnels() {
             if let Some(ofport) = ofports.port(&tunnel.port) {
                 ports.set_tunnel(&tunnel.peer, ofport);
             }
+            if bfd_counts && ofports.bfd_forwarding.get(&tunnel.port) == Some(&false) {
+                ports.set_peer_down(&tunnel.peer);
+            }
+        }
+        for spec in &self.external_ports {
+            if let Some(ofport) = ofports.port(&spec.iface) {
+                ports.set_external(&spec.physnet, ofport);
+            }
+        }
+        for (network, mac) in self.neighbors.resolved() {
+            ports.set_next_hop(network, *mac);
         }
         ports
+    }
+
+    async fn maintain_neighbors(&mut self) {
+        let Some(state) = self.desired.take() else {
+            return;
+        };
+        let ports = self.port_map();
+        self.maintain_neighbors_in(&state, &ports).await;
+        self.desired = Some(state);
+    }
+
+    /// Sends the ARP requests and announcements due now on the external
+    /// ports.
+    async fn maintain_neighbors_in(&mut self, state: &NodeState, ports: &PortMap) {
+        let answering = pipeline::announced_addresses(state, ports);
+        if answering.is_empty() {
+            return;
+        }
+        let wanted: Vec<neighbor::Wanted> = state
+            .external_networks
+            .values()
+            .filter_map(|net| {
+                let (_, ip, mac) = answering.iter().find(|(n, _, _)| *n == net.id)?;
+                Some(neighbor::Wanted {
+                    network_id: net.id.clone(),
+                    gateway_ip: net.gateway_ip,
+                    from: (*ip, *mac),
+                })
+            })
+            .collect();
+        let frames = self
+            .neighbors
+            .poll(std::time::Instant::now(), &wanted, &answering);
+        for out in frames {
+            let port = state
+                .external_networks
+                .get(&out.network_id)
+                .and_then(|net| ports.external(&net.physnet));
+            let Some(port) = port else { continue };
+            if let Err(e) = self.switch.send_out(port, out.frame).await {
+                warn!(error = %error_chain(&e), network = %out.network_id, "ARP not sent");
+            }
+        }
+    }
+
+    /// An ARP reply from an external network: `true` if it resolved a
+    /// gateway anew (the way out must be rendered again).
+    fn on_external_arp(&mut self, in_port: u32, arp: &Arp) -> bool {
+        let Some(state) = self.desired.as_ref() else {
+            return false;
+        };
+        let ports = self.port_map();
+        let mut changed = false;
+        for net in state.external_networks.values() {
+            if ports.external(&net.physnet) == Some(in_port)
+                && self.neighbors.on_reply(&net.id, net.gateway_ip, arp)
+            {
+                info!(network = %net.id, gateway = %net.gateway_ip, mac = %arp.sha, "external gateway resolved");
+                changed = true;
+            }
+        }
+        if changed {
+            save_neighbors(&self.neighbors_file, &self.neighbors.saved());
+        }
+        changed
     }
 
     /// A fresh OpenFlow connection after ovs-vswitchd restarted or the
@@ -447,6 +583,7 @@ impl Node {
     async fn reconnect_switch(&mut self) {
         loop {
             self.switch.reconnect().await;
+            self.groups = None;
             match self.switch.dump_ours().await {
                 Ok(flows) => {
                     self.dumped = Some(flows);
@@ -457,16 +594,21 @@ impl Node {
         }
     }
 
-    async fn on_packet_in(&mut self, packet: crate::switch::PacketIn) {
-        let Some(state) = self.desired.as_ref() else {
-            return;
-        };
-        if !self
-            .packet_in_limit
-            .check(&packet.in_port, tokio::time::Instant::now().into_std())
+    /// Answers a packet-in; `true` if the pipeline must be rendered again.
+    async fn on_packet_in(&mut self, packet: crate::switch::PacketIn) -> bool {
+        if self.desired.is_none()
+            || !self
+                .packet_in_limit
+                .check(&packet.in_port, tokio::time::Instant::now().into_std())
         {
-            return;
+            return false;
         }
+        if let Some(arp) = Arp::parse(&packet.data) {
+            return self.on_external_arp(packet.in_port, &arp);
+        }
+        let Some(state) = self.desired.as_ref() else {
+            return false;
+        };
         let ports = self.port_map();
         match dhcp::respond_on_port(state, &ports, packet.in_port, &packet.data) {
             Ok(dhcp::Outcome::Reply { frame, .. }) => {
@@ -477,6 +619,54 @@ impl Node {
             Ok(dhcp::Outcome::Ignored(_)) => {}
             Err(e) => debug!(error = %e, port = packet.in_port, "packet-in not handled"),
         }
+        false
+    }
+}
+
+/// The group writes that take the switch from `installed` (`None`:
+/// unknown) to `desired`: (adds and modifies, deletes).
+fn group_changes(
+    installed: Option<&BTreeMap<u32, GroupMod>>,
+    desired: &[GroupMod],
+) -> (Vec<GroupMod>, Vec<GroupMod>) {
+    let write: Vec<GroupMod> = desired
+        .iter()
+        .filter(|g| installed.is_none_or(|i| i.get(&g.group_id) != Some(*g)))
+        .cloned()
+        .collect();
+    let keep: BTreeSet<u32> = desired.iter().map(|g| g.group_id).collect();
+    let delete = installed
+        .into_iter()
+        .flat_map(|i| i.values())
+        .filter(|g| !keep.contains(&g.group_id))
+        .map(|g| GroupMod {
+            command: GroupModCommand::Delete,
+            buckets: Vec::new(),
+            ..g.clone()
+        })
+        .collect();
+    (write, delete)
+}
+
+fn load_neighbors(path: &std::path::Path) -> neighbor::Saved {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            warn!(path = %path.display(), error = %e, "unreadable neighbour file; starting empty");
+            neighbor::Saved::default()
+        }),
+        Err(_) => neighbor::Saved::default(),
+    }
+}
+
+/// Written through a temporary file so a crash never leaves half of it.
+fn save_neighbors(path: &std::path::Path, saved: &neighbor::Saved) {
+    let tmp = path.with_extension("json.tmp");
+    let written = serde_json::to_vec(saved)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        warn!(path = %path.display(), error = %e, "neighbour file not written");
     }
 }
 
@@ -510,6 +700,10 @@ fn port_scope(before: &OfportMap, after: &OfportMap) -> Scope {
         .chain(after.by_iface_id.values())
         .copied()
         .collect();
+    if before.bfd_forwarding != after.bfd_forwarding {
+        // A gateway's liveness changed: who is active may have.
+        return Scope::All;
+    }
     let other_port_changed = before
         .by_name
         .iter()

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use ovsdb::vswitch::ExternalPortSpec;
 use vswitch_agent::agent::{self, AgentConfig};
 
 #[derive(Parser, Debug)]
@@ -35,6 +36,23 @@ struct Args {
     /// Where the last applied state is kept across restarts.
     #[arg(long, default_value = "/var/lib/stacknet/agent")]
     state_dir: PathBuf,
+    /// An interface that carries an external network, as PHYSNET=IFACE
+    /// (the external network's `physnet`); repeat for several. The agent
+    /// plugs IFACE into the bridge.
+    #[arg(long = "external-port", value_parser = parse_external_port)]
+    external_ports: Vec<ExternalPortSpec>,
+}
+
+fn parse_external_port(s: &str) -> Result<ExternalPortSpec, String> {
+    match s.split_once('=') {
+        Some((physnet, iface)) if !physnet.is_empty() && !iface.is_empty() => {
+            Ok(ExternalPortSpec {
+                physnet: physnet.to_string(),
+                iface: iface.to_string(),
+            })
+        }
+        _ => Err(format!("{s:?}: expected PHYSNET=IFACE")),
+    }
 }
 
 #[tokio::main]
@@ -64,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
         datapath_type: args.datapath_type,
         openflow,
         state_dir: args.state_dir,
+        external_ports: args.external_ports,
     };
     agent::run(cfg, shutdown_signal()).await?;
     Ok(())

@@ -23,8 +23,10 @@
 //! | 40 | [`table::L2_LOOKUP`] | (VPC, eth_dst) → local port, or tunnel to the NIC's node (only for local senders) |
 //! | 41-44 | [`table::INGRESS_CT`] … | security groups, ingress: conntrack in the receiver's zone, rules, verdict, output |
 //! | 50, 51 | [`table::SG_EGRESS`], [`table::SG_INGRESS`] | the rules of each group (resubmitted to per group of the NIC) |
+//! | 2-4, 32, 45-47 | [`table::EXT_IN`] … | EIPs and NAT gateways ([`nat`]) |
 //!
-//! Port security and security groups are described in [`security`].
+//! Port security and security groups are described in [`security`], the
+//! way in and out of the cloud in [`nat`].
 //!
 //! The router forwards whatever a VM sends to a gateway MAC of its VPC toward
 //! the NIC owning ipv4_dst, whichever subnet it is in (same-subnet traffic
@@ -45,10 +47,11 @@
 //! the agent find the flows of one NIC, subnet, VPC or peer with a cookie mask
 //! ([`object_cookie_match`]). Shared flows use object tag 0.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 mod incremental;
+pub mod nat;
 pub mod security;
 
 pub use incremental::{IncrementalRenderer, Scope};
@@ -91,6 +94,21 @@ pub mod table {
     pub const SG_EGRESS: u8 = 50;
     /// The ingress rules of every group (by `reg8`), resubmitted to.
     pub const SG_INGRESS: u8 = 51;
+    /// From an external port (numbered low: it hands packets on to the
+    /// router and delivery, and a goto only goes forward).
+    pub const EXT_IN: u8 = 2;
+    /// ... a NAT gateway's EIP, after conntrack.
+    pub const EXT_NAT_IN: u8 = 3;
+    /// ... a new DNAT-ed connection, after its commit.
+    pub const EXT_DNAT: u8 = 4;
+    /// A local VM's packet leaving the VPC, after the router.
+    pub const EXT_OUT: u8 = 32;
+    /// On a gateway node: a VPC's packet to its NAT gateway ...
+    pub const SNAT: u8 = 45;
+    /// ... after conntrack ...
+    pub const SNAT_STATE: u8 = 46;
+    /// ... translated, out of the external port.
+    pub const EXT_EMIT: u8 = 47;
 }
 
 /// Registers the pipeline uses (Nicira `reg0`..`reg15`).
@@ -101,6 +119,8 @@ pub mod reg {
     pub const SRC_LOCAL: u32 = 1;
     /// Entered from a VXLAN tunnel.
     pub const SRC_TUNNEL: u32 = 2;
+    /// Entered from an external network's port.
+    pub const SRC_EXTERNAL: u32 = 3;
     /// `reg6`: ofport of the local NIC the packet came from (unset from a tunnel).
     pub const IN_NIC: u8 = 6;
     /// `reg7`: ofport of the local NIC a packet is being delivered to.
@@ -136,6 +156,8 @@ pub mod priority {
 pub mod userdata {
     /// A DHCP client packet (udp 68→67) from a local NIC.
     pub const DHCP: u8 = 1;
+    /// An ARP reply on an external port (the agent resolves next hops).
+    pub const ARP_REPLY: u8 = 2;
 }
 
 /// The owner tag in the top 16 bits of every cookie this agent writes ("SN").
@@ -173,6 +195,9 @@ pub enum ObjectKind {
     Nic,
     Peer,
     SecurityGroup,
+    ExternalNetwork,
+    Eip,
+    NatGateway,
 }
 
 impl ObjectKind {
@@ -183,6 +208,9 @@ impl ObjectKind {
             ObjectKind::Nic => b"nic/",
             ObjectKind::Peer => b"peer/",
             ObjectKind::SecurityGroup => b"sg/",
+            ObjectKind::ExternalNetwork => b"extnet/",
+            ObjectKind::Eip => b"eip/",
+            ObjectKind::NatGateway => b"natgw/",
         }
     }
 }
@@ -251,6 +279,14 @@ pub struct PortMap {
     nics: BTreeMap<String, u32>,
     tunnels: BTreeMap<String, u32>,
     by_port: BTreeMap<u32, String>,
+    /// Physical network → the ofport of its external port.
+    externals: BTreeMap<String, u32>,
+    /// External network id → the MAC of its gateway, once resolved.
+    next_hops: BTreeMap<String, Mac>,
+    /// Peers whose tunnel's BFD says the path is down.
+    dead_peers: BTreeSet<String>,
+    /// EIP id → the meter limiting it.
+    meters: BTreeMap<String, u32>,
 }
 
 impl PortMap {
@@ -320,6 +356,46 @@ impl PortMap {
     pub fn tunnels(&self) -> impl Iterator<Item = (&str, u32)> {
         self.tunnels.iter().map(|(k, v)| (k.as_str(), *v))
     }
+
+    /// Records the ofport of the external port of `physnet`.
+    pub fn set_external(&mut self, physnet: &str, ofport: u32) {
+        if valid_ofport(ofport) {
+            self.externals.insert(physnet.to_string(), ofport);
+        }
+    }
+
+    pub fn external(&self, physnet: &str) -> Option<u32> {
+        self.externals.get(physnet).copied()
+    }
+
+    /// Records the resolved MAC of external network `network_id`'s gateway.
+    pub fn set_next_hop(&mut self, network_id: &str, mac: Mac) {
+        self.next_hops.insert(network_id.to_string(), mac);
+    }
+
+    pub fn next_hop(&self, network_id: &str) -> Option<Mac> {
+        self.next_hops.get(network_id).copied()
+    }
+
+    /// Records that BFD on the tunnel to `node` says it is down.
+    pub fn set_peer_down(&mut self, node: &str) {
+        self.dead_peers.insert(node.to_string());
+    }
+
+    /// Whether `node` is reachable: its tunnel exists and BFD, if it runs,
+    /// does not say otherwise.
+    pub fn peer_alive(&self, node: &str) -> bool {
+        self.tunnels.contains_key(node) && !self.dead_peers.contains(node)
+    }
+
+    /// Records the meter that limits EIP `eip_id`.
+    pub fn set_meter(&mut self, eip_id: &str, meter: u32) {
+        self.meters.insert(eip_id.to_string(), meter);
+    }
+
+    pub fn meter(&self, eip_id: &str) -> Option<u32> {
+        self.meters.get(eip_id).copied()
+    }
 }
 
 fn valid_ofport(ofport: u32) -> bool {
@@ -369,6 +445,20 @@ fn shared_flows(ctx: &Ctx<'_>, out: &mut Vec<Flow>) {
         }
     }
     security::stage_flows(ctx, out);
+    nat::flows(ctx, out);
+}
+
+/// The OpenFlow groups the flows of [`render`] use (NAT gateway choice),
+/// sorted by id.
+pub fn render_groups(state: &NodeState, ports: &PortMap) -> Vec<openflow::message::GroupMod> {
+    let ctx = Ctx::new(state, ports, 0);
+    nat::groups(&ctx)
+}
+
+/// The external addresses the node answers for: (network id, ip, mac).
+pub fn announced_addresses(state: &NodeState, ports: &PortMap) -> Vec<(String, Ipv4Addr, Mac)> {
+    let ctx = Ctx::new(state, ports, 0);
+    nat::announced(&ctx)
 }
 
 pub fn render_nic(state: &NodeState, ports: &PortMap, generation: u16, nic_id: &str) -> Vec<Flow> {
@@ -394,9 +484,20 @@ struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     fn new(state: &'a NodeState, ports: &'a PortMap, generation: u16) -> Self {
         let mut local_vpcs = BTreeMap::new();
-        for nic in state.local_nics() {
-            let Some(vpc) = state.vpcs.get(&nic.vpc_id) else {
-                tracing::warn!(nic = %nic.id, vpc = %nic.vpc_id, "local NIC of an unknown VPC");
+        // A gateway node carries the VPCs of its NAT gateways like a node
+        // with NICs there: it routes their inbound traffic.
+        let me = state.node.name.as_str();
+        let gateway_vpcs = state
+            .nat_gateways
+            .values()
+            .filter(|g| g.gateways.iter().any(|n| n == me))
+            .map(|g| (g.id.as_str(), g.vpc_id.as_str()));
+        let nic_vpcs = state
+            .local_nics()
+            .map(|nic| (nic.id.as_str(), nic.vpc_id.as_str()));
+        for (owner, vpc_id) in nic_vpcs.chain(gateway_vpcs) {
+            let Some(vpc) = state.vpcs.get(vpc_id) else {
+                tracing::warn!(owner, vpc = vpc_id, "local object of an unknown VPC");
                 continue;
             };
             if vpc.vni > VNI_MAX {
@@ -696,7 +797,13 @@ fn arp_responder(c: u64, vni: u64, ip: Ipv4Addr, mac: Mac) -> Flow {
             .arp_op(ARP_REQUEST)
             .arp_tpa(ip),
     )
-    .actions(vec![
+    .actions(arp_reply_actions(ip, mac))
+}
+
+/// Turns an ARP request for `ip` into the reply "`ip` is at `mac`", sent
+/// back out of the port it came in on.
+fn arp_reply_actions(ip: Ipv4Addr, mac: Mac) -> Vec<Action> {
+    vec![
         Action::Move {
             src: Field::EthSrc,
             src_ofs: 0,
@@ -723,7 +830,7 @@ fn arp_responder(c: u64, vni: u64, ip: Ipv4Addr, mac: Mac) -> Flow {
         },
         set_field(Field::ArpSpa, ip_value(ip)),
         Action::Output(port::IN_PORT),
-    ])
+    ]
 }
 
 /// Sorts into the canonical order and drops later flows with an already

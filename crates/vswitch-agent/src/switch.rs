@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use openflow::flow::port;
-use openflow::message::{FlowStatsRequest, PacketIn as OfPacketIn, PacketOut};
+use openflow::message::{FlowStatsRequest, GroupMod, PacketIn as OfPacketIn, PacketOut};
 use openflow::{Action, Change, Config, Field, Flow, PacketIns};
 
 use crate::pipeline::{COOKIE_OWNER, COOKIE_OWNER_MASK};
@@ -12,7 +12,7 @@ use crate::reconcile::FlowChange;
 
 pub type SwitchError = openflow::Error;
 
-/// A packet the pipeline sent up (DHCP today).
+/// A packet the pipeline sent up (DHCP, ARP replies on external ports).
 #[derive(Debug)]
 pub struct PacketIn {
     pub in_port: u32,
@@ -65,15 +65,27 @@ impl Switch {
 
     /// Applies the changes in one atomic bundle: all or nothing.
     pub async fn apply(&self, changes: &[FlowChange]) -> Result<(), SwitchError> {
-        let changes = changes
-            .iter()
-            .map(|c| match c {
-                // An add replaces an entry with the same key, cookie included.
-                FlowChange::Add(f) | FlowChange::Modify(f) => Change::Add(f.clone()),
-                FlowChange::Delete(k) => Change::DeleteStrict(k.clone()),
-            })
-            .collect();
-        self.conn.apply_bundle(changes).await
+        self.apply_with_groups(&[], changes, &[]).await
+    }
+
+    /// Applies group changes and flow changes in one atomic bundle: the
+    /// groups in `before` first (flows may use them), those in `after`
+    /// last (flows that used them are gone by then).
+    pub async fn apply_with_groups(
+        &self,
+        before: &[GroupMod],
+        changes: &[FlowChange],
+        after: &[GroupMod],
+    ) -> Result<(), SwitchError> {
+        let groups = |g: &[GroupMod]| g.iter().cloned().map(Change::Group).collect::<Vec<_>>();
+        let mut all = groups(before);
+        all.extend(changes.iter().map(|c| match c {
+            // An add replaces an entry with the same key, cookie included.
+            FlowChange::Add(f) | FlowChange::Modify(f) => Change::Add(f.clone()),
+            FlowChange::Delete(k) => Change::DeleteStrict(k.clone()),
+        }));
+        all.extend(groups(after));
+        self.conn.apply_bundle(all).await
     }
 
     /// The next packet-in; `None` when the connection is gone.

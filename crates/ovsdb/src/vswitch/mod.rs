@@ -35,7 +35,8 @@ use crate::ops::Operation;
 use crate::session::SessionConfig;
 
 pub use plan::{
-    tunnel_port_name, BridgeConfig, TunnelPort, TunnelSpec, OWNER_KEY, PEER_KEY, PROTOCOLS,
+    tunnel_port_name, BridgeConfig, ExternalPortSpec, TunnelPort, TunnelSpec, OWNER_KEY, PEER_KEY,
+    PHYSNET_KEY, PROTOCOLS,
 };
 pub use ports::OfportMap;
 
@@ -172,7 +173,16 @@ fn monitor_requests() -> BTreeMap<String, MonitorRequest> {
         ),
         (
             "Interface".to_string(),
-            MonitorRequest::columns(["name", "type", "options", "external_ids", "ofport", "error"]),
+            MonitorRequest::columns([
+                "name",
+                "type",
+                "options",
+                "external_ids",
+                "ofport",
+                "error",
+                "bfd",
+                "bfd_status",
+            ]),
         ),
     ])
 }
@@ -292,6 +302,17 @@ impl Vswitch {
         self.write("ensure tunnel", move |r| plan::plan_tunnel(r, &cfg, &s))
             .await?;
         Ok(tunnel_port_name(&spec.peer))
+    }
+
+    /// Makes `spec.iface` the bridge's uplink to `spec.physnet`; returns
+    /// whether anything was written.
+    pub async fn ensure_external_port(&self, spec: &ExternalPortSpec) -> Result<bool> {
+        let cfg = self.inner.cfg.clone();
+        let s = spec.clone();
+        self.write("ensure external port", move |r| {
+            plan::plan_external_port(r, &cfg, &s)
+        })
+        .await
     }
 
     /// Removes our tunnel port to `peer`; `true` if there was one.

@@ -52,7 +52,14 @@ pub struct TunnelSpec {
     pub remote_ip: IpAddr,
     /// Our underlay address; `None` lets OVS pick by route.
     pub local_ip: Option<IpAddr>,
+    /// Run BFD on the tunnel, so the port's liveness follows the peer's
+    /// and a fast-failover group watching it switches by itself.
+    pub bfd: bool,
 }
+
+/// BFD intervals on tunnels, ms: detection after 3 missed packets, so a
+/// dead peer is seen within about 3 × 100 ms.
+pub const BFD_INTERVAL_MS: u32 = 100;
 
 /// A tunnel port we own, as found in the database.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +70,21 @@ pub struct TunnelPort {
     pub local_ip: Option<String>,
     /// `None` until ovs-vswitchd has added it; `Some(-1)` if that failed.
     pub ofport: Option<i64>,
+    /// BFD is configured on it.
+    pub bfd: bool,
+}
+
+/// The external id naming the physical network an external port carries.
+pub const PHYSNET_KEY: &str = "stacknet-physnet";
+
+/// An interface of the node plugged into the bridge as the uplink to an
+/// external network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExternalPortSpec {
+    /// The physical network label (`--external-port PHYSNET=IFACE`).
+    pub physnet: String,
+    /// The node's interface; also the port's name.
+    pub iface: String,
 }
 
 /// The tunnel port name for `peer`: `vx-<peer>` when that is short and
@@ -269,6 +291,86 @@ fn tunnel_options(spec: &TunnelSpec) -> Datum {
     Datum::map(m)
 }
 
+/// The Interface `bfd` column: ours whole on our own tunnel ports.
+fn bfd_config(on: bool) -> Datum {
+    if !on {
+        return Datum::map::<&str, &str>([]);
+    }
+    let interval = BFD_INTERVAL_MS.to_string();
+    Datum::map([
+        ("enable", "true"),
+        ("min_rx", interval.as_str()),
+        ("min_tx", interval.as_str()),
+    ])
+}
+
+/// Operations that put `spec.iface` on the bridge as the uplink of
+/// `spec.physnet`. An existing port of that name that is not ours is an
+/// error: the operator's ports are never taken over.
+pub fn plan_external_port(
+    replica: &Replica,
+    cfg: &BridgeConfig,
+    spec: &ExternalPortSpec,
+) -> Result<Option<Vec<Operation>>> {
+    let (br_uuid, _) = bridge_or_err(replica, cfg)?;
+    let name = spec.iface.as_str();
+    let ids = [
+        (OWNER_KEY, cfg.owner.as_str()),
+        (PHYSNET_KEY, spec.physnet.as_str()),
+    ];
+    let Some((port_uuid, port)) = replica.find_by("Port", "name", name) else {
+        return Ok(Some(vec![
+            absent_guard("Port", name),
+            absent_guard("Interface", name),
+            Operation::Insert {
+                table: "Interface".into(),
+                row: row([
+                    ("name", Datum::string(name)),
+                    ("external_ids", Datum::map(ids)),
+                ]),
+                uuid_name: Some("iface".into()),
+            },
+            Operation::Insert {
+                table: "Port".into(),
+                row: row([
+                    ("name", Datum::string(name)),
+                    ("interfaces", Datum::named_uuid("iface")),
+                    ("external_ids", Datum::map(ids)),
+                ]),
+                uuid_name: Some("port".into()),
+            },
+            Operation::Mutate {
+                table: "Bridge".into(),
+                conditions: vec![Condition::uuid(br_uuid)],
+                mutations: vec![Mutation::new(
+                    "ports",
+                    Mutator::Insert,
+                    Datum::named_uuid("port"),
+                )],
+            },
+        ]));
+    };
+    if map_get(port, "external_ids", OWNER_KEY) != Some(cfg.owner.as_str()) {
+        return Err(Error::NotOwned {
+            table: "Port",
+            name: name.to_string(),
+            owner: cfg.owner.clone(),
+        });
+    }
+    let muts: Vec<Mutation> = ids
+        .iter()
+        .filter(|(k, v)| map_get(port, "external_ids", k) != Some(*v))
+        .flat_map(|(k, v)| set_key("external_ids", k, v))
+        .collect();
+    Ok((!muts.is_empty()).then(|| {
+        vec![Operation::Mutate {
+            table: "Port".into(),
+            conditions: vec![Condition::uuid(port_uuid)],
+            mutations: muts,
+        }]
+    }))
+}
+
 fn bridge_or_err<'a>(replica: &'a Replica, cfg: &BridgeConfig) -> Result<(Uuid, &'a Row)> {
     find_bridge(replica, &cfg.name)
         .ok_or_else(|| Error::Invalid(format!("bridge {} does not exist yet", cfg.name)))
@@ -283,6 +385,7 @@ pub fn plan_tunnel(
     let (br_uuid, br) = bridge_or_err(replica, cfg)?;
     let name = tunnel_port_name(&spec.peer);
     let options = tunnel_options(spec);
+    let bfd = bfd_config(spec.bfd);
     let ids = [
         (OWNER_KEY, cfg.owner.as_str()),
         (PEER_KEY, spec.peer.as_str()),
@@ -298,6 +401,7 @@ pub fn plan_tunnel(
                     ("name", Datum::string(&name)),
                     ("type", Datum::string("vxlan")),
                     ("options", options),
+                    ("bfd", bfd),
                     ("external_ids", Datum::map(ids)),
                 ]),
                 uuid_name: Some("iface".into()),
@@ -371,6 +475,9 @@ pub fn plan_tunnel(
         if iface.get("options") != Some(&options) {
             update.insert("options".into(), options.clone());
         }
+        if iface.get("bfd").unwrap_or(&Datum::map::<&str, &str>([])) != &bfd {
+            update.insert("bfd".into(), bfd.clone());
+        }
         if !update.is_empty() {
             ops.push(Operation::Update {
                 table: "Interface".into(),
@@ -426,6 +533,7 @@ pub fn tunnels(replica: &Replica, cfg: &BridgeConfig) -> Vec<TunnelPort> {
             ofport: iface
                 .and_then(|i| i.get("ofport"))
                 .and_then(Datum::as_integer),
+            bfd: iface.and_then(|i| map_get(i, "bfd", "enable")) == Some("true"),
         });
     }
     out.sort_by(|a, b| a.peer.cmp(&b.peer));
@@ -632,6 +740,7 @@ mod tests {
             peer: "node-2".into(),
             remote_ip: "192.0.2.2".parse().unwrap(),
             local_ip: Some("192.0.2.1".parse().unwrap()),
+            bfd: false,
         }
     }
 
@@ -712,6 +821,7 @@ mod tests {
                 remote_ip: Some("192.0.2.2".into()),
                 local_ip: None,
                 ofport: Some(3),
+                bfd: false,
             }]
         );
         assert!(plan_remove_tunnels(&rep, &cfg(), |p| p == "node-2").is_none());

@@ -19,6 +19,9 @@ pub struct OfportMap {
     pub failed: BTreeMap<String, String>,
     /// Interfaces on the bridge still waiting for an ofport.
     pub pending: Vec<String>,
+    /// Interfaces running BFD → whether BFD says the path forwards
+    /// (`bfd_status:forwarding`); absent until ovs-vswitchd reports it.
+    pub bfd_forwarding: BTreeMap<String, bool>,
 }
 
 impl OfportMap {
@@ -39,6 +42,12 @@ impl OfportMap {
             let Some(name) = iface.get("name").and_then(Datum::as_str) else {
                 continue;
             };
+            if let Some(fwd) = iface
+                .get("bfd_status")
+                .and_then(|d| d.map_get("forwarding"))
+            {
+                m.bfd_forwarding.insert(name.to_string(), fwd == "true");
+            }
             match iface.get("ofport").and_then(Datum::as_integer) {
                 Some(n) if n > 0 => {
                     let Ok(n) = u32::try_from(n) else { continue };

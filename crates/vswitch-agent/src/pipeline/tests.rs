@@ -11,6 +11,7 @@ use proto::{Ipv4Prefix, Mac, Nic, NodeInfo, NodeState, Peer, Subnet, Vpc};
 
 use super::*;
 
+mod nat;
 mod on_ovs;
 mod security_groups;
 
@@ -176,6 +177,8 @@ type Packet = BTreeMap<Field, u128>;
 struct Trace {
     outputs: Vec<(u32, Packet)>,
     controller: Vec<(Vec<u8>, Packet)>,
+    /// Groups the packet was handed to (buckets are not walked).
+    groups: Vec<(u32, Packet)>,
     ttl_expired: bool,
     /// (table, cookie) of every flow hit.
     path: Vec<(u8, u64)>,
@@ -183,7 +186,7 @@ struct Trace {
 
 impl Trace {
     fn dropped(&self) -> bool {
-        self.outputs.is_empty() && self.controller.is_empty()
+        self.outputs.is_empty() && self.controller.is_empty() && self.groups.is_empty()
     }
     fn single_output(&self) -> (u32, Packet) {
         assert_eq!(self.outputs.len(), 1, "{self:#?}");
@@ -461,6 +464,9 @@ fn run_table(
                     t.controller.extend(sub.controller);
                 }
                 Action::CtClear => Conntrack::clear(pkt),
+                Action::Group(g) => t.groups.push((*g, pkt.clone())),
+                // Rate only: the packet passes.
+                Action::Meter(_) => {}
                 Action::Ct {
                     commit,
                     zone,
@@ -468,7 +474,28 @@ fn run_table(
                     nat,
                     actions,
                 } => {
-                    assert!(nat.is_none(), "no NAT modelled");
+                    // NAT is modelled for new connections only: the
+                    // translation, no reverse mapping of replies.
+                    match nat {
+                        None | Some(openflow::CtNat::Existing) => {}
+                        Some(openflow::CtNat::Src(r)) => {
+                            if let Some((a, _)) = r.addrs {
+                                pkt.insert(Field::Ipv4Src, ip_value(a));
+                            }
+                        }
+                        Some(openflow::CtNat::Dst(r)) => {
+                            if let Some((a, _)) = r.addrs {
+                                pkt.insert(Field::Ipv4Dst, ip_value(a));
+                            }
+                            if let Some((p, _)) = r.ports {
+                                for f in [Field::TcpDst, Field::UdpDst] {
+                                    if pkt.contains_key(&f) {
+                                        pkt.insert(f, p.into());
+                                    }
+                                }
+                            }
+                        }
+                    }
                     assert!(
                         f.matches.get(Field::EthType).is_some(),
                         "ct needs an IP eth_type match: {f:?}"
