@@ -101,6 +101,9 @@ pub struct AgentCtx {
     pub token_file: PathBuf,
     /// Datapath type for bridges the agent creates ("netdev" in the lab).
     pub datapath_type: String,
+    /// The node's uplinks to external networks, `PHYSNET=IFACE` (see
+    /// `Lab::attach_external`).
+    pub external_ports: Vec<String>,
 }
 
 /// Builds a command line from a context.
@@ -180,7 +183,7 @@ impl Default for BinSpec<FlowctlCtx> {
 }
 
 impl Default for BinSpec<AgentCtx> {
-    /// A guess at the agent's flags; the lead adjusts it to the real CLI.
+    /// The agent's flags for the context.
     fn default() -> Self {
         BinSpec::new("vswitch-agent", |c: &AgentCtx| {
             let mut v = vec![
@@ -202,6 +205,10 @@ impl Default for BinSpec<AgentCtx> {
             for a in &c.flowctl_agent_addrs {
                 v.push("--flowctl".into());
                 v.push(format!("http://{a}"));
+            }
+            for p in &c.external_ports {
+                v.push("--external-port".into());
+                v.push(p.clone());
             }
             v
         })

@@ -196,13 +196,44 @@ impl Cloud {
         Cloud::on(lab, api)
     }
 
+    /// Like [`Cloud::start`], with nodes `external` plugged into the lab's
+    /// external segment (before their agents start) and nodes `gateways`
+    /// registered with the gateway role.
+    pub fn start_external(nodes: usize, external: &[usize], gateways: &[usize]) -> Result<Cloud> {
+        let mut lab = Lab::new(LabConfig {
+            nodes,
+            ..LabConfig::default()
+        })?;
+        for i in external {
+            lab.attach_external(*i)?;
+        }
+        let ctx = lab.start_flowctl(&FlowctlSpec::default())?;
+        let api =
+            ApiClient::new(lab.api_url()?)?.with_credentials_file(&ctx.admin_credentials_file())?;
+        Cloud::with_roles(lab, api, |i| {
+            if gateways.contains(&i) {
+                json!(["gateway"])
+            } else {
+                json!(["compute"])
+            }
+        })
+    }
+
     /// stacknet on `lab` whose control plane answers at `api` (started by
     /// the caller, e.g. HA replicas): every node registered, agents started.
-    pub fn on(mut lab: Lab, api: ApiClient) -> Result<Cloud> {
-        for node in lab.nodes() {
+    pub fn on(lab: Lab, api: ApiClient) -> Result<Cloud> {
+        Cloud::with_roles(lab, api, |_| json!(["compute"]))
+    }
+
+    fn with_roles(mut lab: Lab, api: ApiClient, roles: impl Fn(usize) -> Value) -> Result<Cloud> {
+        for (i, node) in lab.nodes().iter().enumerate() {
             api.create(
                 "/v1/nodes",
-                &json!({"name": node.name(), "underlay_ip": node.underlay_ip().to_string()}),
+                &json!({
+                    "name": node.name(),
+                    "underlay_ip": node.underlay_ip().to_string(),
+                    "roles": roles(i),
+                }),
             )?;
         }
         for i in 0..lab.nodes().len() {

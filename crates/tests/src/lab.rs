@@ -64,6 +64,10 @@ pub const UNDERLAY_NET: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 0);
 pub const UNDERLAY_PREFIX_LEN: u8 = 24;
 /// The OVS bridge holding a node's physical port and underlay IP.
 pub const PHY_BRIDGE: &str = "br-phy";
+/// The physical network label of the lab's external segment ...
+pub const EXTERNAL_PHYSNET: &str = "internet";
+/// ... and the interface that carries it on an attached node.
+pub const EXTERNAL_IFACE: &str = "ext0";
 
 /// Lab shape.
 #[derive(Debug, Clone)]
@@ -94,6 +98,8 @@ pub struct Node {
     underlay_ip: Ipv4Addr,
     phy_port: String,
     dir: PathBuf,
+    /// Attached to the external segment (its `ext0`).
+    external: bool,
 }
 
 impl Node {
@@ -456,6 +462,9 @@ pub struct Lab {
     hosts: Vec<Host>,
     underlay: Netns,
     underlay_bridge: String,
+    /// The external segment ("the Internet" side), a bridge in the
+    /// underlay namespace created on first use.
+    external_bridge: Option<String>,
     cfg: LabConfig,
     secret: String,
     vm_seq: u32,
@@ -497,6 +506,7 @@ impl Lab {
             hosts: Vec::new(),
             underlay,
             underlay_bridge,
+            external_bridge: None,
             cfg,
             secret,
             vm_seq: 0,
@@ -573,6 +583,7 @@ impl Lab {
             underlay_ip,
             phy_port: p_if,
             dir,
+            external: false,
         })
     }
 
@@ -685,11 +696,88 @@ impl Lab {
         traffic::tcp_transfer(src, dst_ns, dst, port, bytes, dir)
     }
 
+    /// The external segment's bridge, created on first use.
+    fn external_bridge(&mut self) -> Result<String> {
+        if let Some(b) = &self.external_bridge {
+            return Ok(b.clone());
+        }
+        let b = format!("{}xb", self.run.name());
+        self.underlay
+            .run(&["ip", "link", "add", &b, "type", "bridge"])?;
+        self.underlay.run(&["ip", "link", "set", &b, "up"])?;
+        self.external_bridge = Some(b.clone());
+        Ok(b)
+    }
+
+    /// Plugs node `i` into the external segment: its [`EXTERNAL_IFACE`]
+    /// appears in the node's namespace, for the agent to take as the
+    /// uplink of [`EXTERNAL_PHYSNET`] (agents started afterwards get
+    /// `--external-port internet=ext0`).
+    pub fn attach_external(&mut self, i: usize) -> Result<()> {
+        let bridge = self.external_bridge()?;
+        let run = self.run.name().to_string();
+        let ns = self.node(i)?.netns().name().to_string();
+        let x_if = format!("{run}x{i}");
+        // Created in the underlay namespace, peer straight into the node's.
+        self.underlay.run(&[
+            "ip",
+            "link",
+            "add",
+            &x_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            EXTERNAL_IFACE,
+            "netns",
+            &ns,
+        ])?;
+        self.underlay
+            .run(&["ip", "link", "set", &x_if, "master", &bridge, "up"])?;
+        let node = self.node_mut(i)?;
+        let netns = node.netns();
+        // Frames from OVS's netdev datapath carry full checksums only with
+        // TX offload off; IPv6 chatter would only add noise to captures.
+        netns.run(&["ethtool", "-K", EXTERNAL_IFACE, "tx", "off"])?;
+        netns.run(&[
+            "sysctl",
+            "-q",
+            "-w",
+            &format!("net.ipv6.conf.{EXTERNAL_IFACE}.disable_ipv6=1"),
+        ])?;
+        netns.run(&["ip", "link", "set", EXTERNAL_IFACE, "up"])?;
+        node.external = true;
+        Ok(())
+    }
+
+    /// Add a host on the external segment ("the Internet", e.g. the
+    /// outside router 203.0.113.1/24 with 198.51.100.10/32 behind it).
+    pub fn add_outside_host(
+        &mut self,
+        name: &str,
+        cidrs: &[&str],
+        gateway: Option<Ipv4Addr>,
+    ) -> Result<&Host> {
+        let bridge = self.external_bridge()?;
+        self.add_host_on(&bridge, name, cidrs, gateway)
+    }
+
     /// Add a host on the underlay bridge (same L2 as every node's br-phy)
     /// with addresses `cidrs` (e.g. "203.0.113.10/24") and an optional
     /// default gateway. Name: `[a-z0-9]{1,10}`, distinct from VM names.
     pub fn add_host(
         &mut self,
+        name: &str,
+        cidrs: &[&str],
+        gateway: Option<Ipv4Addr>,
+    ) -> Result<&Host> {
+        let bridge = self.underlay_bridge.clone();
+        self.add_host_on(&bridge, name, cidrs, gateway)
+    }
+
+    fn add_host_on(
+        &mut self,
+        bridge: &str,
         name: &str,
         cidrs: &[&str],
         gateway: Option<Ipv4Addr>,
@@ -725,15 +813,8 @@ impl Lab {
             "netns",
             netns.name(),
         ])?;
-        self.underlay.run(&[
-            "ip",
-            "link",
-            "set",
-            &u_if,
-            "master",
-            &self.underlay_bridge,
-            "up",
-        ])?;
+        self.underlay
+            .run(&["ip", "link", "set", &u_if, "master", bridge, "up"])?;
         netns.run(&["sysctl", "-q", "-w", "net.ipv6.conf.eth0.disable_ipv6=1"])?;
         // Its frames enter OVS netdev datapaths on the nodes: no partial
         // checksums, or TCP breaks.
@@ -1036,6 +1117,11 @@ impl Lab {
             token,
             token_file,
             datapath_type: "netdev".into(),
+            external_ports: if node.external {
+                vec![format!("{EXTERNAL_PHYSNET}={EXTERNAL_IFACE}")]
+            } else {
+                Vec::new()
+            },
         })
     }
 

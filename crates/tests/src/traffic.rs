@@ -596,6 +596,78 @@ print("listening", flush=True)
 threading.Event().wait()
 "#;
 
+/// Tells each client the address it came from: TCP (a line, then close)
+/// and UDP (a datagram back) on every port in argv. What "the outside sees
+/// as the source" means, measured where it is seen.
+pub const WHOAMI_SERVER: &str = r#"
+import socket, sys, threading
+def tcp(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(128)
+    while True:
+        c, peer = s.accept()
+        try:
+            c.sendall((peer[0] + "\n").encode())
+        except OSError:
+            pass
+        c.close()
+def udp(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    while True:
+        _, peer = s.recvfrom(2048)
+        s.sendto((peer[0] + "\n").encode(), peer)
+for p in sys.argv[1:]:
+    threading.Thread(target=tcp, args=(int(p),), daemon=True).start()
+    threading.Thread(target=udp, args=(int(p),), daemon=True).start()
+print("listening", flush=True)
+threading.Event().wait()
+"#;
+
+/// Asks a [`WHOAMI_SERVER`] once: `HOST PORT tcp|udp` → prints the source
+/// address it saw, or `fail`.
+pub const WHOAMI_CLIENT: &str = r#"
+import socket, sys
+host, port, proto = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+try:
+    if proto == "tcp":
+        c = socket.create_connection((host, port), timeout=2)
+        print(c.makefile().readline().strip())
+    else:
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c.settimeout(2)
+        c.sendto(b"?", (host, port))
+        print(c.recvfrom(2048)[0].decode().strip())
+except OSError:
+    print("fail")
+"#;
+
+/// A new TCP connection to a [`WHOAMI_SERVER`] every `INTERVAL_MS` for
+/// `SECS`: `HOST PORT INTERVAL_MS SECS` → one line per attempt,
+/// `<seconds since start> ok <source seen>` or `<seconds> fail`.
+pub const CONNECT_LOOP: &str = r#"
+import socket, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+interval, secs = int(sys.argv[3]) / 1000.0, float(sys.argv[4])
+start = time.monotonic()
+n = 0
+while time.monotonic() - start < secs:
+    t = time.monotonic() - start
+    try:
+        c = socket.create_connection((host, port), timeout=0.5)
+        c.settimeout(0.5)
+        seen = c.makefile().readline().strip()
+        c.close()
+        print("%.3f ok %s" % (t, seen), flush=True)
+    except OSError:
+        print("%.3f fail" % t, flush=True)
+    n += 1
+    time.sleep(max(0.0, start + n * interval - time.monotonic()))
+print("done", flush=True)
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;

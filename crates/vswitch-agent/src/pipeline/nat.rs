@@ -70,7 +70,7 @@ pub(super) fn is_active(ctx: &Ctx<'_>, g: &NatGateway) -> bool {
 
 /// Whether this node is one of `g`'s gateway nodes.
 pub(super) fn is_gateway(ctx: &Ctx<'_>, g: &NatGateway) -> bool {
-    g.gateways.iter().any(|n| *n == ctx.state.node.name)
+    g.gateways.contains(&ctx.state.node.name)
 }
 
 /// The group of a NAT gateway (a valid group id, never OFPG_ANY).
