@@ -27,6 +27,9 @@ pub mod keys {
     pub const SUBNETS: &str = "/stacknet/subnets/";
     pub const NICS: &str = "/stacknet/nics/";
     pub const SECURITY_GROUPS: &str = "/stacknet/security-groups/";
+    pub const EXTERNAL_NETWORKS: &str = "/stacknet/external-networks/";
+    pub const EIPS: &str = "/stacknet/eips/";
+    pub const NAT_GATEWAYS: &str = "/stacknet/nat-gateways/";
     /// Status reported from the data path (NIC up/down). Kept apart from the
     /// intent so that status writes never trigger recompilation.
     pub const NIC_STATUS: &str = "/stacknet/status/nics/";
@@ -50,6 +53,15 @@ pub mod keys {
     }
     pub fn nic_status(id: &str) -> String {
         format!("{NIC_STATUS}{id}")
+    }
+    pub fn external_network(id: &str) -> String {
+        format!("{EXTERNAL_NETWORKS}{id}")
+    }
+    pub fn eip(id: &str) -> String {
+        format!("{EIPS}{id}")
+    }
+    pub fn nat_gateway(id: &str) -> String {
+        format!("{NAT_GATEWAYS}{id}")
     }
 
     /// Identity and audit live beside [`ROOT`], not under it, so that
@@ -265,7 +277,19 @@ pub struct Node {
     #[schema(value_type = String, example = "192.0.2.11")]
     pub underlay_ip: Ipv4Addr,
     pub roles: Vec<NodeRole>,
+    /// Set by an operator before stopping the node: it leaves every NAT
+    /// gateway's ranking (traffic moves to the next gateway node).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drained: bool,
+    /// Gateway nodes with a higher priority come first in a NAT gateway's
+    /// ranking (ties broken by a stable hash of gateway and node).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub gateway_priority: u32,
     pub created_at: String,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A tenant network: one VXLAN segment, one or more IPv4 CIDRs.
@@ -283,6 +307,10 @@ pub struct Vpc {
     /// its own members. New NICs join it unless told otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_security_group_id: Option<String>,
+    /// The external networks the VPC is attached to: its NICs may get EIPs
+    /// of them and its NAT gateways may use them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_network_ids: Vec<String>,
     pub created_at: String,
 }
 
@@ -462,4 +490,186 @@ pub struct NicStatusRecord {
     pub node: String,
     /// The store revision whose flows the node had installed.
     pub revision: u64,
+}
+
+/// An inclusive range of addresses of an external network's EIP pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+pub struct AddressRange {
+    #[schema(value_type = String, example = "203.0.113.10")]
+    pub first: Ipv4Addr,
+    #[schema(value_type = String, example = "203.0.113.99")]
+    pub last: Ipv4Addr,
+}
+
+impl AddressRange {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.first <= ip && ip <= self.last
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Ipv4Addr> {
+        (u32::from(self.first)..=u32::from(self.last)).map(Ipv4Addr::from)
+    }
+}
+
+/// A network outside the overlay ("the Internet" side), defined by an
+/// operator: where EIPs come from and which nodes reach it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExternalNetwork {
+    pub id: String,
+    /// Unique.
+    pub name: String,
+    /// The label each attached node maps to one of its interfaces.
+    pub physnet: String,
+    #[schema(value_type = String, example = "203.0.113.0/24")]
+    pub cidr: Ipv4Net,
+    /// The outside router; inside `cidr`, outside the pool.
+    #[schema(value_type = String, example = "203.0.113.1")]
+    pub gateway_ip: Ipv4Addr,
+    /// The addresses EIPs are allocated from, inside `cidr`.
+    pub pool: Vec<AddressRange>,
+    /// Names of the nodes attached: compute nodes that may host EIPs and
+    /// gateway nodes that may serve NAT gateways.
+    pub nodes: Vec<String>,
+    pub created_at: String,
+}
+
+/// An elastic IP: an address of an external network's pool, bound to at
+/// most one NIC (1:1 NAT on the NIC's node) or owned by a NAT gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Eip {
+    pub id: String,
+    /// The EIP id if not given.
+    pub name: String,
+    pub external_network_id: String,
+    #[schema(value_type = String, example = "203.0.113.10")]
+    pub ip: Ipv4Addr,
+    /// The MAC the EIP answers ARP with on the external network.
+    #[schema(value_type = String, example = "02:00:00:12:34:56")]
+    pub mac: Mac,
+    /// Bandwidth limit in each direction, kbit/s; none: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_kbps: Option<u32>,
+    /// The NIC the EIP is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic_id: Option<String>,
+    /// The NAT gateway that owns the EIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_gateway_id: Option<String>,
+    pub created_at: String,
+}
+
+/// The transport protocol of a DNAT rule.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum L4Protocol {
+    Tcp,
+    Udp,
+}
+
+impl L4Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            L4Protocol::Tcp => "tcp",
+            L4Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// Sources of the gateway's VPC that leave with `eip_id` as source address.
+/// Exactly one of `subnet_id`, `nic_id`, `cidr` was given; `source_cidr`
+/// is what it resolved to when the rule was made (subnet CIDRs and NIC
+/// addresses do not change).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SnatRule {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "10.0.1.0/24")]
+    pub cidr: Option<Ipv4Net>,
+    #[schema(value_type = String, example = "10.0.1.0/24")]
+    pub source_cidr: Ipv4Net,
+    pub eip_id: String,
+}
+
+/// Connections to `eip_id:external_port` forwarded to
+/// `internal_ip:internal_port` (a NIC's address when `nic_id` was given).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DnatRule {
+    pub id: String,
+    pub protocol: L4Protocol,
+    pub eip_id: String,
+    pub external_port: u16,
+    #[schema(value_type = String, example = "10.0.1.10")]
+    pub internal_ip: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic_id: Option<String>,
+    pub internal_port: u16,
+}
+
+/// A NAT gateway of a VPC: SNAT for NICs without their own EIP and DNAT
+/// port forwards, served by the gateway nodes of its external network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NatGateway {
+    pub id: String,
+    pub name: String,
+    pub vpc_id: String,
+    pub external_network_id: String,
+    /// EIPs owned by the gateway (at least one).
+    pub eip_ids: Vec<String>,
+    /// The MAC compute nodes address the VPC's outbound packets to; unique
+    /// in the VPC like a NIC's.
+    #[schema(value_type = String, example = "02:00:00:12:34:56")]
+    pub mac: Mac,
+    #[serde(default)]
+    pub snat_rules: Vec<SnatRule>,
+    #[serde(default)]
+    pub dnat_rules: Vec<DnatRule>,
+    pub created_at: String,
+}
+
+/// A stable 64-bit FNV-1a hash: the same on every replica and release,
+/// unlike std's randomly seeded hasher.
+fn fnv1a(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The gateway nodes of NAT gateway `gateway_id`, best first: the nodes of
+/// `network` that exist, have the gateway role and are not drained, by
+/// `gateway_priority` (higher first), then by a stable hash of (gateway,
+/// node) so that the gateways of one network spread over its nodes. The API
+/// shows this ranking and flowctl compiles it; both call this function.
+pub fn gateway_ranking<'a>(
+    gateway_id: &str,
+    network: &ExternalNetwork,
+    node: impl Fn(&str) -> Option<&'a Node>,
+) -> Vec<String> {
+    let mut ranked: Vec<(u32, u64, &str)> = network
+        .nodes
+        .iter()
+        .filter_map(|name| {
+            let n = node(name)?;
+            (n.roles.contains(&NodeRole::Gateway) && !n.drained).then(|| {
+                (
+                    n.gateway_priority,
+                    fnv1a(&[gateway_id, name.as_str()]),
+                    name.as_str(),
+                )
+            })
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(b.2)));
+    ranked.dedup_by(|a, b| a.2 == b.2);
+    ranked.into_iter().map(|(_, _, n)| n.to_string()).collect()
 }

@@ -73,6 +73,8 @@ fn world(place: impl Fn(usize, usize, &mut Lcg) -> usize) -> Vec<KeyValue> {
             set: "set-1".into(),
             underlay_ip: Ipv4Addr::new(192, 0, 2, n as u8 + 1),
             roles: vec![model::NodeRole::Compute],
+            drained: false,
+            gateway_priority: 0,
             created_at: "2024-01-01T00:00:00Z".into(),
         };
         out.push(kv(
@@ -92,6 +94,7 @@ fn world(place: impl Fn(usize, usize, &mut Lcg) -> usize) -> Vec<KeyValue> {
                 .unwrap_or_else(|_| unreachable!())],
             vni: 1000 + v as u32,
             default_security_group_id: None,
+            external_network_ids: vec![],
             created_at: "2024-01-01T00:00:00Z".into(),
         };
         out.push(kv(

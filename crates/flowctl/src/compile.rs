@@ -7,7 +7,14 @@
 //! hosting one of those NICs. A group's members are the NICs naming it, so
 //! a rule change reaches exactly the nodes carrying the group's VPC.
 //!
-//! Incremental updates never recompile whole nodes: an event marks the
+//! A NAT gateway of a VPC ranks gateway nodes (see
+//! [`model::gateway_ranking`]); each ranked node carries the whole VPC too
+//! (it delivers inbound traffic), and the tunnels between a gateway node
+//! and the other carriers of the VPC run BFD. External networks go to the
+//! nodes they list; an EIP goes to the node hosting the NIC it is bound to,
+//! if that node is attached to the EIP's network.
+//!
+//! Incremental updates never recompile whole nodes for tenant changes: an event marks the
 //! objects it can have changed ("dirty keys") on the nodes it concerns, found
 //! through per-VPC indexes, and only those objects are recomputed and diffed.
 //! [`compile_node`] is the reference (full) compilation; a property test
@@ -45,6 +52,9 @@ pub enum KeyKind<'a> {
     Nic(&'a str),
     NicStatus(&'a str),
     SecurityGroup(&'a str),
+    ExternalNetwork(&'a str),
+    Eip(&'a str),
+    NatGateway(&'a str),
 }
 
 /// Classifies a store key; `None` for keys outside the model (indexes,
@@ -71,6 +81,15 @@ pub fn classify(key: &str) -> Option<KeyKind<'_>> {
     }
     if let Some(id) = id(keys::SECURITY_GROUPS) {
         return Some(KeyKind::SecurityGroup(id));
+    }
+    if let Some(id) = id(keys::EXTERNAL_NETWORKS) {
+        return Some(KeyKind::ExternalNetwork(id));
+    }
+    if let Some(id) = id(keys::EIPS) {
+        return Some(KeyKind::Eip(id));
+    }
+    if let Some(id) = id(keys::NAT_GATEWAYS) {
+        return Some(KeyKind::NatGateway(id));
     }
     None
 }
@@ -116,6 +135,20 @@ pub struct Model {
     node_vpcs: HashMap<String, BTreeSet<String>>,
     /// Node → NICs bound to it.
     node_nics: HashMap<String, BTreeSet<String>>,
+    ext_nets: HashMap<String, model::ExternalNetwork>,
+    eips: HashMap<String, model::Eip>,
+    gateways: HashMap<String, model::NatGateway>,
+    /// NIC → the EIPs naming it as their binding.
+    nic_eips: HashMap<String, BTreeSet<String>>,
+    /// EIP → the NAT gateways listing it.
+    eip_gws: HashMap<String, BTreeSet<String>>,
+    /// VPC → its NAT gateways.
+    vpc_gws: HashMap<String, BTreeSet<String>>,
+    /// NAT gateway → (its VPC, its ranked gateway nodes), derived from the
+    /// gateway, its network and the node records.
+    rank: HashMap<String, (String, Vec<String>)>,
+    /// Node → VPC → how many NAT gateways of the VPC rank the node.
+    gw_vpcs: HashMap<String, BTreeMap<String, usize>>,
 }
 
 /// A record that could not be decoded is treated as absent, and logged.
@@ -180,6 +213,21 @@ impl Model {
                         m.set_group(id, Some(g));
                     }
                 }
+                Some(KeyKind::ExternalNetwork(id)) => {
+                    if let Some(x) = decode(kv) {
+                        m.ext_nets.insert(id.to_string(), x);
+                    }
+                }
+                Some(KeyKind::Eip(id)) => {
+                    if let Some(e) = decode(kv) {
+                        m.set_eip(id, Some(e));
+                    }
+                }
+                Some(KeyKind::NatGateway(id)) => {
+                    if let Some(g) = decode(kv) {
+                        m.set_gateway(id, Some(g));
+                    }
+                }
                 Some(KeyKind::NicStatus(id)) => {
                     if let Some(record) = decode(kv) {
                         m.statuses.insert(
@@ -193,6 +241,10 @@ impl Model {
                 }
                 None => {}
             }
+        }
+        let gws: Vec<String> = m.gateways.keys().cloned().collect();
+        for g in gws {
+            m.rerank(&g);
         }
         m.revision = revision;
         m
@@ -225,13 +277,144 @@ impl Model {
         self.node_nics.get(node).into_iter().flatten()
     }
 
-    /// Every node name that has a record or a NIC bound to it.
+    /// Every node name that has a record, a NIC bound to it or an
+    /// external network listing it.
     pub fn node_names(&self) -> BTreeSet<String> {
         self.nodes
             .keys()
             .chain(self.node_nics.keys())
+            .chain(self.ext_nets.values().flat_map(|x| x.nodes.iter()))
             .cloned()
             .collect()
+    }
+
+    /// The ranked gateway nodes of NAT gateway `id` (empty if unknown).
+    pub fn gateway_nodes(&self, id: &str) -> &[String] {
+        self.rank.get(id).map_or(&[], |(_, r)| r.as_slice())
+    }
+
+    /// The node is a ranked gateway node of a NAT gateway of `vpc`.
+    fn gw_of(&self, node: &str, vpc: &str) -> bool {
+        self.gw_vpcs
+            .get(node)
+            .is_some_and(|v| v.get(vpc).is_some_and(|c| *c > 0))
+    }
+
+    /// VPCs the node hosts a NIC of or serves a NAT gateway of (existing
+    /// or not).
+    fn carried(&self, node: &str) -> BTreeSet<&String> {
+        self.node_vpcs
+            .get(node)
+            .into_iter()
+            .flatten()
+            .chain(self.gw_vpcs.get(node).into_iter().flat_map(|v| v.keys()))
+            .collect()
+    }
+
+    /// Nodes that carry `vpc`: its hosts and its gateway nodes.
+    fn carriers(&self, vpc: &str) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = self.hosts(vpc).cloned().collect();
+        for g in self.vpc_gws.get(vpc).into_iter().flatten() {
+            out.extend(self.gateway_nodes(g).iter().cloned());
+        }
+        out
+    }
+
+    /// Whether the tunnel between `a` and `b` runs BFD: one of them is a
+    /// gateway node of a NAT gateway of a VPC the other hosts or serves
+    /// too.
+    fn bfd(&self, a: &str, b: &str) -> bool {
+        self.carried(a).into_iter().any(|v| {
+            self.vpcs.contains_key(v)
+                && self.vpc_gws.get(v).into_iter().flatten().any(|g| {
+                    let r = self.gateway_nodes(g);
+                    let (ra, rb) = (r.iter().any(|n| n == a), r.iter().any(|n| n == b));
+                    (ra && (rb || self.hosts_vpc(b, v))) || (rb && self.hosts_vpc(a, v))
+                })
+        })
+    }
+
+    fn set_eip(&mut self, id: &str, new: Option<model::Eip>) -> Option<model::Eip> {
+        let old = match new {
+            Some(e) => {
+                if let Some(n) = &e.nic_id {
+                    set_insert(&mut self.nic_eips, n, id);
+                }
+                self.eips.insert(id.to_string(), e)
+            }
+            None => self.eips.remove(id),
+        };
+        if let Some(n) = old.as_ref().and_then(|o| o.nic_id.as_ref()) {
+            let still = self
+                .eips
+                .get(id)
+                .is_some_and(|e| e.nic_id.as_ref() == Some(n));
+            if !still {
+                set_remove(&mut self.nic_eips, n, id);
+            }
+        }
+        old
+    }
+
+    /// Replaces a NAT gateway and keeps the indexes (not the ranking).
+    fn set_gateway(
+        &mut self,
+        id: &str,
+        new: Option<model::NatGateway>,
+    ) -> Option<model::NatGateway> {
+        let old = self.gateways.remove(id);
+        if let Some(o) = &old {
+            set_remove(&mut self.vpc_gws, &o.vpc_id, id);
+            for e in &o.eip_ids {
+                set_remove(&mut self.eip_gws, e, id);
+            }
+        }
+        if let Some(g) = new {
+            set_insert(&mut self.vpc_gws, &g.vpc_id, id);
+            for e in &g.eip_ids {
+                set_insert(&mut self.eip_gws, e, id);
+            }
+            self.gateways.insert(id.to_string(), g);
+        }
+        old
+    }
+
+    /// Recomputes the ranking of NAT gateway `id` from the live model;
+    /// returns the previous (VPC, ranking), if any.
+    fn rerank(&mut self, id: &str) -> Option<(String, Vec<String>)> {
+        let old = self.rank.remove(id);
+        if let Some((vpc, nodes)) = &old {
+            for n in nodes {
+                if let Some(v) = self.gw_vpcs.get_mut(n) {
+                    match v.get_mut(vpc) {
+                        Some(c) if *c > 1 => *c -= 1,
+                        Some(_) => {
+                            v.remove(vpc);
+                        }
+                        None => {}
+                    }
+                    if v.is_empty() {
+                        self.gw_vpcs.remove(n);
+                    }
+                }
+            }
+        }
+        if let Some(g) = self.gateways.get(id) {
+            let ranked = match self.ext_nets.get(&g.external_network_id) {
+                Some(net) => model::gateway_ranking(id, net, |n| self.nodes.get(n)),
+                None => vec![],
+            };
+            for n in &ranked {
+                *self
+                    .gw_vpcs
+                    .entry(n.clone())
+                    .or_default()
+                    .entry(g.vpc_id.clone())
+                    .or_default() += 1;
+            }
+            self.rank.insert(id.to_string(), (g.vpc_id.clone(), ranked));
+        }
+        old
     }
 
     /// Nodes with at least one NIC of `vpc` bound to them.
@@ -245,9 +428,10 @@ impl Model {
             .is_some_and(|h| h.get(node).is_some_and(|c| *c > 0))
     }
 
-    /// The node carries `vpc`: the VPC exists and a NIC of it is bound here.
+    /// The node carries `vpc`: the VPC exists and a NIC of it is bound
+    /// here or the node is a gateway node of one of its NAT gateways.
     fn vpc_present(&self, node: &str, vpc: &str) -> bool {
-        self.vpcs.contains_key(vpc) && self.hosts_vpc(node, vpc)
+        self.vpcs.contains_key(vpc) && (self.hosts_vpc(node, vpc) || self.gw_of(node, vpc))
     }
 
     fn set_subnet(&mut self, id: &str, new: Option<model::Subnet>) -> Option<model::Subnet> {
@@ -409,7 +593,101 @@ impl Model {
         self.nodes.get(peer).map(|n| proto::Peer {
             node: peer.to_string(),
             underlay_ip: n.underlay_ip,
-            bfd: false,
+            bfd: self.bfd(for_node, peer),
+        })
+    }
+
+    /// The node hosting the NIC an EIP is bound to.
+    fn eip_node(&self, e: &model::Eip) -> Option<&str> {
+        let nic = e.nic_id.as_ref()?;
+        self.nics.get(nic)?.nic.node.as_deref()
+    }
+
+    fn external_network_object(&self, id: &str, for_node: &str) -> Option<proto::ExternalNetwork> {
+        let x = self.ext_nets.get(id)?;
+        x.nodes
+            .iter()
+            .any(|n| n == for_node)
+            .then(|| proto::ExternalNetwork {
+                id: id.to_string(),
+                physnet: x.physnet.clone(),
+                cidr: prefix!(x.cidr),
+                gateway_ip: x.gateway_ip,
+            })
+    }
+
+    /// The EIP on `for_node`: bound to a NIC bound to this node, which is
+    /// attached to the EIP's network (the API checks that at bind time; a
+    /// NIC moved since to a node off the network loses its EIP there).
+    fn eip_object(&self, id: &str, for_node: &str) -> Option<proto::Eip> {
+        let e = self.eips.get(id)?;
+        let nic_id = e.nic_id.as_ref()?;
+        let nic = &self.nics.get(nic_id)?.nic;
+        if nic.node.as_deref() != Some(for_node) {
+            return None;
+        }
+        let net = self.ext_nets.get(&e.external_network_id)?;
+        if !net.nodes.iter().any(|n| n == for_node) {
+            return None;
+        }
+        Some(proto::Eip {
+            id: id.to_string(),
+            external_network_id: e.external_network_id.clone(),
+            ip: e.ip,
+            mac: e.mac,
+            nic_id: nic_id.clone(),
+            rate_limit_kbps: e.rate_limit_kbps,
+        })
+    }
+
+    /// The NAT gateway with its live ranking; rules whose EIP is gone are
+    /// left out.
+    fn gateway_object(&self, id: &str) -> Option<proto::NatGateway> {
+        let g = self.gateways.get(id)?;
+        let ip = |eip: &str| self.eips.get(eip).map(|e| e.ip);
+        Some(proto::NatGateway {
+            id: id.to_string(),
+            vpc_id: g.vpc_id.clone(),
+            external_network_id: g.external_network_id.clone(),
+            mac: g.mac,
+            gateways: self.gateway_nodes(id).to_vec(),
+            eips: g
+                .eip_ids
+                .iter()
+                .filter_map(|e| self.eips.get(e))
+                .map(|e| proto::ExternalAddress {
+                    ip: e.ip,
+                    mac: e.mac,
+                })
+                .collect(),
+            snat_rules: g
+                .snat_rules
+                .iter()
+                .filter_map(|r| {
+                    Some(proto::SnatRule {
+                        id: r.id.clone(),
+                        source: prefix!(r.source_cidr),
+                        eip: ip(&r.eip_id)?,
+                    })
+                })
+                .collect(),
+            dnat_rules: g
+                .dnat_rules
+                .iter()
+                .filter_map(|r| {
+                    Some(proto::DnatRule {
+                        id: r.id.clone(),
+                        protocol: match r.protocol {
+                            model::L4Protocol::Tcp => proto::L4Protocol::Tcp,
+                            model::L4Protocol::Udp => proto::L4Protocol::Udp,
+                        },
+                        eip: ip(&r.eip_id)?,
+                        external_port: r.external_port,
+                        internal_ip: r.internal_ip,
+                        internal_port: r.internal_port,
+                    })
+                })
+                .collect(),
         })
     }
 
@@ -448,9 +726,8 @@ impl Model {
                 }
             }
             ObjectKey::Peer(peer) => {
-                let shared = self.node_vpcs.get(node).is_some_and(|vpcs| {
-                    vpcs.iter()
-                        .any(|v| self.vpcs.contains_key(v) && self.hosts_vpc(peer, v))
+                let shared = self.carried(node).into_iter().any(|v| {
+                    self.vpc_present(node, v) && (self.hosts_vpc(peer, v) || self.gw_of(peer, v))
                 });
                 if shared {
                     self.peer_object(peer, node).map(Object::Peer)
@@ -458,8 +735,18 @@ impl Model {
                     None
                 }
             }
-            // Not compiled yet: external networks, EIPs and NAT gateways.
-            ObjectKey::ExternalNetwork(_) | ObjectKey::Eip(_) | ObjectKey::NatGateway(_) => None,
+            ObjectKey::ExternalNetwork(id) => self
+                .external_network_object(id, node)
+                .map(Object::ExternalNetwork),
+            ObjectKey::Eip(id) => self.eip_object(id, node).map(Object::Eip),
+            ObjectKey::NatGateway(id) => {
+                let g = self.gateways.get(id)?;
+                if self.vpc_present(node, &g.vpc_id) {
+                    self.gateway_object(id).map(Object::NatGateway)
+                } else {
+                    None
+                }
+            }
         }
     }
 }
@@ -472,9 +759,24 @@ pub fn compile_node(model: &Model, node: &str) -> NodeState {
         revision: model.revision,
         ..NodeState::default()
     };
-    let Some(vpcs) = model.node_vpcs.get(node) else {
+    for (id, x) in &model.ext_nets {
+        if x.nodes.iter().any(|n| n == node) {
+            if let Some(obj) = model.external_network_object(id, node) {
+                st.external_networks.insert(id.clone(), obj);
+            }
+        }
+    }
+    for nic in model.node_nics.get(node).into_iter().flatten() {
+        for e in model.nic_eips.get(nic).into_iter().flatten() {
+            if let Some(obj) = model.eip_object(e, node) {
+                st.eips.insert(e.clone(), obj);
+            }
+        }
+    }
+    let vpcs = model.carried(node);
+    if vpcs.is_empty() {
         return st;
-    };
+    }
     let mut nics = Vec::new();
     for vpc in vpcs {
         let Some(v) = model.vpc_object(vpc) else {
@@ -496,11 +798,16 @@ pub fn compile_node(model: &Model, node: &str) -> NodeState {
                 st.security_groups.insert(g.clone(), obj);
             }
         }
-        for peer in model.hosts(vpc) {
-            if !st.peers.contains_key(peer) {
-                if let Some(p) = model.peer_object(peer, node) {
-                    st.peers.insert(peer.clone(), p);
+        for peer in model.carriers(vpc) {
+            if !st.peers.contains_key(&peer) {
+                if let Some(p) = model.peer_object(&peer, node) {
+                    st.peers.insert(peer, p);
                 }
+            }
+        }
+        for g in model.vpc_gws.get(vpc).into_iter().flatten() {
+            if let Some(obj) = model.gateway_object(g) {
+                st.nat_gateways.insert(g.clone(), obj);
             }
         }
     }
@@ -513,6 +820,9 @@ pub fn compile_node(model: &Model, node: &str) -> NodeState {
 #[derive(Default, Debug)]
 struct Dirty {
     node_info: bool,
+    /// Recompile the node and diff (a NAT gateway's ranking changed: the
+    /// node may gain or lose whole VPCs and BFD on many tunnels; rare).
+    full: bool,
     keys: BTreeSet<ObjectKey>,
 }
 
@@ -638,6 +948,15 @@ impl Compiler {
                     },
                     ..NodeState::default()
                 });
+            if d.full {
+                let new = compile_node(&self.model, &node);
+                let changes = st.diff(&new);
+                if !changes.is_empty() {
+                    *st = new;
+                    out.changes.insert(node, changes);
+                }
+                continue;
+            }
             let mut changes = Vec::new();
             if d.node_info && st.node != info {
                 changes.push(Change::Upsert {
@@ -701,9 +1020,9 @@ impl Compiler {
                 // Its peer entry and its NICs, as the nodes sharing a VPC
                 // with it see them.
                 let m = &self.model;
-                for vpc in m.node_vpcs.get(name).into_iter().flatten() {
-                    for host in m.hosts(vpc) {
-                        let d = dirty.entry(host.clone()).or_default();
+                for vpc in m.carried(name) {
+                    for host in m.carriers(vpc) {
+                        let d = dirty.entry(host).or_default();
                         d.keys.insert(ObjectKey::Peer(name.to_string()));
                     }
                 }
@@ -711,11 +1030,88 @@ impl Compiler {
                     let Some(e) = m.nics.get(nic) else {
                         continue;
                     };
-                    for host in m.hosts(&e.nic.vpc_id) {
-                        let d = dirty.entry(host.clone()).or_default();
+                    for host in m.carriers(&e.nic.vpc_id) {
+                        let d = dirty.entry(host).or_default();
                         d.keys.insert(ObjectKey::Nic(nic.clone()));
                     }
                 }
+                // Its roles, drain and priority rank it in the NAT
+                // gateways of the networks it is attached to.
+                let gws: Vec<String> = m
+                    .gateways
+                    .values()
+                    .filter(|g| {
+                        m.ext_nets
+                            .get(&g.external_network_id)
+                            .is_some_and(|x| x.nodes.iter().any(|n| n == name))
+                    })
+                    .map(|g| g.id.clone())
+                    .collect();
+                for g in gws {
+                    self.regateway(dirty, &g);
+                }
+            }
+            Some(KeyKind::ExternalNetwork(id)) => {
+                let new: Option<model::ExternalNetwork> = if put { decode(kv) } else { None };
+                let old = match new {
+                    Some(x) => self.model.ext_nets.insert(id.to_string(), x),
+                    None => self.model.ext_nets.remove(id),
+                };
+                let m = &self.model;
+                let listed = old
+                    .iter()
+                    .chain(m.ext_nets.get(id))
+                    .flat_map(|x| x.nodes.iter().cloned())
+                    .collect::<BTreeSet<String>>();
+                for n in listed {
+                    let d = dirty.entry(n).or_default();
+                    d.keys.insert(ObjectKey::ExternalNetwork(id.to_string()));
+                }
+                for e in m.eips.values().filter(|e| e.external_network_id == id) {
+                    if let Some(node) = m.eip_node(e) {
+                        let d = dirty.entry(node.to_string()).or_default();
+                        d.keys.insert(ObjectKey::Eip(e.id.clone()));
+                    }
+                }
+                let gws: Vec<String> = m
+                    .gateways
+                    .values()
+                    .filter(|g| g.external_network_id == id)
+                    .map(|g| g.id.clone())
+                    .collect();
+                for g in gws {
+                    self.regateway(dirty, &g);
+                }
+            }
+            Some(KeyKind::Eip(id)) => {
+                let new: Option<model::Eip> = if put { decode(kv) } else { None };
+                let old = self.model.set_eip(id, new);
+                let m = &self.model;
+                let nodes: BTreeSet<String> = old
+                    .iter()
+                    .chain(m.eips.get(id))
+                    .filter_map(|e| m.eip_node(e))
+                    .map(str::to_string)
+                    .collect();
+                for n in nodes {
+                    let d = dirty.entry(n).or_default();
+                    d.keys.insert(ObjectKey::Eip(id.to_string()));
+                }
+                // Gateways owning it show its address.
+                for g in m.eip_gws.get(id).into_iter().flatten() {
+                    let Some(vpc) = m.gateways.get(g).map(|g| &g.vpc_id) else {
+                        continue;
+                    };
+                    for c in m.carriers(vpc) {
+                        let d = dirty.entry(c).or_default();
+                        d.keys.insert(ObjectKey::NatGateway(g.clone()));
+                    }
+                }
+            }
+            Some(KeyKind::NatGateway(id)) => {
+                let new: Option<model::NatGateway> = if put { decode(kv) } else { None };
+                self.model.set_gateway(id, new);
+                self.regateway(dirty, id);
             }
             Some(KeyKind::Vpc(id)) => {
                 let new: Option<model::Vpc> = if put { decode(kv) } else { None };
@@ -723,8 +1119,7 @@ impl Compiler {
                     Some(v) => self.model.vpcs.insert(id.to_string(), v),
                     None => self.model.vpcs.remove(id),
                 };
-                let hosts: Vec<String> = self.model.hosts(id).cloned().collect();
-                for h in hosts {
+                for h in self.model.carriers(id) {
                     self.mark_vpc(dirty, &h, id);
                 }
             }
@@ -733,9 +1128,9 @@ impl Compiler {
                 let new_vpc = new.as_ref().map(|g| g.vpc_id.clone());
                 let old = self.model.set_group(id, new);
                 for vpc in old.map(|g| g.vpc_id).iter().chain(new_vpc.iter()) {
-                    for h in self.model.hosts(vpc) {
+                    for h in self.model.carriers(vpc) {
                         dirty
-                            .entry(h.clone())
+                            .entry(h)
                             .or_default()
                             .keys
                             .insert(ObjectKey::SecurityGroup(id.to_string()));
@@ -747,9 +1142,9 @@ impl Compiler {
                 let new_vpc = new.as_ref().map(|s| s.vpc_id.clone());
                 let old = self.model.set_subnet(id, new);
                 for vpc in old.map(|s| s.vpc_id).iter().chain(new_vpc.iter()) {
-                    for h in self.model.hosts(vpc) {
+                    for h in self.model.carriers(vpc) {
                         dirty
-                            .entry(h.clone())
+                            .entry(h)
                             .or_default()
                             .keys
                             .insert(ObjectKey::Subnet(id.to_string()));
@@ -765,7 +1160,7 @@ impl Compiler {
                 };
                 let mut affected: BTreeSet<String> = BTreeSet::new();
                 if let Some(v) = &old_vpc {
-                    affected.extend(self.model.hosts(v).cloned());
+                    affected.extend(self.model.carriers(v));
                 }
                 let new_entry = new.map(|nic| {
                     let same_binding =
@@ -788,7 +1183,14 @@ impl Compiler {
                 };
                 self.model.set_nic(id, new_entry);
                 if let Some(v) = &new_vpc {
-                    affected.extend(self.model.hosts(v).cloned());
+                    affected.extend(self.model.carriers(v));
+                }
+                // Its EIP moves with it.
+                for e in self.model.nic_eips.get(id).into_iter().flatten() {
+                    for n in old_node.iter().chain(new_node.iter()) {
+                        let d = dirty.entry(n.clone()).or_default();
+                        d.keys.insert(ObjectKey::Eip(e.clone()));
+                    }
                 }
                 for n in &affected {
                     let d = dirty.entry(n.clone()).or_default();
@@ -825,8 +1227,38 @@ impl Compiler {
         for g in m.vpc_groups.get(vpc).into_iter().flatten() {
             d.keys.insert(ObjectKey::SecurityGroup(g.clone()));
         }
-        for h in m.hosts(vpc) {
-            d.keys.insert(ObjectKey::Peer(h.clone()));
+        for h in m.carriers(vpc) {
+            d.keys.insert(ObjectKey::Peer(h));
+        }
+        for g in m.vpc_gws.get(vpc).into_iter().flatten() {
+            d.keys.insert(ObjectKey::NatGateway(g.clone()));
+        }
+    }
+
+    /// Re-ranks NAT gateway `id` after a change of it, its network or a
+    /// node. An unchanged ranking only refreshes the gateway object on the
+    /// VPC's carriers; a changed one recompiles every node that carried or
+    /// carries the VPC (they gain or lose it, or BFD on tunnels).
+    fn regateway(&mut self, dirty: &mut HashMap<String, Dirty>, id: &str) {
+        let old = self.model.rerank(id);
+        let m = &self.model;
+        let new = m.rank.get(id);
+        if old.as_ref() == new {
+            if let Some((vpc, _)) = new {
+                for c in m.carriers(vpc) {
+                    let d = dirty.entry(c).or_default();
+                    d.keys.insert(ObjectKey::NatGateway(id.to_string()));
+                }
+            }
+            return;
+        }
+        let mut nodes: BTreeSet<String> = BTreeSet::new();
+        for (vpc, ranked) in old.iter().chain(new) {
+            nodes.extend(ranked.iter().cloned());
+            nodes.extend(m.carriers(vpc));
+        }
+        for n in nodes {
+            dirty.entry(n).or_default().full = true;
         }
     }
 }

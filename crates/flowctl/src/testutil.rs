@@ -81,6 +81,8 @@ pub fn node(name: &str, ip: u8) -> Op {
         set: "set-1".into(),
         underlay_ip: Ipv4Addr::new(192, 0, 2, ip),
         roles: vec![model::NodeRole::Compute],
+        drained: false,
+        gateway_priority: 0,
         created_at: "2024-01-01T00:00:00Z".into(),
     };
     Op::Put(keys::node(name), serde_json::to_vec(&n).unwrap())
@@ -94,6 +96,7 @@ pub fn vpc(id: &str, vni: u32) -> Op {
         cidrs: vec!["10.0.0.0/16".parse().unwrap()],
         vni,
         default_security_group_id: None,
+        external_network_ids: vec![],
         created_at: "2024-01-01T00:00:00Z".into(),
     };
     Op::Put(keys::vpc(id), serde_json::to_vec(&v).unwrap())

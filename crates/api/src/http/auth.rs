@@ -410,8 +410,10 @@ fn act_in(tenant_id: &str) {
 }
 
 /// The status a handler answers when its change committed.
-fn success_status(method: &str) -> u16 {
+fn success_status(method: &str, path: &str) -> u16 {
     match method {
+        // Actions on a resource (`/v1/eips/{id}/bind`) change it: 200.
+        "POST" if path.ends_with("/bind") || path.ends_with("/unbind") => 200,
         "POST" => 201,
         "DELETE" => 204,
         _ => 200,
@@ -433,7 +435,7 @@ pub(super) async fn add_to_txn(
     if m.committed.load(Ordering::Acquire) {
         return Ok(None);
     }
-    let status = success_status(&m.method);
+    let status = success_status(&m.method, &m.path);
     let (key, record) = m.record(status, "succeeded");
     success.push(db::put_json(key, &record)?);
     if let Some(idem) = &m.idem {
@@ -456,7 +458,8 @@ pub(super) async fn add_to_txn(
 pub(super) fn committed(revision: u64) {
     let _ = MUTATION.try_with(|m| {
         m.last_revision.store(revision, Ordering::Release);
-        *m.committed_status.lock().unwrap_or_else(|p| p.into_inner()) = success_status(&m.method);
+        *m.committed_status.lock().unwrap_or_else(|p| p.into_inner()) =
+            success_status(&m.method, &m.path);
         m.committed.store(true, Ordering::Release);
     });
 }

@@ -225,7 +225,8 @@ named!(
     crate::model::Vpc,
     crate::model::Subnet,
     crate::model::Nic,
-    crate::model::SecurityGroup
+    crate::model::SecurityGroup,
+    crate::model::ExternalNetwork
 );
 
 impl Listed for super::nics::NicView {

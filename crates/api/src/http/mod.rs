@@ -8,11 +8,14 @@
 
 pub mod auth;
 mod db;
+pub mod eips;
 mod etag;
+pub mod external_networks;
 mod extract;
 pub mod iam;
 mod idempotency;
 mod list;
+pub mod nat_gateways;
 pub mod nics;
 pub mod nodes;
 mod openapi;
@@ -104,6 +107,42 @@ pub fn router(store: Arc<dyn Store>, auth: Arc<auth::AuthConfig>) -> Router {
         .route(
             "/security-groups/{id}/rules/{rule_id}",
             axum::routing::delete(security_groups::delete_rule),
+        )
+        .route(
+            "/external-networks",
+            get(external_networks::list).post(external_networks::create),
+        )
+        .route(
+            "/external-networks/{id}",
+            get(external_networks::get).delete(external_networks::delete),
+        )
+        .route("/eips", get(eips::list).post(eips::create))
+        .route("/eips/{id}", get(eips::get).delete(eips::delete))
+        .route("/eips/{id}/bind", axum::routing::post(eips::bind))
+        .route("/eips/{id}/unbind", axum::routing::post(eips::unbind))
+        .route(
+            "/nat-gateways",
+            get(nat_gateways::list).post(nat_gateways::create),
+        )
+        .route(
+            "/nat-gateways/{id}",
+            get(nat_gateways::get).delete(nat_gateways::delete),
+        )
+        .route(
+            "/nat-gateways/{id}/snat-rules",
+            axum::routing::post(nat_gateways::add_snat_rule),
+        )
+        .route(
+            "/nat-gateways/{id}/snat-rules/{rule_id}",
+            axum::routing::delete(nat_gateways::delete_snat_rule),
+        )
+        .route(
+            "/nat-gateways/{id}/dnat-rules",
+            axum::routing::post(nat_gateways::add_dnat_rule),
+        )
+        .route(
+            "/nat-gateways/{id}/dnat-rules/{rule_id}",
+            axum::routing::delete(nat_gateways::delete_dnat_rule),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -44,6 +44,31 @@ pub struct PatchNode {
     pub underlay_ip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roles: Option<Vec<NodeRole>>,
+    /// Drain (true) or return (false) the node: a drained node leaves every
+    /// NAT gateway's ranking, so their traffic moves to other gateway
+    /// nodes; the node view says when it is safe to stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained: Option<bool>,
+    /// Higher first in NAT gateway rankings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_priority: Option<u32>,
+}
+
+/// A node as `GET /v1/nodes/{name}` shows it: the record, and what it
+/// serves.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct NodeView {
+    #[serde(flatten)]
+    pub node: Node,
+    /// The NAT gateways whose ranking holds the node now (absent: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nat_gateways: Vec<String>,
+    /// Only while drained: true once no NAT gateway ranks the node any
+    /// more. The other nodes follow the new ranking once their agents apply
+    /// it (their next revision ack, well under a second with a live control
+    /// plane); their data path then sends nothing to this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safe_to_stop: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -114,6 +139,8 @@ pub async fn create(
         set,
         underlay_ip,
         roles: roles(req.roles)?,
+        drained: false,
+        gateway_priority: 0,
         created_at: validate::now_rfc3339(),
     };
     let store = st.store.as_ref();
@@ -197,20 +224,35 @@ async fn load(store: &dyn crate::store::Store, name: &str) -> ApiResult<db::Vers
 
 #[utoipa::path(get, path = "/v1/nodes/{name}", tag = "nodes",
     params(("name" = String, Path)),
-    responses((status = 200, body = Node), (status = 404, body = Problem)))]
+    responses((status = 200, body = NodeView), (status = 404, body = Problem)))]
 #[instrument(skip_all, fields(node = %name))]
 pub async fn get(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(name): ApiPath<String>,
-) -> ApiResult<Json<Node>> {
+) -> ApiResult<Json<NodeView>> {
     caller.infra()?;
-    Ok(Json(load(st.store.as_ref(), &name).await?.value))
+    let store = st.store.as_ref();
+    let node = load(store, &name).await?.value;
+    Ok(Json(view(store, node).await?))
+}
+
+async fn view(store: &dyn crate::store::Store, node: Node) -> ApiResult<NodeView> {
+    let nat_gateways = super::nat_gateways::served_by(store)
+        .await?
+        .remove(&node.name)
+        .unwrap_or_default();
+    let safe_to_stop = node.drained.then_some(nat_gateways.is_empty());
+    Ok(NodeView {
+        node,
+        nat_gateways,
+        safe_to_stop,
+    })
 }
 
 #[utoipa::path(patch, path = "/v1/nodes/{name}", tag = "nodes", request_body = PatchNode,
     params(("name" = String, Path)),
-    responses((status = 200, body = Node), (status = 404, body = Problem),
+    responses((status = 200, body = NodeView), (status = 404, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(node = %name))]
 pub async fn patch(
@@ -218,7 +260,7 @@ pub async fn patch(
     caller: Caller,
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<PatchNode>,
-) -> ApiResult<Json<Node>> {
+) -> ApiResult<Json<NodeView>> {
     caller.infra()?;
     if let Some(set) = &req.set {
         validate::dns_label("set", set)?;
@@ -239,6 +281,12 @@ pub async fn patch(
         let mut ops = vec![];
         if let Some(roles) = &new_roles {
             node.roles = roles.clone();
+        }
+        if let Some(d) = req.drained {
+            node.drained = d;
+        }
+        if let Some(p) = req.gateway_priority {
+            node.gateway_priority = p;
         }
         if let Some(ip) = new_ip.filter(|ip| *ip != node.underlay_ip) {
             let new_key = index::underlay_ip(ip);
@@ -290,8 +338,8 @@ pub async fn patch(
         })
     })
     .await?;
-    tracing::info!(set = %node.set, "node updated");
-    Ok(Json(node))
+    tracing::info!(set = %node.set, drained = node.drained, "node updated");
+    Ok(Json(view(store, node).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/nodes/{name}", tag = "nodes",

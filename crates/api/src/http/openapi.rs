@@ -3,7 +3,10 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{iam, nics, nodes, problem, quota, security_groups, subnets, vpcs};
+use super::{
+    eips, external_networks, iam, nat_gateways, nics, nodes, problem, quota, security_groups,
+    subnets, vpcs,
+};
 use crate::model;
 
 #[derive(OpenApi)]
@@ -22,6 +25,12 @@ use crate::model;
         security_groups::create, security_groups::list, security_groups::get,
         security_groups::patch, security_groups::delete, security_groups::add_rule,
         security_groups::delete_rule,
+        external_networks::create, external_networks::list, external_networks::get,
+        external_networks::delete,
+        eips::create, eips::list, eips::get, eips::bind, eips::unbind, eips::delete,
+        nat_gateways::create, nat_gateways::list, nat_gateways::get, nat_gateways::delete,
+        nat_gateways::add_snat_rule, nat_gateways::delete_snat_rule,
+        nat_gateways::add_dnat_rule, nat_gateways::delete_dnat_rule,
     ),
     components(schemas(
         model::Node, model::NodeRole, model::Vpc, model::Subnet, model::Nic,
@@ -35,9 +44,16 @@ use crate::model;
         model::Tenant, model::User, model::Role, model::ApiKey, model::AuditRecord,
         iam::CreateTenant, iam::CreateUser, iam::NewApiKey,
         quota::Limits, quota::PatchQuotas, quota::Quotas,
+        nodes::NodeView, model::AddressRange, model::ExternalNetwork, model::Eip,
+        model::L4Protocol, model::SnatRule, model::DnatRule, model::NatGateway,
+        external_networks::CreateExternalNetwork, external_networks::RangeRequest,
+        eips::CreateEip, eips::BindEip, eips::EipView,
+        nat_gateways::CreateNatGateway, nat_gateways::CreateSnatRule,
+        nat_gateways::CreateDnatRule, nat_gateways::NatGatewayView,
     )),
     tags((name = "iam"), (name = "nodes"), (name = "vpcs"), (name = "subnets"), (name = "nics"),
-        (name = "security-groups"))
+        (name = "security-groups"), (name = "external-networks"), (name = "eips"),
+        (name = "nat-gateways"))
 )]
 pub struct ApiDoc;
 
@@ -176,10 +192,21 @@ impl utoipa::Modify for Idempotent {
                 "/v1/subnets/{id}",
                 "/v1/nics/{id}",
                 "/v1/security-groups/{id}",
+                "/v1/external-networks/{id}",
+                "/v1/eips/{id}",
+                "/v1/nat-gateways/{id}",
             ]
             .contains(&path.as_str());
-            let collection = ["/v1/vpcs", "/v1/subnets", "/v1/nics", "/v1/security-groups"]
-                .contains(&path.as_str());
+            let collection = [
+                "/v1/vpcs",
+                "/v1/subnets",
+                "/v1/nics",
+                "/v1/security-groups",
+                "/v1/external-networks",
+                "/v1/eips",
+                "/v1/nat-gateways",
+            ]
+            .contains(&path.as_str());
             let tagged: Vec<(&mut utoipa::openapi::path::Operation, &str)> = if single {
                 [(item.get.as_mut(), "200"), (item.patch.as_mut(), "200")]
                     .into_iter()
@@ -297,6 +324,9 @@ impl utoipa::Modify for Idempotent {
             "CreateSubnet",
             "CreateNic",
             "CreateSecurityGroup",
+            "CreateExternalNetwork",
+            "CreateEip",
+            "CreateNatGateway",
             "CreateNode",
             "CreateTenant",
             "CreateUser",

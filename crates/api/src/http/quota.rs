@@ -52,15 +52,19 @@ pub enum Kind {
     Nics,
     SecurityGroups,
     SecurityGroupRules,
+    Eips,
+    NatGateways,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Vpcs,
         Kind::Subnets,
         Kind::Nics,
         Kind::SecurityGroups,
         Kind::SecurityGroupRules,
+        Kind::Eips,
+        Kind::NatGateways,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +74,8 @@ impl Kind {
             Kind::Nics => "nics",
             Kind::SecurityGroups => "security_groups",
             Kind::SecurityGroupRules => "security_group_rules",
+            Kind::Eips => "eips",
+            Kind::NatGateways => "nat_gateways",
         }
     }
 
@@ -81,6 +87,9 @@ impl Kind {
             Kind::Nics => 5_000,
             Kind::SecurityGroups => 500,
             Kind::SecurityGroupRules => 5_000,
+            // Public addresses are scarce: a small default.
+            Kind::Eips => 50,
+            Kind::NatGateways => 10,
         }
     }
 }
@@ -93,6 +102,19 @@ pub struct Limits {
     pub nics: u64,
     pub security_groups: u64,
     pub security_group_rules: u64,
+    /// Limits stored before EIPs existed lack it: the default then.
+    #[serde(default = "default_eips")]
+    pub eips: u64,
+    #[serde(default = "default_nat_gateways")]
+    pub nat_gateways: u64,
+}
+
+fn default_eips() -> u64 {
+    Kind::Eips.default_limit()
+}
+
+fn default_nat_gateways() -> u64 {
+    Kind::NatGateways.default_limit()
 }
 
 impl Default for Limits {
@@ -109,6 +131,8 @@ impl Limits {
             nics: f(Kind::Nics),
             security_groups: f(Kind::SecurityGroups),
             security_group_rules: f(Kind::SecurityGroupRules),
+            eips: f(Kind::Eips),
+            nat_gateways: f(Kind::NatGateways),
         }
     }
 
@@ -125,6 +149,8 @@ impl Limits {
             Kind::Nics => self.nics,
             Kind::SecurityGroups => self.security_groups,
             Kind::SecurityGroupRules => self.security_group_rules,
+            Kind::Eips => self.eips,
+            Kind::NatGateways => self.nat_gateways,
         }
     }
 }
@@ -143,6 +169,10 @@ pub struct PatchQuotas {
     pub security_groups: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_group_rules: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eips: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_gateways: Option<u64>,
 }
 
 /// A tenant's limits and what it uses.
@@ -368,6 +398,8 @@ pub async fn patch(
         (Kind::Nics, req.nics),
         (Kind::SecurityGroups, req.security_groups),
         (Kind::SecurityGroupRules, req.security_group_rules),
+        (Kind::Eips, req.eips),
+        (Kind::NatGateways, req.nat_gateways),
     ];
     for (k, v) in wanted {
         if v.is_some_and(|v| v > MAX_LIMIT) {
@@ -389,6 +421,8 @@ pub async fn patch(
                     Kind::Nics => limits.nics = v,
                     Kind::SecurityGroups => limits.security_groups = v,
                     Kind::SecurityGroupRules => limits.security_group_rules = v,
+                    Kind::Eips => limits.eips = v,
+                    Kind::NatGateways => limits.nat_gateways = v,
                 }
             }
         }

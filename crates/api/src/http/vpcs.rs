@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use super::auth::{self, Access, Caller};
 use super::db::{self, index, Attempt};
 use super::etag::{IfMatch, Tagged};
+use super::external_networks;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::list::{page_of, PageOf};
 use super::nodes::DEFAULT_SET;
@@ -18,7 +19,7 @@ use super::quota::{self, Kind};
 use super::security_groups::{self, sg_index};
 use super::validate;
 use super::{iam, AppState};
-use crate::model::{keys, Owned, Subnet, Vpc};
+use crate::model::{keys, Eip, NatGateway, Nic, Owned, Subnet, Vpc};
 use crate::store::{Compare, Op, Store};
 
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
@@ -47,6 +48,12 @@ pub struct PatchVpc {
     /// `. _ : / -`, values up to 256 characters). On a PATCH: the new set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<std::collections::BTreeMap<String, String>>,
+    /// The external networks the VPC is attached to (the new set): its
+    /// NICs may then get EIPs of them and its NAT gateways use them. A
+    /// network is detached only while no EIP of it is bound to a NIC of
+    /// the VPC and no NAT gateway of the VPC uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_network_ids: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -80,6 +87,37 @@ pub(super) async fn load(
         return Ok(None);
     }
     db::get_json(store, &keys::vpc(id)).await
+}
+
+/// What of VPC `vpc_id` uses external network `net`: EIPs of it bound to
+/// NICs of the VPC, and NAT gateways of the VPC on it.
+async fn external_users(store: &dyn Store, vpc_id: &str, net: &str) -> ApiResult<Vec<String>> {
+    let nics: Vec<Nic> = db::list_json(store, keys::NICS).await?;
+    let eips: Vec<Eip> = db::list_json(store, keys::EIPS).await?;
+    let mut out: Vec<String> = eips
+        .into_iter()
+        .filter(|e| e.external_network_id == net)
+        .filter(|e| {
+            e.nic_id
+                .as_ref()
+                .is_some_and(|n| nics.iter().any(|x| &x.id == n && x.vpc_id == vpc_id))
+        })
+        .map(|e| format!("EIP {}", e.id))
+        .collect();
+    out.extend(
+        nat_gateways_of(store, vpc_id)
+            .await?
+            .into_iter()
+            .filter(|g| g.external_network_id == net)
+            .map(|g| format!("NAT gateway {}", g.id)),
+    );
+    Ok(out)
+}
+
+/// NAT gateways of `vpc_id`.
+pub(super) async fn nat_gateways_of(store: &dyn Store, vpc_id: &str) -> ApiResult<Vec<NatGateway>> {
+    let all: Vec<NatGateway> = db::list_json(store, keys::NAT_GATEWAYS).await?;
+    Ok(all.into_iter().filter(|g| g.vpc_id == vpc_id).collect())
 }
 
 /// Subnets of `vpc_id`, from the subnet objects themselves.
@@ -145,6 +183,7 @@ pub async fn create(
                 cidrs: cidrs.clone(),
                 vni,
                 default_security_group_id: Some(sg_id.clone()),
+                external_network_ids: vec![],
                 created_at: created_at.clone(),
             },
         );
@@ -260,6 +299,34 @@ pub async fn patch(
         let key = keys::vpc(id);
         let mut compare = vec![Compare::mod_revision_is(&key, cur.mod_revision)];
         let mut ops = vec![];
+        if let Some(ids) = &req.external_network_ids {
+            let old = &cur.value.external_network_ids;
+            let (c, o) = external_networks::attach(store, ids, old).await?;
+            compare.extend(c);
+            ops.extend(o);
+            let leaving: Vec<&String> = old.iter().filter(|x| !ids.contains(x)).collect();
+            if !leaving.is_empty() {
+                // Guard first, then the users: a bind or NAT gateway added
+                // after this read bumps the guard and fails the compare.
+                let guard = index::vpc_guard(id);
+                compare.push(Compare::mod_revision_is(
+                    &guard,
+                    db::mod_revision(store, &guard).await?,
+                ));
+                for net in leaving {
+                    let users = external_users(store, id, net).await?;
+                    if !users.is_empty() {
+                        return Err(Problem::conflict(format!(
+                            "VPC {id:?} still uses external network {net:?} ({}); unbind or \
+                             delete them first",
+                            users.join(", ")
+                        ))
+                        .with_field("external_network_ids"));
+                    }
+                }
+            }
+            vpc.external_network_ids = ids.clone();
+        }
         if let Some(name) = req.name.as_ref().filter(|n| **n != cur.value.name) {
             let new_key = index::vpc_name(&cur.value.tenant_id, name);
             if let Some(owner) = db::get_text(store, &new_key).await? {
@@ -314,6 +381,17 @@ pub async fn delete(
             return Err(Problem::conflict(format!(
                 "VPC {id:?} still has {}; delete them first",
                 db::in_use("subnets", &subnets)
+            )));
+        }
+        let gateways: Vec<String> = nat_gateways_of(store, id)
+            .await?
+            .into_iter()
+            .map(|g| g.id)
+            .collect();
+        if !gateways.is_empty() {
+            return Err(Problem::conflict(format!(
+                "VPC {id:?} still has {}; delete them first",
+                db::in_use("NAT gateways", &gateways)
             )));
         }
         let (defaults, others): (Vec<_>, Vec<_>) = security_groups::groups_of(store, id)

@@ -124,6 +124,8 @@ pub fn node(name: &str, ip: u8) -> (String, model::Node) {
             set: "set-1".into(),
             underlay_ip: Ipv4Addr::new(192, 0, 2, ip),
             roles: vec![model::NodeRole::Compute],
+            drained: false,
+            gateway_priority: 0,
             created_at: "2024-01-01T00:00:00Z".into(),
         },
     )
@@ -139,6 +141,7 @@ pub fn vpc(id: &str, vni: u32) -> (String, model::Vpc) {
             cidrs: vec!["10.0.0.0/16".parse().unwrap()],
             vni,
             default_security_group_id: None,
+            external_network_ids: vec![],
             created_at: "2024-01-01T00:00:00Z".into(),
         },
     )
