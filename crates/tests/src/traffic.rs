@@ -597,14 +597,15 @@ threading.Event().wait()
 "#;
 
 /// Tells each client the address it came from: TCP (a line, then close)
-/// and UDP (a datagram back) on every port in argv. What "the outside sees
-/// as the source" means, measured where it is seen.
+/// and UDP (a datagram back), on `ADDR PORT...` (bound to ADDR, so UDP
+/// answers come from the address asked). What "the outside sees as the
+/// source" means, measured where it is seen.
 pub const WHOAMI_SERVER: &str = r#"
 import socket, sys, threading
 def tcp(port):
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
+    s.bind((addr, port))
     s.listen(128)
     while True:
         c, peer = s.accept()
@@ -615,11 +616,12 @@ def tcp(port):
         c.close()
 def udp(port):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", port))
+    s.bind((addr, port))
     while True:
         _, peer = s.recvfrom(2048)
         s.sendto((peer[0] + "\n").encode(), peer)
-for p in sys.argv[1:]:
+addr = sys.argv[1]
+for p in sys.argv[2:]:
     threading.Thread(target=tcp, args=(int(p),), daemon=True).start()
     threading.Thread(target=udp, args=(int(p),), daemon=True).start()
 print("listening", flush=True)

@@ -58,7 +58,7 @@ fn world() -> World {
         .netns()
         .spawn(
             "whoami",
-            &[PYTHON, "-u", "-c", WHOAMI_SERVER, WHOAMI_PORT],
+            &[PYTHON, "-u", "-c", WHOAMI_SERVER, INTERNET, WHOAMI_PORT],
             Some(&inet.dir().join("whoami.out")),
         )
         .unwrap();
@@ -476,4 +476,64 @@ fn drain_moves_traffic_without_failed_connections() {
         "the drained node carries nothing"
     );
     assert!(w.emitted(standby).unwrap() > s0);
+}
+
+/// The EIP's bandwidth limit (OVS meters, both directions): a TCP stream
+/// through the EIP stays near the limit each way.
+#[test]
+fn eip_bandwidth_limit_holds_both_ways() {
+    const KBPS: u64 = 4_000;
+    let w = world();
+    let eip = w
+        .cloud
+        .api
+        .create(
+            "/v1/eips",
+            &json!({"external_network_id": id(&w.ext), "rate_limit_kbps": KBPS}),
+        )
+        .unwrap();
+    let eip_ip = ip_of(&eip);
+    w.post(
+        &format!("/v1/eips/{}/bind", id(&eip)),
+        json!({"nic_id": id(&w.nic_a)}),
+    );
+    wait_until(SETTLE, "EIP reachable", || w.ping_from_outside(&eip_ip, 1) == 1).unwrap();
+    let vm = w.cloud.lab.vm("a").unwrap();
+    let _server = vm
+        .netns()
+        .spawn(
+            "iperf3",
+            &["iperf3", "-s"],
+            Some(&vm.dir().join("iperf3.out")),
+        )
+        .unwrap();
+    let inet = w.cloud.lab.host("inet").unwrap();
+    let rate = |reverse: bool| -> f64 {
+        let mut args = vec!["iperf3", "-c", eip_ip.as_str(), "-t", "3", "-J"];
+        if reverse {
+            args.push("-R");
+        }
+        let mut out = Err(String::new());
+        for _ in 0..20 {
+            out = inet.run(&args).map_err(|e| e.to_string());
+            if out.is_ok() {
+                break;
+            }
+            // The server may not listen yet.
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let v: Value = serde_json::from_str(&out.unwrap()).unwrap();
+        v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap() / 1000.0
+    };
+    let inbound = rate(false);
+    let outbound = rate(true);
+    println!(
+        "FIGURE EIP limit {KBPS} kbit/s: inbound {inbound:.0} kbit/s, outbound {outbound:.0} kbit/s"
+    );
+    for got in [inbound, outbound] {
+        assert!(
+            got < KBPS as f64 * 1.3 && got > KBPS as f64 * 0.3,
+            "{got:.0} kbit/s against a {KBPS} kbit/s limit"
+        );
+    }
 }

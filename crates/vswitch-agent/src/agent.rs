@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use openflow::message::{GroupMod, GroupModCommand};
+use openflow::meter::{flags as meter_flags, MeterBand, MeterMod, MeterModCommand};
 use openflow::Flow;
 use ovsdb::vswitch::{
     BridgeConfig, ExternalPortSpec, OfportMap, TunnelSpec, Vswitch, VswitchEvent,
@@ -114,6 +115,7 @@ pub async fn run(
             neighbors,
             neighbors_file,
             groups: None,
+            meters: None,
             started: Instant::now(),
         };
         let dump_started = Instant::now();
@@ -240,6 +242,8 @@ struct Node {
     /// The groups installed, by id; `None` when unknown (start, reconnect,
     /// failed apply): then every desired group is (re)written.
     groups: Option<BTreeMap<u32, GroupMod>>,
+    /// The meters installed, by id; `None` when unknown (read back first).
+    meters: Option<BTreeMap<u32, MeterMod>>,
     started: Instant,
 }
 
@@ -375,7 +379,10 @@ impl Node {
             self.vswitch.ensure_external_port(spec).await?;
         }
         self.sync_tunnels(state).await?;
-        let ports = self.port_map();
+        let mut ports = self.port_map();
+        for (eip, inbound, outbound, _) in pipeline::nat::meters(state) {
+            ports.set_meters(&eip, inbound, outbound);
+        }
         let prepared = started.elapsed();
         let (changes, flows) = match self.dumped.take() {
             // Out of step: render everything, diff against the dump.
@@ -392,6 +399,8 @@ impl Node {
             }
         };
         let rendered = started.elapsed();
+        let meters = desired_meters(state);
+        self.add_meters(&meters).await?;
         let groups = pipeline::render_groups(state, &ports);
         let (groups_before, groups_after) = group_changes(self.groups.as_ref(), &groups);
         if !changes.is_empty() || !groups_before.is_empty() || !groups_after.is_empty() {
@@ -411,6 +420,7 @@ impl Node {
             }
         }
         self.groups = Some(groups.into_iter().map(|g| (g.group_id, g)).collect());
+        self.remove_meters(&meters).await;
         // A full reconcile is reported even when it changed nothing: it is
         // when a (re)started agent is known to be in step with the switch.
         if !changes.is_empty() || flows > 0 {
@@ -512,6 +522,68 @@ impl Node {
         ports
     }
 
+    /// Makes the meters in `desired` exist as given before flows use them.
+    async fn add_meters(&mut self, desired: &BTreeMap<u32, MeterMod>) -> Result<(), AgentError> {
+        if desired.is_empty() && self.meters.as_ref().is_some_and(|m| m.is_empty()) {
+            return Ok(());
+        }
+        let installed = match self.meters.take() {
+            Some(m) => m,
+            None => self
+                .switch
+                .meters()
+                .await?
+                .into_iter()
+                .map(|m| (m.meter_id, m))
+                .collect(),
+        };
+        let mut now = installed.clone();
+        for (id, m) in desired {
+            let command = match installed.get(id) {
+                Some(have) if have.flags == m.flags && have.bands == m.bands => continue,
+                Some(_) => MeterModCommand::Modify,
+                None => MeterModCommand::Add,
+            };
+            let write = MeterMod {
+                command,
+                ..m.clone()
+            };
+            if let Err(e) = self.switch.meter(write).await {
+                self.meters = None;
+                return Err(e.into());
+            }
+            now.insert(*id, m.clone());
+        }
+        self.meters = Some(now);
+        Ok(())
+    }
+
+    /// Deletes the meters not in `desired`, once no flow uses them.
+    async fn remove_meters(&mut self, desired: &BTreeMap<u32, MeterMod>) {
+        let Some(installed) = self.meters.as_mut() else {
+            return;
+        };
+        let stale: Vec<u32> = installed
+            .keys()
+            .filter(|id| !desired.contains_key(id))
+            .copied()
+            .collect();
+        for id in stale {
+            let delete = MeterMod {
+                command: MeterModCommand::Delete,
+                flags: 0,
+                meter_id: id,
+                bands: Vec::new(),
+            };
+            match self.switch.meter(delete).await {
+                Ok(()) => {
+                    installed.remove(&id);
+                }
+                Err(e) => warn!(meter = id, error = %error_chain(&e), "meter not deleted"),
+            }
+        }
+    }
+
     async fn maintain_neighbors(&mut self) {
         let Some(state) = self.desired.take() else {
             return;
@@ -584,6 +656,7 @@ impl Node {
         loop {
             self.switch.reconnect().await;
             self.groups = None;
+            self.meters = None;
             match self.switch.dump_ours().await {
                 Ok(flows) => {
                     self.dumped = Some(flows);
@@ -646,6 +719,29 @@ fn group_changes(
         })
         .collect();
     (write, delete)
+}
+
+/// The meters the node's EIPs need, by id: a drop band at the EIP's rate,
+/// in kbit/s, with a burst of a tenth of a second.
+fn desired_meters(state: &NodeState) -> BTreeMap<u32, MeterMod> {
+    let mut out = BTreeMap::new();
+    for (_, inbound, outbound, kbps) in pipeline::nat::meters(state) {
+        for id in [inbound, outbound] {
+            out.insert(
+                id,
+                MeterMod {
+                    command: MeterModCommand::Add,
+                    flags: meter_flags::KBPS | meter_flags::BURST | meter_flags::STATS,
+                    meter_id: id,
+                    bands: vec![MeterBand::Drop {
+                        rate: kbps,
+                        burst_size: (kbps / 10).max(1),
+                    }],
+                },
+            );
+        }
+    }
+    out
 }
 
 fn load_neighbors(path: &std::path::Path) -> neighbor::Saved {

@@ -285,8 +285,8 @@ pub struct PortMap {
     next_hops: BTreeMap<String, Mac>,
     /// Peers whose tunnel's BFD says the path is down.
     dead_peers: BTreeSet<String>,
-    /// EIP id → the meter limiting it.
-    meters: BTreeMap<String, u32>,
+    /// EIP id → the meters limiting it (inbound, outbound).
+    meters: BTreeMap<String, (u32, u32)>,
 }
 
 impl PortMap {
@@ -388,12 +388,12 @@ impl PortMap {
         self.tunnels.contains_key(node) && !self.dead_peers.contains(node)
     }
 
-    /// Records the meter that limits EIP `eip_id`.
-    pub fn set_meter(&mut self, eip_id: &str, meter: u32) {
-        self.meters.insert(eip_id.to_string(), meter);
+    /// Records the meters that limit EIP `eip_id` (inbound, outbound).
+    pub fn set_meters(&mut self, eip_id: &str, inbound: u32, outbound: u32) {
+        self.meters.insert(eip_id.to_string(), (inbound, outbound));
     }
 
-    pub fn meter(&self, eip_id: &str) -> Option<u32> {
+    pub fn meter(&self, eip_id: &str) -> Option<(u32, u32)> {
         self.meters.get(eip_id).copied()
     }
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use openflow::flow::port;
 use openflow::message::{FlowStatsRequest, GroupMod, PacketIn as OfPacketIn, PacketOut};
+use openflow::meter::{MeterMod, MeterModCommand, OFPM_ALL};
+use openflow::Message;
 use openflow::{Action, Change, Config, Field, Flow, PacketIns};
 
 use crate::pipeline::{COOKIE_OWNER, COOKIE_OWNER_MASK};
@@ -86,6 +88,27 @@ impl Switch {
         }));
         all.extend(groups(after));
         self.conn.apply_bundle(all).await
+    }
+
+    /// The meters installed on the bridge (all of them are ours).
+    pub async fn meters(&self) -> Result<Vec<MeterMod>, SwitchError> {
+        Ok(self
+            .conn
+            .meter_configs(OFPM_ALL)
+            .await?
+            .into_iter()
+            .map(|c| MeterMod {
+                command: MeterModCommand::Add,
+                flags: c.flags,
+                meter_id: c.meter_id,
+                bands: c.bands,
+            })
+            .collect())
+    }
+
+    /// Adds, replaces or deletes one meter (meters are not part of bundles).
+    pub async fn meter(&self, m: MeterMod) -> Result<(), SwitchError> {
+        self.conn.send_checked(Message::MeterMod(m)).await
     }
 
     /// The next packet-in; `None` when the connection is gone.

@@ -26,7 +26,7 @@
 
 use std::net::Ipv4Addr;
 
-use openflow::flow::{ct_state, port, Action, CtNat, CtZone, Field, Flow, Match, NatRange};
+use openflow::flow::{ct_state, Action, CtNat, CtZone, Field, Flow, Match, NatRange};
 use openflow::message::{Bucket, GroupMod, GroupModCommand, GroupType, OFPG_ANY};
 use proto::{Eip, ExternalNetwork, L4Protocol, Mac, NatGateway, Nic, Vpc};
 
@@ -50,6 +50,9 @@ mod prio {
     pub const GATEWAY: u16 = 50;
     /// SNAT_STATE: established first, then rules by source prefix length.
     pub const ESTABLISHED: u16 = 200;
+    /// EXT_NAT_IN: below the DNAT rules, an unknown connection is handed
+    /// to the other gateways.
+    pub const HANDOFF: u16 = 10;
     pub const RULE_BASE: u16 = 100;
 }
 
@@ -66,6 +69,14 @@ pub(super) fn is_active(ctx: &Ctx<'_>, g: &NatGateway) -> bool {
         }
     }
     false
+}
+
+/// The MAC a gateway puts on an inbound packet it could not place and hands
+/// to the NAT gateway's other gateway nodes (see `gateway_flows`).
+pub fn handoff_mac(g: &NatGateway) -> Mac {
+    let mut m = g.mac.0;
+    m[0] ^= 0x04;
+    Mac(m)
 }
 
 /// Whether this node is one of `g`'s gateway nodes.
@@ -240,6 +251,25 @@ fn external_arp(c: u64, ofport: u32, ip: Ipv4Addr, mac: Mac) -> Flow {
     .actions(arp_reply_actions(ip, mac))
 }
 
+/// The meters of the node: two per local EIP with a bandwidth limit (in,
+/// out), numbered from 1 in EIP id order, so they are the same after a
+/// restart. (eip id, inbound meter, outbound meter, kbit/s).
+pub fn meters(state: &proto::NodeState) -> Vec<(String, u32, u32, u32)> {
+    let mut out = Vec::new();
+    let mut next = 1u32;
+    for eip in state.eips.values() {
+        let local = state
+            .nics
+            .get(&eip.nic_id)
+            .is_some_and(|n| n.node == state.node.name);
+        if let (true, Some(kbps)) = (local, eip.rate_limit_kbps) {
+            out.push((eip.id.clone(), next, next + 1, kbps));
+            next += 2;
+        }
+    }
+    out
+}
+
 /// The NIC an EIP is bound to, if it is local with a known VPC.
 fn eip_nic<'a>(ctx: &Ctx<'a>, eip: &Eip) -> Option<(&'a Nic, &'a Vpc, u32)> {
     let nic = ctx.state.nics.get(&eip.nic_id)?;
@@ -265,9 +295,9 @@ fn eip_flows(ctx: &Ctx<'_>, eip: &Eip, out: &mut Vec<Flow>) {
     let vni = u64::from(vpc.vni);
     let c = ctx.cookie(ObjectKind::Eip, &eip.id);
     out.push(external_arp(c, up.ofport, eip.ip, eip.mac));
-    let meter = ctx.ports.meter(&eip.id).map(Action::Meter);
+    let meters = ctx.ports.meter(&eip.id);
     // In: to the NIC, as if routed from the subnet's gateway.
-    let mut inbound: Vec<Action> = meter.iter().cloned().collect();
+    let mut inbound: Vec<Action> = meters.map(|(m, _)| Action::Meter(m)).into_iter().collect();
     inbound.extend([
         set_field(Field::Metadata, vni.into()),
         set_field(Field::Ipv4Dst, ip_value(nic.ip)),
@@ -292,7 +322,7 @@ fn eip_flows(ctx: &Ctx<'_>, eip: &Eip, out: &mut Vec<Flow>) {
     let Some(next_hop) = up.next_hop else {
         return;
     };
-    let mut outbound: Vec<Action> = meter.into_iter().collect();
+    let mut outbound: Vec<Action> = meters.map(|(_, m)| Action::Meter(m)).into_iter().collect();
     outbound.extend([
         set_field(Field::Ipv4Src, ip_value(eip.ip)),
         set_field(Field::EthSrc, mac_value(eip.mac)),
@@ -420,8 +450,71 @@ fn gateway_flows(ctx: &Ctx<'_>, vpc: &Vpc, g: &NatGateway, out: &mut Vec<Flow>) 
             );
         }
     }
+    // Replies of this node's connections, whoever received them, are
+    // routed into the VPC as if a local VM sent them, so the router's host
+    // routes and the tunnels to the NICs' nodes apply.
+    let route_in = || vec![set_field(Field::Reg(reg::SRC), reg::SRC_LOCAL.into())];
+    for (state, mask) in [
+        (ct_state::TRK | ct_state::EST, ct_state::INV),
+        (ct_state::TRK | ct_state::REL, ct_state::INV),
+    ] {
+        out.push(
+            flow(
+                table::EXT_NAT_IN,
+                prio::ESTABLISHED,
+                c,
+                vpc_ip().ct_state(state, mask),
+            )
+            .actions(route_in())
+            .goto(table::ROUTE),
+        );
+    }
+    // While the gateways change over (drain, return), a reply can reach
+    // the gateway that did not translate its connection: the one that
+    // receives it hands it over, and the others try their conntrack.
+    out.push(
+        flow(
+            table::L2_LOOKUP,
+            priority::OBJECT,
+            c,
+            vpc_ip()
+                .eth_dst(handoff_mac(g))
+                .reg(reg::SRC, reg::SRC_TUNNEL),
+        )
+        .actions(vec![Action::Ct {
+            commit: false,
+            zone,
+            table: Some(table::EXT_NAT_IN),
+            nat: Some(CtNat::Existing),
+            actions: vec![],
+        }]),
+    );
     if !is_active(ctx, g) {
         return;
+    }
+    let others: Vec<u32> = g
+        .gateways
+        .iter()
+        .filter(|n| **n != ctx.state.node.name && ctx.ports.peer_alive(n))
+        .filter_map(|n| ctx.ports.tunnel(n))
+        .collect();
+    if !others.is_empty() {
+        let mut handoff = vec![
+            set_field(Field::EthDst, mac_value(handoff_mac(g))),
+            set_field(Field::TunnelId, vni.into()),
+        ];
+        handoff.extend(others.into_iter().map(Action::Output));
+        out.push(
+            flow(
+                table::EXT_NAT_IN,
+                prio::HANDOFF,
+                c,
+                vpc_ip()
+                    .reg(reg::SRC, reg::SRC_EXTERNAL)
+                    .ct_state(ct_state::TRK | ct_state::NEW, ct_state::INV),
+            )
+            .actions(handoff),
+        );
     }
     // Inbound, on the active gateway only.
     for e in &g.eips {
@@ -446,24 +539,6 @@ fn gateway_flows(ctx: &Ctx<'_>, vpc: &Vpc, g: &NatGateway, out: &mut Vec<Flow>) 
                     actions: vec![],
                 },
             ]),
-        );
-    }
-    // Routed into the VPC as if a local VM sent it, so the router's host
-    // routes and the tunnels to the NICs' nodes apply.
-    let route_in = || vec![set_field(Field::Reg(reg::SRC), reg::SRC_LOCAL.into())];
-    for (state, mask) in [
-        (ct_state::TRK | ct_state::EST, ct_state::INV),
-        (ct_state::TRK | ct_state::REL, ct_state::INV),
-    ] {
-        out.push(
-            flow(
-                table::EXT_NAT_IN,
-                prio::ESTABLISHED,
-                c,
-                vpc_ip().ct_state(state, mask),
-            )
-            .actions(route_in())
-            .goto(table::ROUTE),
         );
     }
     for rule in &g.dnat_rules {
@@ -512,7 +587,8 @@ fn gateway_flows(ctx: &Ctx<'_>, vpc: &Vpc, g: &NatGateway, out: &mut Vec<Flow>) 
 
 /// The fast-failover group of each NAT gateway of a local VPC: a bucket per
 /// gateway node in rank order, watching the tunnel to it (BFD). This node's
-/// own bucket, if it is a gateway, hands the packet to its SNAT stage.
+/// own bucket, if it is a gateway, hands the packet to its SNAT stage while
+/// its external port is up.
 pub(super) fn groups(ctx: &Ctx<'_>) -> Vec<GroupMod> {
     let mut out = Vec::new();
     for g in ctx.state.nat_gateways.values() {
@@ -525,9 +601,12 @@ pub(super) fn groups(ctx: &Ctx<'_>) -> Vec<GroupMod> {
             .iter()
             .filter_map(|gw| {
                 if *gw == ctx.state.node.name {
+                    // A fast-failover bucket must watch something: this
+                    // node serves as long as its own uplink is up.
+                    let uplink = uplink(ctx, &g.external_network_id)?;
                     return Some(Bucket {
                         weight: 0,
-                        watch_port: port::ANY,
+                        watch_port: uplink.ofport,
                         watch_group: OFPG_ANY,
                         actions: vec![Action::Resubmit {
                             table: table::L2_LOOKUP,
