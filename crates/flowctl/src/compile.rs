@@ -799,9 +799,9 @@ pub fn compile_node(model: &Model, node: &str) -> NodeState {
             }
         }
         for peer in model.carriers(vpc) {
-            if !st.peers.contains_key(&peer) {
-                if let Some(p) = model.peer_object(&peer, node) {
-                    st.peers.insert(peer, p);
+            if let std::collections::btree_map::Entry::Vacant(slot) = st.peers.entry(peer) {
+                if let Some(p) = model.peer_object(slot.key(), node) {
+                    slot.insert(p);
                 }
             }
         }

@@ -202,3 +202,85 @@ pub fn small_world() -> Kv {
     ]);
     kv
 }
+
+/// A node with the gateway role (and compute), drained or not, with a
+/// gateway priority.
+pub fn gateway_node(name: &str, ip: u8, drained: bool, priority: u32) -> Op {
+    let n = model::Node {
+        name: name.into(),
+        set: "set-1".into(),
+        underlay_ip: Ipv4Addr::new(192, 0, 2, ip),
+        roles: vec![model::NodeRole::Compute, model::NodeRole::Gateway],
+        drained,
+        gateway_priority: priority,
+        created_at: "2024-01-01T00:00:00Z".into(),
+    };
+    Op::Put(keys::node(name), serde_json::to_vec(&n).unwrap())
+}
+
+/// An external network 203.0.113.0/24 attached to `nodes`.
+pub fn ext_net(id: &str, nodes: &[&str]) -> Op {
+    let x = model::ExternalNetwork {
+        id: id.into(),
+        name: id.into(),
+        physnet: "public".into(),
+        cidr: "203.0.113.0/24".parse().unwrap(),
+        gateway_ip: Ipv4Addr::new(203, 0, 113, 1),
+        pool: vec![model::AddressRange {
+            first: Ipv4Addr::new(203, 0, 113, 10),
+            last: Ipv4Addr::new(203, 0, 113, 99),
+        }],
+        nodes: nodes.iter().map(|n| n.to_string()).collect(),
+        created_at: "2024-01-01T00:00:00Z".into(),
+    };
+    Op::Put(keys::external_network(id), serde_json::to_vec(&x).unwrap())
+}
+
+/// An EIP 203.0.113.`last` of `net`, bound to `nic` if given.
+pub fn eip(id: &str, net: &str, last: u8, nic: Option<&str>) -> Op {
+    let e = model::Eip {
+        id: id.into(),
+        name: id.into(),
+        external_network_id: net.into(),
+        ip: Ipv4Addr::new(203, 0, 113, last),
+        mac: Mac([2, 0xee, 0, 0, 0, last]),
+        rate_limit_kbps: None,
+        nic_id: nic.map(str::to_string),
+        nat_gateway_id: None,
+        created_at: "2024-01-01T00:00:00Z".into(),
+    };
+    Op::Put(keys::eip(id), serde_json::to_vec(&e).unwrap())
+}
+
+/// A NAT gateway of `vpc` on `net` owning `eips`, with an SNAT rule for
+/// 10.0.0.0/16 and a DNAT rule tcp/80 → 10.0.0.11:8080 on the first EIP.
+pub fn nat_gateway(id: &str, vpc: &str, net: &str, eips: &[&str]) -> Op {
+    let first = eips.first().map(|e| e.to_string()).unwrap_or_default();
+    let g = model::NatGateway {
+        id: id.into(),
+        name: id.into(),
+        vpc_id: vpc.into(),
+        external_network_id: net.into(),
+        eip_ids: eips.iter().map(|e| e.to_string()).collect(),
+        mac: Mac([2, 0xaa, 0, 0, 0, 1]),
+        snat_rules: vec![model::SnatRule {
+            id: format!("{id}-snat"),
+            subnet_id: None,
+            nic_id: None,
+            cidr: Some("10.0.0.0/16".parse().unwrap()),
+            source_cidr: "10.0.0.0/16".parse().unwrap(),
+            eip_id: first.clone(),
+        }],
+        dnat_rules: vec![model::DnatRule {
+            id: format!("{id}-dnat"),
+            protocol: model::L4Protocol::Tcp,
+            eip_id: first,
+            external_port: 80,
+            internal_ip: Ipv4Addr::new(10, 0, 0, 11),
+            nic_id: None,
+            internal_port: 8080,
+        }],
+        created_at: "2024-01-01T00:00:00Z".into(),
+    };
+    Op::Put(keys::nat_gateway(id), serde_json::to_vec(&g).unwrap())
+}

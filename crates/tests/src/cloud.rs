@@ -300,6 +300,162 @@ impl Cloud {
     }
 }
 
+/// External networks, EIPs, NAT gateways and gateway nodes (issue 6).
+impl Cloud {
+    fn node_name(&self, node: usize) -> Result<String> {
+        Ok(self.lab.node(node)?.name().to_string())
+    }
+
+    /// An external network (system admin) over `cidr` with its outside
+    /// router at `gateway_ip`, EIPs from the inclusive `pool` ranges, and
+    /// lab nodes `nodes` attached.
+    pub fn external_network(
+        &self,
+        name: &str,
+        physnet: &str,
+        cidr: &str,
+        gateway_ip: Ipv4Addr,
+        pool: &[(Ipv4Addr, Ipv4Addr)],
+        nodes: &[usize],
+    ) -> Result<Value> {
+        let pool: Vec<Value> = pool
+            .iter()
+            .map(|(a, b)| json!({"first": a.to_string(), "last": b.to_string()}))
+            .collect();
+        let nodes = nodes
+            .iter()
+            .map(|n| self.node_name(*n))
+            .collect::<Result<Vec<_>>>()?;
+        self.api.create(
+            "/v1/external-networks",
+            &json!({"name": name, "physnet": physnet, "cidr": cidr,
+                    "gateway_ip": gateway_ip.to_string(), "pool": pool, "nodes": nodes}),
+        )
+    }
+
+    /// Sets the roles of lab node `node` (`["compute", "gateway"]`).
+    pub fn set_node_roles(&self, node: usize, roles: &[&str]) -> Result<Value> {
+        self.patch_node(node, &json!({ "roles": roles }))
+    }
+
+    /// Drains (or returns) lab node `node`: it leaves every NAT gateway's
+    /// ranking. The answer says `safe_to_stop` while drained.
+    pub fn set_node_drained(&self, node: usize, drained: bool) -> Result<Value> {
+        self.patch_node(node, &json!({ "drained": drained }))
+    }
+
+    /// Higher first in NAT gateway rankings.
+    pub fn set_gateway_priority(&self, node: usize, priority: u32) -> Result<Value> {
+        self.patch_node(node, &json!({ "gateway_priority": priority }))
+    }
+
+    fn patch_node(&self, node: usize, body: &Value) -> Result<Value> {
+        let path = format!("/v1/nodes/{}", self.node_name(node)?);
+        self.api.patch(&path, body)?.ok("PATCH", &path)
+    }
+
+    /// Attaches `vpc` to exactly `networks`.
+    pub fn attach_vpc(&self, vpc: &Value, networks: &[&Value]) -> Result<Value> {
+        let ids: Vec<&Value> = networks.iter().map(|n| &n["id"]).collect();
+        let path = format!("/v1/vpcs/{}", str_of(&vpc["id"])?);
+        self.api
+            .patch(&path, &json!({ "external_network_ids": ids }))?
+            .ok("PATCH", &path)
+    }
+
+    /// Allocates an EIP of `network` (`ip` if given, else the lowest free).
+    pub fn allocate_eip(
+        &self,
+        network: &Value,
+        ip: Option<Ipv4Addr>,
+        rate_limit_kbps: Option<u32>,
+    ) -> Result<Value> {
+        let mut body = json!({ "external_network_id": network["id"] });
+        if let Some(ip) = ip {
+            body["ip"] = json!(ip.to_string());
+        }
+        if let Some(r) = rate_limit_kbps {
+            body["rate_limit_kbps"] = json!(r);
+        }
+        self.api.create("/v1/eips", &body)
+    }
+
+    /// Binds `eip` to `nic`; the answer names the node doing the 1:1 NAT.
+    pub fn bind_eip(&self, eip: &Value, nic: &Value) -> Result<Value> {
+        let path = format!("/v1/eips/{}/bind", str_of(&eip["id"])?);
+        self.api
+            .post(&path, &json!({ "nic_id": nic["id"] }))?
+            .ok("POST", &path)
+    }
+
+    pub fn unbind_eip(&self, eip: &Value) -> Result<Value> {
+        let path = format!("/v1/eips/{}/unbind", str_of(&eip["id"])?);
+        self.api.post(&path, &json!({}))?.ok("POST", &path)
+    }
+
+    pub fn release_eip(&self, eip: &Value) -> Result<()> {
+        let path = format!("/v1/eips/{}", str_of(&eip["id"])?);
+        self.api.delete(&path)?.ok("DELETE", &path).map(|_| ())
+    }
+
+    /// A NAT gateway of `vpc` on `network` owning `eips`; its
+    /// `gateway_nodes` is the ranking, best first.
+    pub fn nat_gateway(
+        &self,
+        name: &str,
+        vpc: &Value,
+        network: &Value,
+        eips: &[&Value],
+    ) -> Result<Value> {
+        let ids: Vec<&Value> = eips.iter().map(|e| &e["id"]).collect();
+        self.api.create(
+            "/v1/nat-gateways",
+            &json!({"name": name, "vpc_id": vpc["id"], "external_network_id": network["id"],
+                    "eip_ids": ids}),
+        )
+    }
+
+    /// The NAT gateway's ranked gateway nodes now, best first.
+    pub fn nat_gateway_nodes(&self, gateway: &Value) -> Result<Vec<String>> {
+        let path = format!("/v1/nat-gateways/{}", str_of(&gateway["id"])?);
+        let gw = self.api.get(&path)?.ok("GET", &path)?;
+        Ok(gw["gateway_nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect())
+    }
+
+    /// An SNAT rule: `source` is `{"subnet_id": ..}`, `{"nic_id": ..}` or
+    /// `{"cidr": ..}`; its traffic leaves with `eip` as source.
+    pub fn snat_rule(&self, gateway: &Value, source: Value, eip: &Value) -> Result<Value> {
+        let mut body = source;
+        body["eip_id"] = eip["id"].clone();
+        let path = format!("/v1/nat-gateways/{}/snat-rules", str_of(&gateway["id"])?);
+        self.api.create(&path, &body)
+    }
+
+    /// A DNAT rule: `protocol` ("tcp" or "udp") connections to
+    /// `eip:external_port` go to `internal_ip:internal_port`.
+    pub fn dnat_rule(
+        &self,
+        gateway: &Value,
+        protocol: &str,
+        eip: &Value,
+        external_port: u16,
+        internal_ip: Ipv4Addr,
+        internal_port: u16,
+    ) -> Result<Value> {
+        let path = format!("/v1/nat-gateways/{}/dnat-rules", str_of(&gateway["id"])?);
+        self.api.create(
+            &path,
+            &json!({"protocol": protocol, "eip_id": eip["id"], "external_port": external_port,
+                    "internal_ip": internal_ip.to_string(), "internal_port": internal_port}),
+        )
+    }
+}
+
 fn str_of(v: &Value) -> Result<&str> {
     v.as_str()
         .ok_or_else(|| LabError::Invalid(format!("expected a string, got {v}")))

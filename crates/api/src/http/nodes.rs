@@ -65,8 +65,8 @@ pub struct NodeView {
     pub nat_gateways: Vec<String>,
     /// Only while drained: true once no NAT gateway ranks the node any
     /// more. The other nodes follow the new ranking once their agents apply
-    /// it (their next revision ack, well under a second with a live control
-    /// plane); their data path then sends nothing to this node.
+    /// that revision (the API does not see their acks yet); their data path
+    /// then sends nothing to this node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safe_to_stop: Option<bool>,
 }

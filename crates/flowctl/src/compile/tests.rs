@@ -212,6 +212,163 @@ fn security_groups_reach_exactly_the_nodes_of_their_vpc() {
     );
 }
 
+/// small_world plus three gateway nodes (g1 preferred), an external
+/// network attached to n1 and the gateway nodes, EIPs and a NAT gateway of
+/// vpc-a.
+fn nat_world() -> Kv {
+    let mut kv = small_world();
+    kv.txn(vec![
+        gateway_node("g1", 31, false, 10),
+        gateway_node("g2", 32, false, 5),
+        gateway_node("g3", 33, false, 5),
+        ext_net("ext-1", &["n1", "g1", "g2", "g3"]),
+        eip("eip-1", "ext-1", 10, Some("nic-a1")),
+        // nic-a2's node n2 is not attached to ext-1: its EIP goes nowhere.
+        eip("eip-2", "ext-1", 11, Some("nic-a2")),
+        eip("eip-3", "ext-1", 12, None),
+        nat_gateway("gw-1", "vpc-a", "ext-1", &["eip-3"]),
+    ]);
+    kv
+}
+
+/// Asserts the incremental states equal a full compile of the same store.
+#[track_caller]
+fn assert_matches_full(c: &Compiler, kv: &Kv) {
+    let full = Model::from_listing(&kv.listing(), kv.rev);
+    let mut names = full.node_names();
+    names.extend(c.states().keys().cloned());
+    for n in &names {
+        assert_eq!(norm(c.state(n)), norm(compile_node(&full, n)), "node {n}");
+    }
+}
+
+#[test]
+fn external_networks_eips_and_nat_gateways_reach_the_right_nodes() {
+    let kv = nat_world();
+    let c = Compiler::from_listing(&kv.listing(), kv.rev);
+    let has_net = |n: &str| c.state(n).external_networks.contains_key("ext-1");
+    for n in ["n1", "g1", "g2", "g3"] {
+        assert!(has_net(n), "{n}");
+    }
+    assert!(!has_net("n2") && !has_net("n3"));
+    let x = &c.state("g1").external_networks["ext-1"];
+    assert_eq!(x.physnet, "public");
+    assert_eq!(x.gateway_ip, Ipv4Addr::new(203, 0, 113, 1));
+
+    // The EIP lives only where its NIC is, if that node is attached.
+    let n1 = c.state("n1");
+    assert_eq!(n1.eips.keys().collect::<Vec<_>>(), ["eip-1"]);
+    assert_eq!(n1.eips["eip-1"].nic_id, "nic-a1");
+    assert_eq!(n1.eips["eip-1"].ip, Ipv4Addr::new(203, 0, 113, 10));
+    for n in ["n2", "n3", "g1"] {
+        assert!(c.state(n).eips.is_empty(), "{n}");
+    }
+
+    // The gateway: on every carrier of vpc-a and every gateway node,
+    // ranked by priority (g1 first), with its rules resolved.
+    let gw = &n1.nat_gateways["gw-1"];
+    assert_eq!(gw.gateways[0], "g1");
+    let mut ranked = gw.gateways.clone();
+    ranked.sort();
+    assert_eq!(ranked, ["g1", "g2", "g3"]);
+    assert_eq!(gw.eips.len(), 1);
+    assert_eq!(gw.eips[0].ip, Ipv4Addr::new(203, 0, 113, 12));
+    assert_eq!(gw.snat_rules[0].source.to_string(), "10.0.0.0/16");
+    assert_eq!(gw.snat_rules[0].eip, Ipv4Addr::new(203, 0, 113, 12));
+    assert_eq!(gw.dnat_rules[0].internal_ip, Ipv4Addr::new(10, 0, 0, 11));
+    for n in ["n1", "n2", "g1", "g2", "g3"] {
+        assert_eq!(&c.state(n).nat_gateways["gw-1"], gw, "{n}");
+    }
+    assert!(c.state("n3").nat_gateways.is_empty());
+
+    // A gateway node carries the whole VPC to deliver inbound traffic.
+    let g1 = c.state("g1");
+    assert_eq!(g1.vpcs.keys().collect::<Vec<_>>(), ["vpc-a"]);
+    assert_eq!(g1.subnets.keys().collect::<Vec<_>>(), ["sub-a"]);
+    assert_eq!(g1.nics.keys().collect::<Vec<_>>(), ["nic-a1", "nic-a2"]);
+    assert_eq!(g1.local_nics().count(), 0);
+
+    // BFD exactly on the links between a gateway node and the VPC's other
+    // carriers, on both sides; not between two compute nodes.
+    let bfd = |a: &str, b: &str| c.state(a).peers[b].bfd;
+    assert_eq!(
+        g1.peers.keys().collect::<Vec<_>>(),
+        ["g2", "g3", "n1", "n2"]
+    );
+    assert!(g1.peers.values().all(|p| p.bfd));
+    assert_eq!(
+        n1.peers.keys().collect::<Vec<_>>(),
+        ["g1", "g2", "g3", "n2"]
+    );
+    for g in ["g1", "g2", "g3"] {
+        assert!(bfd("n1", g) && bfd(g, "n1") && bfd("n2", g) && bfd(g, "n2"));
+    }
+    assert!(!bfd("n1", "n2") && !bfd("n2", "n1"));
+    assert!(c.state("n3").peers.is_empty());
+}
+
+#[test]
+fn draining_a_gateway_node_moves_it_out_and_back() {
+    let mut kv = nat_world();
+    let mut c = Compiler::from_listing(&kv.listing(), kv.rev);
+    let out = c.apply(&kv.txn(vec![gateway_node("g1", 31, true, 10)]));
+    assert_matches_full(&c, &kv);
+    // Every carrier of vpc-a learns the new ranking; g1 loses the VPC.
+    let mut changed: Vec<&String> = out.changes.keys().collect();
+    changed.sort();
+    assert_eq!(changed, ["g1", "g2", "g3", "n1", "n2"]);
+    let gw = &c.state("n1").nat_gateways["gw-1"];
+    assert!(!gw.gateways.contains(&"g1".to_string()));
+    assert_eq!(gw.gateways.len(), 2);
+    let g1 = c.state("g1");
+    assert!(g1.vpcs.is_empty() && g1.nics.is_empty() && g1.nat_gateways.is_empty());
+    assert!(g1.peers.is_empty());
+    // Still attached to the network (it is drained, not detached).
+    assert!(g1.external_networks.contains_key("ext-1"));
+    assert!(!c.state("n1").peers.contains_key("g1"));
+
+    // Back, and preferred again.
+    c.apply(&kv.txn(vec![gateway_node("g1", 31, false, 10)]));
+    assert_matches_full(&c, &kv);
+    assert_eq!(c.state("n2").nat_gateways["gw-1"].gateways[0], "g1");
+
+    // A priority change reorders; dropping below two nodes is the API's
+    // concern, the compiler just ranks what there is.
+    c.apply(&kv.txn(vec![gateway_node("g3", 33, false, 20)]));
+    assert_matches_full(&c, &kv);
+    assert_eq!(c.state("n2").nat_gateways["gw-1"].gateways[0], "g3");
+
+    // Deleting the gateway takes the VPC off the gateway nodes and BFD
+    // off the compute nodes' tunnels.
+    c.apply(&kv.txn(vec![Op::Del(keys::nat_gateway("gw-1"))]));
+    assert_matches_full(&c, &kv);
+    assert!(c.state("g3").vpcs.is_empty());
+    let n1 = c.state("n1");
+    assert_eq!(n1.peers.keys().collect::<Vec<_>>(), ["n2"]);
+    assert!(!n1.peers["n2"].bfd);
+}
+
+#[test]
+fn eips_follow_their_nic_and_binding() {
+    let mut kv = nat_world();
+    let mut c = Compiler::from_listing(&kv.listing(), kv.rev);
+    // Unbind: gone from n1.
+    let out = c.apply(&kv.txn(vec![eip("eip-1", "ext-1", 10, None)]));
+    assert_eq!(out.changes.keys().collect::<Vec<_>>(), ["n1"]);
+    assert!(c.state("n1").eips.is_empty());
+    // Bind to nic-b1 on n3 (not attached): nowhere; attach n3: there.
+    c.apply(&kv.txn(vec![eip("eip-1", "ext-1", 10, Some("nic-b1"))]));
+    assert!(c.state("n3").eips.is_empty());
+    c.apply(&kv.txn(vec![ext_net("ext-1", &["n1", "n3", "g1", "g2", "g3"])]));
+    assert_eq!(c.state("n3").eips.keys().collect::<Vec<_>>(), ["eip-1"]);
+    assert_matches_full(&c, &kv);
+    // The NIC moves to n1: the EIP moves with it.
+    c.apply(&kv.txn(vec![nic("nic-b1", "vpc-b", "sub-b", Some("n1"), 21)]));
+    assert!(c.state("n3").eips.is_empty());
+    assert_eq!(c.state("n1").eips.keys().collect::<Vec<_>>(), ["eip-1"]);
+    assert_matches_full(&c, &kv);
+}
+
 /// One random store write of the property test.
 #[derive(Debug, Clone)]
 enum Step {
@@ -227,6 +384,17 @@ enum Step {
     DelGroup(u8),
     Status(u8, u8),
     Junk(u8),
+    /// Node n as a gateway node: drained, priority.
+    GwNode(u8, u8, bool, u8),
+    /// External network x attached to the nodes of a bit mask.
+    ExtNet(u8, u8),
+    DelExtNet(u8),
+    /// EIP e of network x, bound to NIC i or not.
+    Eip(u8, u8, Option<u8>),
+    DelEip(u8),
+    /// NAT gateway g of VPC v on network x with the EIPs of a bit mask.
+    Gw(u8, u8, u8, u8),
+    DelGw(u8),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -253,6 +421,13 @@ fn step() -> impl Strategy<Value = Step> {
         (0..3u8).prop_map(Step::DelGroup),
         (0..10u8, 0..5u8).prop_map(|(i, n)| Step::Status(i, n)),
         (0..3u8).prop_map(Step::Junk),
+        (0..5u8, 1..4u8, any::<bool>(), 0..3u8).prop_map(|(n, ip, d, p)| Step::GwNode(n, ip, d, p)),
+        (0..2u8, 0..32u8).prop_map(|(x, m)| Step::ExtNet(x, m)),
+        (0..2u8).prop_map(Step::DelExtNet),
+        (0..4u8, 0..2u8, proptest::option::of(0..10u8)).prop_map(|(e, x, i)| Step::Eip(e, x, i)),
+        (0..4u8).prop_map(Step::DelEip),
+        (0..2u8, 0..3u8, 0..2u8, 0..16u8).prop_map(|(g, v, x, m)| Step::Gw(g, v, x, m)),
+        (0..2u8).prop_map(Step::DelGw),
     ]
 }
 
@@ -295,6 +470,32 @@ fn to_op(s: &Step) -> Op {
         Step::DelNic(i) => Op::Del(keys::nic(&format!("i{i}"))),
         Step::Status(i, n) => status(&format!("i{i}"), &name(n)),
         Step::Junk(j) => Op::Put(format!("/stacknet/index/x/{j}"), vec![b'{']),
+        Step::GwNode(n, ip, drained, prio) => {
+            gateway_node(&name(n), *ip, *drained, u32::from(*prio))
+        }
+        Step::ExtNet(x, mask) => {
+            let nodes: Vec<String> = (0..5u8)
+                .filter(|k| mask & (1 << k) != 0)
+                .map(|k| name(&k))
+                .collect();
+            let refs: Vec<&str> = nodes.iter().map(String::as_str).collect();
+            ext_net(&format!("x{x}"), &refs)
+        }
+        Step::DelExtNet(x) => Op::Del(keys::external_network(&format!("x{x}"))),
+        Step::Eip(e, x, i) => {
+            let nic = i.map(|i| format!("i{i}"));
+            eip(&format!("e{e}"), &format!("x{x}"), 10 + e, nic.as_deref())
+        }
+        Step::DelEip(e) => Op::Del(keys::eip(&format!("e{e}"))),
+        Step::Gw(g, v, x, mask) => {
+            let eips: Vec<String> = (0..4u8)
+                .filter(|k| mask & (1 << k) != 0)
+                .map(|k| format!("e{k}"))
+                .collect();
+            let refs: Vec<&str> = eips.iter().map(String::as_str).collect();
+            nat_gateway(&format!("g{g}"), &format!("v{v}"), &format!("x{x}"), &refs)
+        }
+        Step::DelGw(g) => Op::Del(keys::nat_gateway(&format!("g{g}"))),
     }
 }
 

@@ -8,6 +8,7 @@ mod iam;
 mod idempotency;
 mod lists;
 mod matrix;
+mod nat;
 mod nics;
 mod nodes;
 mod protocol;
