@@ -646,22 +646,26 @@ fn fnv1a(parts: &[&str]) -> u64 {
 }
 
 /// The gateway nodes of NAT gateway `gateway_id`, best first: the nodes of
-/// `network` that exist, have the gateway role and are not drained, by
-/// `gateway_priority` (higher first), then by a stable hash of (gateway,
-/// node) so that the gateways of one network spread over its nodes. The API
-/// shows this ranking and flowctl compiles it; both call this function.
+/// `network` that exist and have the gateway role, drained ones last, then
+/// by `gateway_priority` (higher first), then by a stable hash of (gateway,
+/// node) so that the gateways of one network spread over its nodes. A
+/// drained node stays ranked (last) so that traffic moves off it without a
+/// break: it still translates what reaches it during the change-over, and
+/// it is the last resort if every other gateway fails. The API shows this
+/// ranking and flowctl compiles it; both call this function.
 pub fn gateway_ranking<'a>(
     gateway_id: &str,
     network: &ExternalNetwork,
     node: impl Fn(&str) -> Option<&'a Node>,
 ) -> Vec<String> {
-    let mut ranked: Vec<(u32, u64, &str)> = network
+    let mut ranked: Vec<(bool, u32, u64, &str)> = network
         .nodes
         .iter()
         .filter_map(|name| {
             let n = node(name)?;
-            (n.roles.contains(&NodeRole::Gateway) && !n.drained).then(|| {
+            n.roles.contains(&NodeRole::Gateway).then(|| {
                 (
+                    n.drained,
                     n.gateway_priority,
                     fnv1a(&[gateway_id, name.as_str()]),
                     name.as_str(),
@@ -669,7 +673,15 @@ pub fn gateway_ranking<'a>(
             })
         })
         .collect();
-    ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(b.2)));
-    ranked.dedup_by(|a, b| a.2 == b.2);
-    ranked.into_iter().map(|(_, _, n)| n.to_string()).collect()
+    ranked.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then(b.1.cmp(&a.1))
+            .then(a.2.cmp(&b.2))
+            .then(a.3.cmp(b.3))
+    });
+    ranked.dedup_by(|a, b| a.3 == b.3);
+    ranked
+        .into_iter()
+        .map(|(_, _, _, n)| n.to_string())
+        .collect()
 }

@@ -24,6 +24,7 @@
 //!     remote_ip: "192.0.2.2".parse().unwrap(),
 //!     local_ip: None,
 //!     bfd: false,
+//!     cpath_down: false,
 //! }];
 //! vs.sync_tunnels(&peers).await?; // ensures these, removes our others
 //! let mut ports = vs.ofports(); // watch: NIC id / port name -> ofport

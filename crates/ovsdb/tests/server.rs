@@ -226,6 +226,7 @@ async fn stale_plans_are_refused_by_their_guards() {
         remote_ip: "192.0.2.2".parse().unwrap(),
         local_ip: None,
         bfd: false,
+        cpath_down: false,
     };
     let mut rx = vs.ofports();
     while vs.replica().find_by("Bridge", "name", "br-int").is_none() {
@@ -316,7 +317,8 @@ async fn server_going_away_is_noticed_and_survived() {
             peer: "n2".into(),
             remote_ip: "192.0.2.2".parse().unwrap(),
             local_ip: None,
-            bfd: false
+            bfd: false,
+            cpath_down: false
         })
         .await,
         Err(Error::Disconnected)
@@ -340,7 +342,8 @@ async fn server_going_away_is_noticed_and_survived() {
             peer: "n2".into(),
             remote_ip: "192.0.2.2".parse().unwrap(),
             local_ip: None,
-            bfd: false
+            bfd: false,
+            cpath_down: false
         })
         .await
         .unwrap(),

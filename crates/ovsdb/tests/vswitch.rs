@@ -44,6 +44,7 @@ fn spec(peer: &str, remote: &str) -> TunnelSpec {
         remote_ip: remote.parse().unwrap(),
         local_ip: Some("192.0.2.1".parse().unwrap()),
         bfd: false,
+        cpath_down: false,
     }
 }
 

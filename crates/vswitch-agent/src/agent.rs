@@ -117,6 +117,8 @@ pub async fn run(
             groups: None,
             meters: None,
             started: Instant::now(),
+            serving: false,
+            synced: false,
         };
         let dump_started = Instant::now();
         let installed = node.switch.dump_ours().await?;
@@ -125,6 +127,10 @@ pub async fn run(
             dump_us = dump_started.elapsed().as_micros() as u64,
             "read what is installed"
         );
+        // Flows in place and tunnels not saying "down": the agent restarted
+        // under a running data path, which keeps serving as it did.
+        node.serving =
+            !installed.is_empty() && node.vswitch.tunnels().iter().all(|t| !t.cpath_down);
         node.dumped = Some(installed);
         node.event_loop(updates).await
     }
@@ -245,6 +251,12 @@ struct Node {
     /// The meters installed, by id; `None` when unknown (read back first).
     meters: Option<BTreeMap<u32, MeterMod>>,
     started: Instant,
+    /// As a gateway node: takes NAT gateway traffic. False from a start
+    /// without flows until the first state is installed, and while another
+    /// gateway serves (a returning gateway does not take traffic back).
+    serving: bool,
+    /// A state has been installed since the agent started.
+    synced: bool,
 }
 
 impl Node {
@@ -303,6 +315,10 @@ impl Node {
                 },
                 _ = neighbor_tick.tick() => {
                     self.maintain_neighbors().await;
+                    if self.update_serving() {
+                        self.scope = Scope::All;
+                        dirty = true;
+                    }
                     if !bfd_grace_over && self.started.elapsed() >= BFD_GRACE {
                         // BFD's word on peers counts from now.
                         bfd_grace_over = true;
@@ -378,11 +394,9 @@ impl Node {
         for spec in &self.external_ports {
             self.vswitch.ensure_external_port(spec).await?;
         }
+        self.update_serving_in(state);
         self.sync_tunnels(state).await?;
-        let mut ports = self.port_map();
-        for (eip, inbound, outbound, _) in pipeline::nat::meters(state) {
-            ports.set_meters(&eip, inbound, outbound);
-        }
+        let ports = self.ports_for(state);
         let prepared = started.elapsed();
         let (changes, flows) = match self.dumped.take() {
             // Out of step: render everything, diff against the dump.
@@ -420,6 +434,7 @@ impl Node {
             }
         }
         self.groups = Some(groups.into_iter().map(|g| (g.group_id, g)).collect());
+        self.synced = true;
         self.remove_meters(&meters).await;
         // A full reconcile is reported even when it changed nothing: it is
         // when a (re)started agent is known to be in step with the switch.
@@ -470,6 +485,7 @@ impl Node {
 
     /// One VXLAN port per peer node; ports of peers no longer needed go.
     async fn sync_tunnels(&self, state: &NodeState) -> Result<(), AgentError> {
+        let standing_by = self.standing_by(state);
         let desired: Vec<TunnelSpec> = state
             .peers
             .values()
@@ -478,17 +494,21 @@ impl Node {
                 remote_ip: p.underlay_ip.into(),
                 local_ip: state.node.underlay_ip.map(Into::into),
                 bfd: p.bfd,
+                cpath_down: p.bfd && standing_by,
             })
             .collect();
-        let have: BTreeSet<(String, Option<String>, bool)> = self
+        let have: BTreeSet<_> = self
             .vswitch
             .tunnels()
             .into_iter()
-            .map(|t| (t.peer, t.remote_ip, t.bfd))
+            .map(|t| (t.peer, t.remote_ip, t.bfd, t.cpath_down))
             .collect();
-        let want: BTreeSet<(String, Option<String>, bool)> = desired
+        let want: BTreeSet<_> = desired
             .iter()
-            .map(|t| (t.peer.clone(), Some(t.remote_ip.to_string()), t.bfd))
+            .map(|t| {
+                let ip = Some(t.remote_ip.to_string());
+                (t.peer.clone(), ip, t.bfd, t.cpath_down)
+            })
             .collect();
         if have != want {
             self.vswitch.sync_tunnels(&desired).await?;
@@ -584,11 +604,61 @@ impl Node {
         }
     }
 
+    /// The port map a render of `state` needs: ports, meters, and whether
+    /// this node stands by as a gateway.
+    fn ports_for(&self, state: &NodeState) -> PortMap {
+        let mut ports = self.port_map();
+        for (eip, inbound, outbound, _) in pipeline::nat::meters(state) {
+            ports.set_meters(&eip, inbound, outbound);
+        }
+        ports.set_standing_by(self.standing_by(state));
+        ports
+    }
+
+    /// A gateway node that does not serve (yet) stands by: its tunnels say
+    /// "do not forward to me" and it answers for no NAT gateway.
+    fn standing_by(&self, state: &NodeState) -> bool {
+        !self.serving && is_gateway_node(state)
+    }
+
+    fn update_serving(&mut self) -> bool {
+        let Some(state) = self.desired.take() else {
+            return false;
+        };
+        let changed = self.update_serving_in(&state);
+        self.desired = Some(state);
+        changed
+    }
+
+    /// Decides whether a gateway node that does not serve starts to: once
+    /// its state is installed, if no other gateway of its NAT gateways
+    /// serves (BFD says forwarding), after BFD had time to tell. `true` if
+    /// it changed.
+    fn update_serving_in(&mut self, state: &NodeState) -> bool {
+        if self.serving || !self.synced {
+            return false;
+        }
+        if is_gateway_node(state) {
+            let ofports = self.vswitch.ofports().borrow().clone();
+            let others = other_gateways(state);
+            let other_serving = self.vswitch.tunnels().iter().any(|t| {
+                others.contains(t.peer.as_str())
+                    && ofports.bfd_forwarding.get(&t.port) == Some(&true)
+            });
+            if other_serving || self.started.elapsed() < BFD_GRACE {
+                return false;
+            }
+        }
+        info!("serving as a gateway node");
+        self.serving = true;
+        true
+    }
+
     async fn maintain_neighbors(&mut self) {
         let Some(state) = self.desired.take() else {
             return;
         };
-        let ports = self.port_map();
+        let ports = self.ports_for(&state);
         self.maintain_neighbors_in(&state, &ports).await;
         self.desired = Some(state);
     }
@@ -694,6 +764,26 @@ impl Node {
         }
         false
     }
+}
+
+/// Whether any NAT gateway of the state ranks this node.
+fn is_gateway_node(state: &NodeState) -> bool {
+    state
+        .nat_gateways
+        .values()
+        .any(|g| g.gateways.contains(&state.node.name))
+}
+
+/// The other gateway nodes of the NAT gateways that rank this node.
+fn other_gateways(state: &NodeState) -> BTreeSet<&str> {
+    state
+        .nat_gateways
+        .values()
+        .filter(|g| g.gateways.contains(&state.node.name))
+        .flat_map(|g| g.gateways.iter())
+        .filter(|n| **n != state.node.name)
+        .map(String::as_str)
+        .collect()
 }
 
 /// The group writes that take the switch from `installed` (`None`:

@@ -287,6 +287,9 @@ pub struct PortMap {
     dead_peers: BTreeSet<String>,
     /// EIP id → the meters limiting it (inbound, outbound).
     meters: BTreeMap<String, (u32, u32)>,
+    /// This node, as a gateway node, does not take NAT gateway traffic (not
+    /// ready yet, or deferring to a gateway that serves).
+    standing_by: bool,
 }
 
 impl PortMap {
@@ -386,6 +389,15 @@ impl PortMap {
     /// does not say otherwise.
     pub fn peer_alive(&self, node: &str) -> bool {
         self.tunnels.contains_key(node) && !self.dead_peers.contains(node)
+    }
+
+    /// Records whether this node holds back from serving as a gateway.
+    pub fn set_standing_by(&mut self, standing_by: bool) {
+        self.standing_by = standing_by;
+    }
+
+    pub fn standing_by(&self) -> bool {
+        self.standing_by
     }
 
     /// Records the meters that limit EIP `eip_id` (inbound, outbound).

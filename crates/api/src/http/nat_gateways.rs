@@ -256,14 +256,17 @@ pub async fn create(
         }
         let nodes = all_nodes(store).await?;
         let ranked = ranking(id, &net.value, &nodes);
-        if ranked.len() < MIN_GATEWAY_NODES {
+        let serving = ranked
+            .iter()
+            .filter(|n| nodes.get(*n).is_some_and(|n| !n.drained))
+            .count();
+        if serving < MIN_GATEWAY_NODES {
             return Err(Problem::invalid(
                 "external_network_id",
                 format!(
                     "a NAT gateway needs at least {MIN_GATEWAY_NODES} gateway nodes attached to \
                      external network {net_id:?} ({}) that are not drained; it has {}",
-                    net.value.name,
-                    ranked.len()
+                    net.value.name, serving
                 ),
             ));
         }
@@ -835,18 +838,20 @@ pub async fn delete_dnat_rule(
 }
 
 /// What the NAT gateways look like to an operator: for each node, the
-/// gateways whose ranking holds it now.
-pub(super) async fn served_by(store: &dyn Store) -> ApiResult<HashMap<String, Vec<String>>> {
+/// gateways whose ranking holds it now, with its rank (0: first).
+pub(super) async fn served_by(
+    store: &dyn Store,
+) -> ApiResult<HashMap<String, Vec<(String, usize)>>> {
     let gws: Vec<NatGateway> = db::list_json(store, keys::NAT_GATEWAYS).await?;
     let nets: Vec<ExternalNetwork> = db::list_json(store, keys::EXTERNAL_NETWORKS).await?;
     let nodes = all_nodes(store).await?;
-    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    let mut out: HashMap<String, Vec<(String, usize)>> = HashMap::new();
     for g in gws {
         let Some(net) = nets.iter().find(|n| n.id == g.external_network_id) else {
             continue;
         };
-        for n in ranking(&g.id, net, &nodes) {
-            out.entry(n).or_default().push(g.id.clone());
+        for (rank, n) in ranking(&g.id, net, &nodes).into_iter().enumerate() {
+            out.entry(n).or_default().push((g.id.clone(), rank));
         }
     }
     Ok(out)

@@ -44,8 +44,8 @@ pub struct PatchNode {
     pub underlay_ip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roles: Option<Vec<NodeRole>>,
-    /// Drain (true) or return (false) the node: a drained node leaves every
-    /// NAT gateway's ranking, so their traffic moves to other gateway
+    /// Drain (true) or return (false) the node: a drained node goes last in
+    /// every NAT gateway's ranking, so their traffic moves to other gateway
     /// nodes; the node view says when it is safe to stop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drained: Option<bool>,
@@ -63,10 +63,11 @@ pub struct NodeView {
     /// The NAT gateways whose ranking holds the node now (absent: none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nat_gateways: Vec<String>,
-    /// Only while drained: true once no NAT gateway ranks the node any
-    /// more. The other nodes follow the new ranking once their agents apply
-    /// that revision (the API does not see their acks yet); their data path
-    /// then sends nothing to this node.
+    /// Only while drained: true once no NAT gateway ranks the node first
+    /// (each has a gateway that is not drained ahead of it). The other
+    /// nodes follow the new ranking once their agents apply that revision
+    /// (the API does not see their acks yet); their data path then sends
+    /// nothing to this node while a gateway ahead of it is alive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safe_to_stop: Option<bool>,
 }
@@ -242,7 +243,10 @@ async fn view(store: &dyn crate::store::Store, node: Node) -> ApiResult<NodeView
         .await?
         .remove(&node.name)
         .unwrap_or_default();
-    let safe_to_stop = node.drained.then_some(nat_gateways.is_empty());
+    let safe_to_stop = node
+        .drained
+        .then_some(nat_gateways.iter().all(|(_, rank)| *rank > 0));
+    let nat_gateways = nat_gateways.into_iter().map(|(id, _)| id).collect();
     Ok(NodeView {
         node,
         nat_gateways,

@@ -55,6 +55,11 @@ pub struct TunnelSpec {
     /// Run BFD on the tunnel, so the port's liveness follows the peer's
     /// and a fast-failover group watching it switches by itself.
     pub bfd: bool,
+    /// With BFD: tell the peer not to forward to us although the path is
+    /// up (BFD's "concatenated path down"): the peer's side of the tunnel
+    /// then counts as down. A gateway node that is not ready, or defers to
+    /// another, says so this way.
+    pub cpath_down: bool,
 }
 
 /// BFD intervals on tunnels, ms: detection after 3 missed packets, so a
@@ -72,6 +77,8 @@ pub struct TunnelPort {
     pub ofport: Option<i64>,
     /// BFD is configured on it.
     pub bfd: bool,
+    /// ... telling the peer not to forward to us.
+    pub cpath_down: bool,
 }
 
 /// The external id naming the physical network an external port carries.
@@ -292,15 +299,17 @@ fn tunnel_options(spec: &TunnelSpec) -> Datum {
 }
 
 /// The Interface `bfd` column: ours whole on our own tunnel ports.
-fn bfd_config(on: bool) -> Datum {
+fn bfd_config(on: bool, cpath_down: bool) -> Datum {
     if !on {
         return Datum::map::<&str, &str>([]);
     }
     let interval = BFD_INTERVAL_MS.to_string();
+    let cpath = if cpath_down { "true" } else { "false" };
     Datum::map([
         ("enable", "true"),
         ("min_rx", interval.as_str()),
         ("min_tx", interval.as_str()),
+        ("cpath_down", cpath),
     ])
 }
 
@@ -385,7 +394,7 @@ pub fn plan_tunnel(
     let (br_uuid, br) = bridge_or_err(replica, cfg)?;
     let name = tunnel_port_name(&spec.peer);
     let options = tunnel_options(spec);
-    let bfd = bfd_config(spec.bfd);
+    let bfd = bfd_config(spec.bfd, spec.cpath_down);
     let ids = [
         (OWNER_KEY, cfg.owner.as_str()),
         (PEER_KEY, spec.peer.as_str()),
@@ -534,6 +543,7 @@ pub fn tunnels(replica: &Replica, cfg: &BridgeConfig) -> Vec<TunnelPort> {
                 .and_then(|i| i.get("ofport"))
                 .and_then(Datum::as_integer),
             bfd: iface.and_then(|i| map_get(i, "bfd", "enable")) == Some("true"),
+            cpath_down: iface.and_then(|i| map_get(i, "bfd", "cpath_down")) == Some("true"),
         });
     }
     out.sort_by(|a, b| a.peer.cmp(&b.peer));
@@ -741,6 +751,7 @@ mod tests {
             remote_ip: "192.0.2.2".parse().unwrap(),
             local_ip: Some("192.0.2.1".parse().unwrap()),
             bfd: false,
+            cpath_down: false,
         }
     }
 
@@ -822,6 +833,7 @@ mod tests {
                 local_ip: None,
                 ofport: Some(3),
                 bfd: false,
+                cpath_down: false,
             }]
         );
         assert!(plan_remove_tunnels(&rep, &cfg(), |p| p == "node-2").is_none());

@@ -56,9 +56,13 @@ mod prio {
     pub const RULE_BASE: u16 = 100;
 }
 
-/// Whether this node is the gateway that owns `g`'s EIPs now: it is ranked,
-/// and no gateway ranked above it is alive as far as its BFD sessions tell.
+/// Whether this node is the gateway that owns `g`'s EIPs now: it serves,
+/// it is ranked, and no gateway ranked above it is alive as far as its BFD
+/// sessions tell (a gateway standing by looks down through BFD too).
 pub(super) fn is_active(ctx: &Ctx<'_>, g: &NatGateway) -> bool {
+    if ctx.ports.standing_by() {
+        return false;
+    }
     let me = ctx.state.node.name.as_str();
     for gw in &g.gateways {
         if gw == me {

@@ -435,14 +435,26 @@ async fn nat_gateways_need_an_attachment_and_two_gateway_nodes() {
     api.unchanged(|| api.delete(format!("/v1/eips/{e1}")))
         .await
         .problem(409, &["NAT gateway"]);
-    // The node view says what it serves; drained, it serves nothing.
+    // The node view says what it serves; drained, it goes last (still the
+    // last resort) and is safe to stop once no gateway has it first.
     let g2 = api.get("/v1/nodes/g2").await;
     assert_eq!(g2.ok(200)["nat_gateways"], json!([gw["id"]]));
     assert!(g2.body.get("safe_to_stop").is_none());
     let g2 = api.patch("/v1/nodes/g2", json!({"drained": true})).await;
-    assert!(g2.ok(200).get("nat_gateways").is_none());
+    assert_eq!(g2.ok(200)["nat_gateways"], json!([gw["id"]]));
     assert_eq!(g2.body["safe_to_stop"], true);
-    assert_eq!(api.get(&ug).await.ok(200)["gateway_nodes"], json!(["g1"]));
+    assert_eq!(
+        api.get(&ug).await.ok(200)["gateway_nodes"],
+        json!(["g1", "g2"])
+    );
+    // Both drained: g2 is first again (priority), so not safe to stop.
+    let g1 = api.patch("/v1/nodes/g1", json!({"drained": true})).await;
+    assert_eq!(g1.ok(200)["safe_to_stop"], true);
+    let g2 = api.get("/v1/nodes/g2").await;
+    assert_eq!(g2.ok(200)["safe_to_stop"], false);
+    api.patch("/v1/nodes/g1", json!({"drained": false}))
+        .await
+        .ok(200);
     api.patch("/v1/nodes/g2", json!({"drained": false}))
         .await
         .ok(200);
