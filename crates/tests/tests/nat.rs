@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use tests::bins::AgentSpec;
@@ -280,6 +280,67 @@ impl World {
     }
 }
 
+/// A `ping -D` (timestamped replies) from `ns` to `dst` every `interval_ms`
+/// for `secs`, in the background; read with [`ping_log`].
+fn start_ping(
+    ns: &tests::Netns,
+    dir: &std::path::Path,
+    name: &str,
+    dst: &str,
+    interval_ms: u32,
+    secs: u32,
+) -> (Proc, std::path::PathBuf) {
+    let log = dir.join(format!("{name}.out"));
+    let interval = format!("{}", f64::from(interval_ms) / 1000.0);
+    let p = ns
+        .spawn(
+            name,
+            &[
+                "ping",
+                "-D",
+                "-n",
+                "-i",
+                &interval,
+                "-w",
+                &secs.to_string(),
+                dst,
+            ],
+            Some(&log),
+        )
+        .unwrap();
+    (p, log)
+}
+
+/// The reply times (unix seconds) and icmp_seq numbers in a ping log.
+fn ping_log(log: &std::path::Path) -> Vec<(f64, u64)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| {
+            let t = l.strip_prefix('[')?.split(']').next()?.parse().ok()?;
+            let seq = l
+                .split("icmp_seq=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((t, seq))
+        })
+        .collect()
+}
+
+/// The longest run of lost pings, times the interval.
+fn ping_outage(replies: &[(f64, u64)], interval_ms: u32) -> Duration {
+    let worst = replies
+        .windows(2)
+        .map(|w| w[1].1.saturating_sub(w[0].1 + 1))
+        .max()
+        .unwrap_or(0);
+    Duration::from_millis(worst * u64::from(interval_ms))
+}
+
 /// The longest time new connections kept failing: from the first failed
 /// attempt of a run to the next success.
 fn outage(attempts: &[(f64, Option<String>)]) -> (Duration, usize) {
@@ -315,18 +376,23 @@ fn eip_in_and_out_then_unbound_through_the_nat_gateway() {
     let eip_ip = ip_of(&eip);
     assert_eq!(w.ping_from_outside(&eip_ip, 2), 0, "not bound yet");
 
-    let bound_at = Instant::now();
+    let inet = w.cloud.lab.host("inet").unwrap();
+    let (mut pinger, log) = start_ping(inet.netns(), inet.dir(), "eip-ping", &eip_ip, 5, 20);
+    std::thread::sleep(Duration::from_millis(200));
     w.post(
         &format!("/v1/eips/{}/bind", id(&eip)),
         json!({"nic_id": id(&w.nic_a)}),
     );
-    wait_until(SETTLE, "EIP reachable", || {
-        w.ping_from_outside(&eip_ip, 1) == 1
-    })
-    .unwrap();
+    let bound_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    wait_until(SETTLE, "EIP reachable", || !ping_log(&log).is_empty()).unwrap();
+    pinger.stop().unwrap();
+    let first = ping_log(&log)[0].0;
     println!(
-        "FIGURE EIP bind to reachable (bind returned → first echo reply from outside): {:?}",
-        bound_at.elapsed()
+        "FIGURE EIP bind to reachable (bind returned → first echo reply at the outside host, 5 ms pings): {:.0} ms",
+        (first - bound_at) * 1000.0
     );
     assert!(
         w.tcp_from_outside(&eip_ip, 7),
@@ -396,6 +462,8 @@ fn failover(headless: bool) {
         w.cloud.lab.stop_flowctl(true).unwrap();
     }
     let before = w.emitted(standby).unwrap();
+    let vm = w.cloud.lab.vm("b").unwrap();
+    let (mut pinger, log) = start_ping(vm.netns(), vm.dir(), "failover-ping", INTERNET, 10, 9);
     let attempts = w.connect_loop(8.0, Duration::from_secs(2), |w| {
         w.cloud.lab.stop_agent(active, true).unwrap();
         w.cloud
@@ -406,12 +474,15 @@ fn failover(headless: bool) {
             .kill_vswitchd()
             .unwrap();
     });
+    pinger.stop().unwrap();
     let (down, failed) = outage(&attempts);
     let total = attempts.len();
+    let lost = ping_outage(&ping_log(&log), 10);
     println!(
-        "FIGURE gateway failover{}: new connections failed for {down:?} ({failed} of {total} attempts)",
+        "FIGURE gateway failover{}: pings (every 10 ms) lost for {lost:?}; new connections (0.5 s connect timeout) failed for {down:?} ({failed} of {total} attempts)",
         if headless { " (control plane down)" } else { "" }
     );
+    assert!(lost < Duration::from_secs(1), "outage {lost:?}");
     let tail = &attempts[attempts.len() - 20..];
     assert!(
         tail.iter()
