@@ -16,6 +16,7 @@ mod list;
 pub mod nics;
 pub mod nodes;
 mod openapi;
+pub mod operations;
 pub mod problem;
 pub mod quota;
 pub mod ratelimit;
@@ -54,6 +55,12 @@ pub fn router(store: Arc<dyn Store>, auth: Arc<auth::AuthConfig>) -> Router {
             get(iam::get_tenant).delete(iam::delete_tenant),
         )
         .route("/tenants/{id}/quotas", get(quota::get).patch(quota::patch))
+        .route(
+            "/tenants/{id}/callback-secret",
+            get(operations::get_secret).post(operations::rotate_secret),
+        )
+        .route("/operations", get(operations::list))
+        .route("/operations/{id}", get(operations::get))
         .route("/users", get(iam::list_users).post(iam::create_user))
         .route("/users/{id}", get(iam::get_user).delete(iam::delete_user))
         .route(
@@ -103,7 +110,7 @@ pub fn router(store: Arc<dyn Store>, auth: Arc<auth::AuthConfig>) -> Router {
         )
         .route(
             "/security-groups/{id}/rules/{rule_id}",
-            axum::routing::delete(security_groups::delete_rule),
+            get(security_groups::get_rule).delete(security_groups::delete_rule),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

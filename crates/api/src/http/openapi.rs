@@ -3,8 +3,8 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{iam, nics, nodes, problem, quota, security_groups, subnets, vpcs};
-use crate::model;
+use super::{iam, nics, nodes, operations, problem, quota, security_groups, subnets, vpcs};
+use crate::{model, operation};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,7 +21,8 @@ use crate::model;
         nics::create, nics::list, nics::get, nics::patch, nics::delete,
         security_groups::create, security_groups::list, security_groups::get,
         security_groups::patch, security_groups::delete, security_groups::add_rule,
-        security_groups::delete_rule,
+        security_groups::delete_rule, security_groups::get_rule,
+        operations::get, operations::list, operations::get_secret, operations::rotate_secret,
     ),
     components(schemas(
         model::Node, model::NodeRole, model::Vpc, model::Subnet, model::Nic,
@@ -35,9 +36,12 @@ use crate::model;
         model::Tenant, model::User, model::Role, model::ApiKey, model::AuditRecord,
         iam::CreateTenant, iam::CreateUser, iam::NewApiKey,
         quota::Limits, quota::PatchQuotas, quota::Quotas,
+        operation::Operation, operation::OperationState, operation::Action, operation::Target,
+        operation::OperationError, operation::CallbackStatus, operation::CallbackState,
+        operations::CallbackSecret, security_groups::AddRule,
     )),
     tags((name = "iam"), (name = "nodes"), (name = "vpcs"), (name = "subnets"), (name = "nics"),
-        (name = "security-groups"))
+        (name = "security-groups"), (name = "operations"))
 )]
 pub struct ApiDoc;
 
