@@ -4,16 +4,20 @@
 //! - [`compile`]: the model cache and per-node compilation (pure).
 //! - [`hub`]: per-node states and delta history; what to send whom (pure).
 //! - [`status`]: NIC status writes from acks, nacks and moves (pure).
+//! - [`operations`]: operation transitions from acks and nacks (pure).
 //! - [`service`]: the drivers: store watch → hub, status writes.
 //! - [`server`]: the agent protocol over HTTP/2 and `/metrics`.
 //! - [`duties`]: singleton duties under a store lease (history compaction).
+//! - [`callbacks`]: the singleton duty that delivers operation callbacks.
 //! - [`cli`]: the operator CLI against the REST API.
 
+pub mod callbacks;
 pub mod cli;
 pub mod compile;
 pub mod duties;
 pub mod hub;
 pub mod metrics;
+pub mod operations;
 pub mod server;
 pub mod service;
 pub mod status;

@@ -253,6 +253,17 @@ async fn serve(
             metrics,
         ))
     });
+    // Every replica campaigns; the elected one delivers operation callbacks.
+    let callbacks = tokio::spawn(flowctl::callbacks::run_callbacks(
+        store.clone(),
+        auth.clone(),
+        duties.candidate.clone(),
+        flowctl::callbacks::CallbackConfig::default(),
+        service
+            .as_ref()
+            .map(|s| s.shared.metrics.clone())
+            .unwrap_or_default(),
+    ));
     let mut router = api::http::router(store, auth);
     if let Some(service) = &service {
         let metrics = service.shared.clone();
@@ -287,6 +298,7 @@ async fn serve(
     if let Some(c) = compaction {
         c.abort();
     }
+    callbacks.abort();
     drop(service);
     if let Some(embedded) = embedded {
         embedded.close().await?;

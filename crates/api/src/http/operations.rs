@@ -88,6 +88,11 @@ pub(super) fn stage(op: &Operation, compare: &mut Vec<Compare>, ops: &mut Vec<Op
     Ok(())
 }
 
+/// The time now as operations show it (RFC 3339, UTC), for flowctl.
+pub fn now_rfc3339() -> String {
+    validate::now_rfc3339()
+}
+
 fn location(id: &str) -> String {
     format!("/v1/operations/{id}")
 }
