@@ -48,11 +48,8 @@ async fn resources(api: &Api) -> Vec<(String, Value)> {
     let vpc = api.vpc("web", &["10.0.0.0/16"]).await;
     let subnet = api.subnet(&vpc, "10.0.1.0/24").await;
     let nic = api.nic(json!({"subnet_id": subnet})).await;
-    let sg = api
-        .post("/v1/security-groups", json!({"vpc_id": vpc, "name": "g"}))
-        .await
-        .ok(201)
-        .clone();
+    let sg = api.post("/v1/security-groups", json!({"vpc_id": vpc, "name": "g"})).await;
+    let sg = api.applied(sg).await.ok(200).clone();
     vec![
         (format!("/v1/vpcs/{vpc}"), json!({"name": "web2"})),
         (format!("/v1/subnets/{subnet}"), json!({"name": "s2"})),
@@ -108,18 +105,25 @@ async fn a_stale_if_match_is_412_and_a_current_one_goes_through() {
             "{uri}: a 412 changed something"
         );
 
+        // NICs and groups answer 202 with an operation whose revision is
+        // the change's (the resource's new revision); the others 200 with
+        // the resource and its ETag.
+        let accepted = uri.starts_with("/v1/nics/") || uri.starts_with("/v1/security-groups/");
+        let ok = if accepted { 202 } else { 200 };
         let (s, h, body) = call(&api, Method::PATCH, &uri, Some(patch), Some(&tag)).await;
-        assert_eq!(s, 200, "{uri}: {body:#}");
+        assert_eq!(s, ok, "{uri}: {body:#}");
         let new_rev = body["revision"].as_u64().unwrap();
         assert!(new_rev > rev, "{uri}: {new_rev} after {rev}");
-        assert_eq!(h["etag"], format!("\"{new_rev}\"").as_str());
+        if !accepted {
+            assert_eq!(h["etag"], format!("\"{new_rev}\"").as_str());
+        }
         assert_eq!(etag(&api, &uri).await.1, new_rev);
         // The old tag is stale now.
         let (s, _, _) = call(&api, Method::PATCH, &uri, Some(json!({})), Some(&tag)).await;
         assert_eq!(s, 412, "{uri}");
         // `*` matches any revision of an existing resource.
         let (s, _, _) = call(&api, Method::PATCH, &uri, Some(json!({})), Some("*")).await;
-        assert_eq!(s, 200, "{uri}");
+        assert_eq!(s, ok, "{uri}");
     }
 }
 
