@@ -10,6 +10,7 @@ mod lists;
 mod matrix;
 mod nics;
 mod nodes;
+mod operations;
 mod protocol;
 mod quotas;
 mod ratelimit;
