@@ -44,6 +44,8 @@ pub enum Error {
     },
     #[error("the API refused the request (HTTP {status}): {detail}")]
     Api { status: u16, detail: String },
+    #[error("operation {id} {detail}")]
+    Operation { id: String, detail: String },
     #[error("{0}")]
     Config(String),
 }
