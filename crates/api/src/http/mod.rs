@@ -52,7 +52,9 @@ pub fn router(store: Arc<dyn Store>, auth: Arc<auth::AuthConfig>) -> Router {
         .route("/tenants", get(iam::list_tenants).post(iam::create_tenant))
         .route(
             "/tenants/{id}",
-            get(iam::get_tenant).delete(iam::delete_tenant),
+            get(iam::get_tenant)
+                .patch(iam::patch_tenant)
+                .delete(iam::delete_tenant),
         )
         .route("/tenants/{id}/quotas", get(quota::get).patch(quota::patch))
         .route(
@@ -62,7 +64,12 @@ pub fn router(store: Arc<dyn Store>, auth: Arc<auth::AuthConfig>) -> Router {
         .route("/operations", get(operations::list))
         .route("/operations/{id}", get(operations::get))
         .route("/users", get(iam::list_users).post(iam::create_user))
-        .route("/users/{id}", get(iam::get_user).delete(iam::delete_user))
+        .route(
+            "/users/{id}",
+            get(iam::get_user)
+                .patch(iam::patch_user)
+                .delete(iam::delete_user),
+        )
         .route(
             "/users/{id}/keys",
             get(iam::list_keys).post(iam::create_key),
