@@ -42,6 +42,10 @@ pub mod keys {
     /// `/stacknet-iam/callback-secrets/<tenant id>`: the tenant's callback
     /// signing secret, sealed.
     pub const CALLBACK_SECRETS: &str = "/stacknet-iam/callback-secrets/";
+    /// `/stacknet-iam/last-op/<resource id>` → the id of the last
+    /// operation that changed the resource (a rule's: its group's), for
+    /// the resource's own programming status.
+    pub const LAST_OP: &str = "/stacknet-iam/last-op/";
 
     pub fn operation(id: &str) -> String {
         format!("{OPERATIONS}{id}")
@@ -54,6 +58,9 @@ pub mod keys {
     }
     pub fn callback_secret(tenant_id: &str) -> String {
         format!("{CALLBACK_SECRETS}{tenant_id}")
+    }
+    pub fn last_op(resource_id: &str) -> String {
+        format!("{LAST_OP}{resource_id}")
     }
 }
 
@@ -129,6 +136,39 @@ impl Target {
             kind: "security_group_rule".into(),
             id: rule_id.into(),
             href: format!("/v1/security-groups/{group_id}/rules/{rule_id}"),
+        }
+    }
+
+    /// The resource whose status the operation decides: the target, or
+    /// for a rule its group (`/v1/security-groups/<group>/rules/<rule>`).
+    pub fn status_resource(&self) -> Option<&str> {
+        match self.kind.as_str() {
+            "security_group_rule" => self.href.split('/').nth(3),
+            _ => Some(self.id.as_str()),
+        }
+    }
+}
+
+/// Whether a resource's last change is on its nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProgrammingStatus {
+    /// Its last change reached every node it concerns (or its operation
+    /// ended long enough ago to be forgotten).
+    Programmed,
+    /// Its last change is not on every node yet (see the operation).
+    Programming,
+    /// A node could not apply its last change (see the operation).
+    Failed,
+}
+
+impl ProgrammingStatus {
+    /// The status an operation in `state` gives its resource.
+    pub fn of(state: OperationState) -> ProgrammingStatus {
+        match state {
+            OperationState::Pending | OperationState::Running => ProgrammingStatus::Programming,
+            OperationState::Succeeded => ProgrammingStatus::Programmed,
+            OperationState::Failed => ProgrammingStatus::Failed,
         }
     }
 }

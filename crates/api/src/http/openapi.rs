@@ -39,7 +39,8 @@ use crate::{model, operation};
         quota::Limits, quota::PatchQuotas, quota::Quotas,
         operation::Operation, operation::OperationState, operation::Action, operation::Target,
         operation::OperationError, operation::CallbackStatus, operation::CallbackState,
-        operations::CallbackSecret, security_groups::AddRule,
+        operations::CallbackSecret, security_groups::AddRule, security_groups::SecurityGroupView,
+        operations::Programming, operation::ProgrammingStatus,
     )),
     tags((name = "iam"), (name = "nodes"), (name = "vpcs"), (name = "subnets"), (name = "nics"),
         (name = "security-groups"), (name = "operations"))

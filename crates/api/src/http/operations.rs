@@ -29,7 +29,8 @@ use super::validate;
 use super::AppState;
 use crate::model::Role;
 use crate::operation::{
-    check_callback_url, keys, Action, CallbackStatus, Delivery, Operation, OperationState, Target,
+    check_callback_url, keys, Action, CallbackStatus, Delivery, Operation, OperationState,
+    ProgrammingStatus, Target,
 };
 use crate::store::{Compare, Op, Store};
 
@@ -84,8 +85,74 @@ pub(super) fn stage(op: &Operation, compare: &mut Vec<Compare>, ops: &mut Vec<Op
     let key = keys::operation(&op.id);
     compare.push(Compare::absent(&key));
     ops.push(db::put_json(&key, &op.stored())?);
+    if let Some(r) = op.target.status_resource() {
+        // The resource's status follows its last operation; a deleted
+        // resource needs none.
+        let key = keys::last_op(r);
+        let gone = op.action == Action::Delete && op.target.kind != "security_group_rule";
+        ops.push(if gone {
+            Op::delete(key)
+        } else {
+            Op::put(key, op.id.as_bytes().to_vec())
+        });
+    }
     auth::respond_accepted(&location(&op.id), op);
     Ok(())
+}
+
+/// A resource's programming status and the operation that decides it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Programming {
+    pub status: ProgrammingStatus,
+    /// The resource's last operation, while it is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_operation_id: Option<String>,
+}
+
+fn programming(op_id: Option<String>, state: Option<OperationState>) -> Programming {
+    match (op_id, state) {
+        (Some(id), Some(state)) => Programming {
+            status: ProgrammingStatus::of(state),
+            last_operation_id: Some(id),
+        },
+        // No operation, or one that ended and expired: nothing in flight.
+        _ => Programming {
+            status: ProgrammingStatus::Programmed,
+            last_operation_id: None,
+        },
+    }
+}
+
+/// The programming status of one resource.
+pub(super) async fn programming_of(store: &dyn Store, resource_id: &str) -> ApiResult<Programming> {
+    let Some(op_id) = db::get_text(store, &keys::last_op(resource_id)).await? else {
+        return Ok(programming(None, None));
+    };
+    let op: Option<db::Versioned<Operation>> = db::get_json(store, &keys::operation(&op_id)).await?;
+    Ok(programming(Some(op_id), op.map(|o| o.value.state)))
+}
+
+/// The programming status of every resource with a last operation (those
+/// without one are programmed).
+pub(super) async fn programming_all(store: &dyn Store) -> ApiResult<HashMap<String, Programming>> {
+    let (last, _) = store.range(keys::LAST_OP).await?;
+    let (ops, _) = store.range(keys::OPERATIONS).await?;
+    let states: HashMap<String, OperationState> = ops
+        .iter()
+        .filter_map(|kv| {
+            let op: Operation = serde_json::from_slice(&kv.value).ok()?;
+            Some((op.id, op.state))
+        })
+        .collect();
+    Ok(last
+        .into_iter()
+        .map(|kv| {
+            let resource = kv.key.trim_start_matches(keys::LAST_OP).to_string();
+            let op_id = String::from_utf8_lossy(&kv.value).into_owned();
+            let state = states.get(&op_id).copied();
+            (resource, programming(Some(op_id), state))
+        })
+        .collect())
 }
 
 /// The time now as operations show it (RFC 3339, UTC), for flowctl.

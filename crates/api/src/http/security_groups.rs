@@ -46,6 +46,34 @@ pub(super) mod sg_index {
     }
 }
 
+/// A group as the API shows it: the stored group plus whether its last
+/// change is on every node that carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SecurityGroupView {
+    #[serde(flatten)]
+    pub group: Owned<SecurityGroup>,
+    #[serde(flatten)]
+    pub programming: operations::Programming,
+}
+
+impl super::etag::Revisioned for SecurityGroupView {
+    fn set_revision(&mut self, revision: u64) {
+        self.group.revision = revision;
+    }
+}
+
+impl super::list::Listed for SecurityGroupView {
+    fn id(&self) -> &str {
+        &self.group.inner.id
+    }
+    fn name(&self) -> &str {
+        &self.group.inner.name
+    }
+    fn tags(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.group.tags
+    }
+}
+
 /// The name of the group every VPC gets.
 pub const DEFAULT_GROUP_NAME: &str = "default";
 
@@ -375,21 +403,31 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/v1/security-groups", tag = "security-groups", params(GroupFilter),
-    responses((status = 200, body = [Owned<SecurityGroup>]), (status = 400, body = Problem)))]
+    responses((status = 200, body = [SecurityGroupView]), (status = 400, body = Problem)))]
 #[instrument(skip_all)]
 pub async fn list(
     State(st): State<AppState>,
     caller: Caller,
     axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
     ApiQuery(f): ApiQuery<GroupFilter>,
-) -> ApiResult<PageOf<Owned<SecurityGroup>>> {
+) -> ApiResult<PageOf<SecurityGroupView>> {
     caller.tenant_scope()?;
     let all: Vec<Owned<SecurityGroup>> =
         db::list_revisioned(st.store.as_ref(), keys::SECURITY_GROUPS).await?;
+    let mut programming = operations::programming_all(st.store.as_ref()).await?;
     let seen = all
         .into_iter()
         .filter(|g| caller.sees(&g.tenant_id))
         .filter(|g| f.vpc_id.as_ref().is_none_or(|v| &g.vpc_id == v))
+        .map(|group| SecurityGroupView {
+            programming: programming
+                .remove(&group.id)
+                .unwrap_or(operations::Programming {
+                    status: crate::operation::ProgrammingStatus::Programmed,
+                    last_operation_id: None,
+                }),
+            group,
+        })
         .collect();
     let (items, next) = page_of!(f).apply("security-groups", &format!("{:?}", f.vpc_id), seen)?;
     Ok(PageOf { items, next, uri })
@@ -397,18 +435,25 @@ pub async fn list(
 
 #[utoipa::path(get, path = "/v1/security-groups/{id}", tag = "security-groups",
     params(("id" = String, Path)),
-    responses((status = 200, body = Owned<SecurityGroup>), (status = 404, body = Problem)))]
+    responses((status = 200, body = SecurityGroupView), (status = 404, body = Problem)))]
 #[instrument(skip_all, fields(sg_id = %id))]
 pub async fn get(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Tagged<Owned<SecurityGroup>>> {
+) -> ApiResult<Tagged<SecurityGroupView>> {
     let g = load(st.store.as_ref(), &id)
         .await?
         .ok_or_else(|| not_found(&id))?;
     caller.check(&g.value.tenant_id, Access::Read, || not_found(&id))?;
-    Ok(Tagged(g.value, g.mod_revision))
+    let programming = operations::programming_of(st.store.as_ref(), &id).await?;
+    Ok(Tagged(
+        SecurityGroupView {
+            group: g.value,
+            programming,
+        },
+        g.mod_revision,
+    ))
 }
 
 #[utoipa::path(patch, path = "/v1/security-groups/{id}", tag = "security-groups",

@@ -275,3 +275,67 @@ async fn the_callback_secret_is_read_and_rotated_by_tenant_admins_only() {
     let raw = String::from_utf8_lossy(&kv.value);
     assert!(!raw.contains(s2["secret"].as_str().unwrap()));
 }
+
+#[tokio::test]
+async fn a_group_shows_whether_its_last_change_is_programmed() {
+    let (api, vpc, _) = setup().await;
+    let r = api
+        .post("/v1/security-groups", json!({"vpc_id": vpc, "name": "g"}))
+        .await;
+    let op = r.accepted().clone();
+    let gid = op["target"]["id"].as_str().unwrap().to_string();
+    let uri = format!("/v1/security-groups/{gid}");
+    let g = api.get(&uri).await.ok(200).clone();
+    assert_eq!(g["status"], "programming", "{g:#}");
+    assert_eq!(g["last_operation_id"], op["id"]);
+    // flowctl ends the operation (written here as it would be).
+    let set_state = |id: &str, state: &str| {
+        let (store, id, state) = (api.store.clone(), id.to_string(), state.to_string());
+        async move {
+            let key = op_keys::operation(&id);
+            let kv = store.get(&key).await.unwrap().unwrap();
+            let mut v: Value = serde_json::from_slice(&kv.value).unwrap();
+            v["state"] = json!(state);
+            store.put(&key, serde_json::to_vec(&v).unwrap()).await.unwrap();
+        }
+    };
+    set_state(op["id"].as_str().unwrap(), "succeeded").await;
+    assert_eq!(api.get(&uri).await.ok(200)["status"], "programmed");
+    // A rule change is the group's change.
+    let r = api
+        .post(format!("{uri}/rules"), json!({"direction": "egress"}))
+        .await;
+    let rule_op = r.accepted()["id"].as_str().unwrap().to_string();
+    let listed = api.get(format!("/v1/security-groups?vpc_id={vpc}")).await;
+    let mine = listed
+        .ok(200)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["id"] == gid.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(mine["status"], "programming");
+    assert_eq!(mine["last_operation_id"], rule_op.as_str());
+    set_state(&rule_op, "failed").await;
+    assert_eq!(api.get(&uri).await.ok(200)["status"], "failed");
+    // The default group, never changed: programmed.
+    let groups = api.get(format!("/v1/security-groups?vpc_id={vpc}")).await;
+    let default = groups
+        .ok(200)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["is_default"] == true)
+        .unwrap()
+        .clone();
+    assert_eq!(default["status"], "programmed");
+    // Deleting the group leaves no status key behind.
+    api.delete(&uri).await.accepted();
+    assert!(api
+        .store
+        .get(&op_keys::last_op(&gid))
+        .await
+        .unwrap()
+        .is_none());
+}
