@@ -10,10 +10,11 @@
 //! - flowctl compiles that revision, finds the nodes whose desired state it
 //!   changed, and writes it `running` with those nodes in `waiting_on`
 //!   (none: `succeeded` at once);
-//! - each node's ack of a revision >= `revision` takes it out of
-//!   `waiting_on`; when none is left it is `succeeded`. A nack of a revision
-//!   >= `revision` by a waited-for node makes it `failed` with the agent's
-//!   error. A node that is offline keeps it `running`.
+//! - each node's ack of a revision at or after `revision` takes it out of
+//!   `waiting_on`; when none is left it is `succeeded`. A nack of a
+//!   revision at or after `revision` by a waited-for node makes it
+//!   `failed` with the agent's error. A node that is offline keeps it
+//!   `running`.
 //!
 //! Every transition is a compare-and-swap on the record's `mod_revision`
 //! (any flowctl replica may make it; a stale one loses and plans again).
@@ -318,7 +319,10 @@ pub fn check_callback_url(url: &str) -> Result<(), String> {
     if host.is_empty() {
         return Err("has no host".into());
     }
-    if let Some((_, port)) = authority.rsplit_once(':').filter(|_| !authority.ends_with(']')) {
+    if let Some((_, port)) = authority
+        .rsplit_once(':')
+        .filter(|_| !authority.ends_with(']'))
+    {
         if !port.is_empty() && port.parse::<u16>().map_or(true, |p| p == 0) {
             return Err(format!("has a bad port {port:?}"));
         }
@@ -351,7 +355,13 @@ pub fn sign_callback(secret: &str, timestamp: i64, body: &[u8]) -> String {
 
 /// Whether `header` is a valid signature of `body` under `secret`, made
 /// within `window_secs` of `now` (what a receiver does).
-pub fn verify_callback(secret: &str, header: &str, body: &[u8], now: i64, window_secs: i64) -> bool {
+pub fn verify_callback(
+    secret: &str,
+    header: &str,
+    body: &[u8],
+    now: i64,
+    window_secs: i64,
+) -> bool {
     let mut t = None;
     let mut sig = None;
     for part in header.split(',') {
@@ -436,12 +446,36 @@ mod tests {
         assert_eq!(h, KNOWN_ANSWER);
         assert!(verify_callback("whsec-test", &h, body, 1_700_000_100, 300));
         // Another secret, body, time, or a stale timestamp: refused.
-        assert!(!verify_callback("whsec-other", &h, body, 1_700_000_000, 300));
-        assert!(!verify_callback("whsec-test", &h, b"{}", 1_700_000_000, 300));
+        assert!(!verify_callback(
+            "whsec-other",
+            &h,
+            body,
+            1_700_000_000,
+            300
+        ));
+        assert!(!verify_callback(
+            "whsec-test",
+            &h,
+            b"{}",
+            1_700_000_000,
+            300
+        ));
         let moved = h.replace("t=1700000000", "t=1700000001");
-        assert!(!verify_callback("whsec-test", &moved, body, 1_700_000_000, 300));
+        assert!(!verify_callback(
+            "whsec-test",
+            &moved,
+            body,
+            1_700_000_000,
+            300
+        ));
         assert!(!verify_callback("whsec-test", &h, body, 1_700_000_301, 300));
-        assert!(!verify_callback("whsec-test", "v1=00", body, 1_700_000_000, 300));
+        assert!(!verify_callback(
+            "whsec-test",
+            "v1=00",
+            body,
+            1_700_000_000,
+            300
+        ));
     }
 
     const KNOWN_ANSWER: &str =

@@ -150,7 +150,19 @@ async fn deliver_while_leading(
             }
         };
         let lost = futures::stream::iter(due)
-            .map(|(kv, d)| deliver(store.as_ref(), auth, http, &lead, cfg, metrics, kv, d, lease))
+            .map(|(kv, d)| {
+                deliver(
+                    store.as_ref(),
+                    auth,
+                    http,
+                    &lead,
+                    cfg,
+                    metrics,
+                    kv,
+                    d,
+                    lease,
+                )
+            })
             .buffer_unordered(cfg.concurrency.max(1))
             .any(|r| async move { matches!(r, Err(ElectionError::Lost { .. })) })
             .await;

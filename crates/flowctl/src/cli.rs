@@ -1116,7 +1116,10 @@ async fn accepted(
     if c.method == reqwest::Method::DELETE {
         return Ok(deleted(args, c));
     }
-    let href = op["target"]["href"].as_str().unwrap_or_default().to_string();
+    let href = op["target"]["href"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let (status, text) = send(client, args, creds, &reqwest::Method::GET, &href, None).await?;
     print_value(args, c.kind, status, &text)
 }

@@ -22,8 +22,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use api::operation::{
-    keys, Delivery, Operation, OperationError, OperationState, Target, CallbackState,
-    CallbackStatus,
+    keys, CallbackState, CallbackStatus, Delivery, Operation, OperationError, OperationState,
+    Target,
 };
 use api::store::{Compare, LeaseId, Op, Txn};
 use proto::Revision;
@@ -216,7 +216,7 @@ pub fn to_txn(w: &OpWrite, retention: LeaseId) -> Txn {
 
 /// The operations of the model that wait on `node` or have not been
 /// planned yet.
-pub fn concerning<'a>(model: &'a Model, node: &str) -> BTreeSet<String> {
+pub fn concerning(model: &Model, node: &str) -> BTreeSet<String> {
     model
         .operations()
         .filter(|(_, e)| {
@@ -332,7 +332,10 @@ mod tests {
         assert_eq!(d.status.next_attempt_at_ms, Some(1000));
         let txn = to_txn(&w, 5);
         assert_eq!(txn.compare.len(), 2);
-        assert_eq!(txn.compare[1], Compare::absent(keys::callback_pending("op-2")));
+        assert_eq!(
+            txn.compare[1],
+            Compare::absent(keys::callback_pending("op-2"))
+        );
     }
 
     #[test]

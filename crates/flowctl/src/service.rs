@@ -369,9 +369,7 @@ async fn write_statuses(
                     revision,
                     ready,
                 } => status::plan_ack(model, node, *revision, ready),
-                StatusCmd::Nack { node, revision, .. } => {
-                    status::plan_nack(model, node, *revision)
-                }
+                StatusCmd::Nack { node, revision, .. } => status::plan_nack(model, node, *revision),
                 StatusCmd::Check(nics) => status::plan_check(model, nics),
                 StatusCmd::Holds { .. } | StatusCmd::Ops { .. } => vec![],
             }
@@ -398,7 +396,8 @@ async fn write_statuses(
                 }
             }
         }
-        let op_lost = advance_operations(&*store, &shared, &op_ids, &affected, &book, &mut retention).await;
+        let op_lost =
+            advance_operations(&*store, &shared, &op_ids, &affected, &book, &mut retention).await;
         // A pending operation that was planned no longer needs its set.
         {
             let hub = shared.hub();

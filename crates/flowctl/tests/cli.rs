@@ -150,10 +150,21 @@ async fn serve_cli_and_agent() {
     assert_eq!(g["name"], "db", "{g}");
     let out = flowctl(
         &api,
-        &["sg", "create", "x", "--vpc", &vpc_id, "--callback-url", "ftp://no"],
+        &[
+            "sg",
+            "create",
+            "x",
+            "--vpc",
+            &vpc_id,
+            "--callback-url",
+            "ftp://no",
+        ],
     );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("callback_url"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("callback_url"),
+        "{err}"
+    );
     // A NIC is programmed on its node: the CLI prints the operation.
     let op = json(
         &api,
@@ -169,7 +180,10 @@ async fn serve_cli_and_agent() {
     assert_eq!(shown["target"]["id"], nic_id.as_str());
     let ops = ok(&api, &["op", "list", "--target", &nic_id]);
     assert!(ops.lines().next().unwrap().starts_with("ID"), "{ops}");
-    assert!(ops.contains(op["id"].as_str().unwrap()) && ops.contains("nic"), "{ops}");
+    assert!(
+        ops.contains(op["id"].as_str().unwrap()) && ops.contains("nic"),
+        "{ops}"
+    );
 
     // Table output.
     let table = ok(&api, &["nic", "list"]);

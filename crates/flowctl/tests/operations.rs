@@ -308,8 +308,8 @@ async fn callback_is_retried_until_acked_then_delivered_once() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     b.abort();
     receiver.abort();
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen.posts.len(), FAILS + 1, "exactly one POST after the ack");
+    let posts = std::mem::take(&mut seen.lock().unwrap().posts);
+    assert_eq!(posts.len(), FAILS + 1, "exactly one POST after the ack");
 
     // Every POST: the operation (ended, with its revision), signed with
     // the tenant's callback secret, naming the operation.
@@ -317,7 +317,7 @@ async fn callback_is_retried_until_acked_then_delivered_once() {
         .await
         .unwrap()
         .secret;
-    for (_, sig, delivery, body) in &seen.posts {
+    for (_, sig, delivery, body) in &posts {
         assert_eq!(delivery, id);
         let now = proto::sign::unix_now();
         assert!(
@@ -331,14 +331,16 @@ async fn callback_is_retried_until_acked_then_delivered_once() {
     // The waits between attempts follow the backoff (150, 300, 400 ms),
     // give or take the poll period; the holder change in between adds its
     // takeover time, never less.
-    let gaps: Vec<Duration> = seen
-        .posts
+    let gaps: Vec<Duration> = posts
         .windows(2)
         .map(|w| w[1].0.duration_since(w[0].0))
         .collect();
     for (i, gap) in gaps.iter().enumerate() {
         let want = cfg.backoff.delay(i as u32 + 1);
-        assert!(*gap + Duration::from_millis(5) >= want, "gap {i}: {gap:?} < {want:?}");
+        assert!(
+            *gap + Duration::from_millis(5) >= want,
+            "gap {i}: {gap:?} < {want:?}"
+        );
     }
     assert!(metrics.callbacks_delivered.load(Ordering::Relaxed) == 1);
 }

@@ -267,10 +267,10 @@ pub async fn patch_tenant(
         if let Some(name) = req.name.as_ref().filter(|n| **n != t.name) {
             let new_key = keys::tenant_name(name);
             if db::get_text(store, &new_key).await?.is_some() {
-                return Err(Problem::conflict(format!(
-                    "a tenant named {name:?} already exists"
-                ))
-                .with_field("name"));
+                return Err(
+                    Problem::conflict(format!("a tenant named {name:?} already exists"))
+                        .with_field("name"),
+                );
             }
             let old_key = keys::tenant_name(&t.name);
             if db::get_text(store, &old_key).await?.as_deref() == Some(id.as_str()) {
@@ -498,7 +498,10 @@ pub async fn list_users(
     let mut out = vec![];
     for kv in kvs {
         let rec: UserRecord = serde_json::from_slice(&kv.value).map_err(|e| {
-            Problem::from(crate::store::StoreError::Corrupt(format!("{}: {e}", kv.key)))
+            Problem::from(crate::store::StoreError::Corrupt(format!(
+                "{}: {e}",
+                kv.key
+            )))
         })?;
         if sees_user(&caller, &rec.user) {
             out.push(WithRevision {
@@ -586,7 +589,9 @@ pub async fn patch_user(
         }
     }
     if req.name.is_some() && !admin {
-        return Err(Problem::forbidden("renaming a user needs an admin role over it"));
+        return Err(Problem::forbidden(
+            "renaming a user needs an admin role over it",
+        ));
     }
     if let Some(n) = &req.name {
         validate::dns_label("name", n)?;

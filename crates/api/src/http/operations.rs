@@ -81,7 +81,11 @@ pub(super) fn new_op(
 
 /// Adds the operation to the change's transaction (created only if absent)
 /// and makes it the answer if the transaction commits.
-pub(super) fn stage(op: &Operation, compare: &mut Vec<Compare>, ops: &mut Vec<Op>) -> ApiResult<()> {
+pub(super) fn stage(
+    op: &Operation,
+    compare: &mut Vec<Compare>,
+    ops: &mut Vec<Op>,
+) -> ApiResult<()> {
     let key = keys::operation(&op.id);
     compare.push(Compare::absent(&key));
     ops.push(db::put_json(&key, &op.stored())?);
@@ -128,7 +132,8 @@ pub(super) async fn programming_of(store: &dyn Store, resource_id: &str) -> ApiR
     let Some(op_id) = db::get_text(store, &keys::last_op(resource_id)).await? else {
         return Ok(programming(None, None));
     };
-    let op: Option<db::Versioned<Operation>> = db::get_json(store, &keys::operation(&op_id)).await?;
+    let op: Option<db::Versioned<Operation>> =
+        db::get_json(store, &keys::operation(&op_id)).await?;
     Ok(programming(Some(op_id), op.map(|o| o.value.state)))
 }
 
@@ -260,8 +265,7 @@ impl Listed for Operation {
         &self.id
     }
     fn tags(&self) -> &std::collections::BTreeMap<String, String> {
-        static NONE: std::collections::BTreeMap<String, String> =
-            std::collections::BTreeMap::new();
+        static NONE: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
         &NONE
     }
 }
@@ -407,11 +411,7 @@ fn secret_access(caller: &Caller, tenant_id: &str) -> ApiResult<()> {
 }
 
 async fn tenant_exists(store: &dyn Store, id: &str) -> ApiResult<()> {
-    if validate::is_id("tenant", id)
-        && store
-            .get(&crate::model::keys::tenant(id))
-            .await?
-            .is_some()
+    if validate::is_id("tenant", id) && store.get(&crate::model::keys::tenant(id)).await?.is_some()
     {
         return Ok(());
     }

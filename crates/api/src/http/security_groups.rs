@@ -742,9 +742,7 @@ pub async fn get_rule(
         .into_iter()
         .find(|r| r.id == *rule_id)
         .map(Json)
-        .ok_or_else(|| {
-            Problem::not_found(format!("security group {id:?} has no rule {rule_id:?}"))
-        })
+        .ok_or_else(|| Problem::not_found(format!("security group {id:?} has no rule {rule_id:?}")))
 }
 
 #[utoipa::path(delete, path = "/v1/security-groups/{id}/rules/{rule_id}", tag = "security-groups",

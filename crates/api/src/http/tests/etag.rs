@@ -48,7 +48,9 @@ async fn resources(api: &Api) -> Vec<(String, Value)> {
     let vpc = api.vpc("web", &["10.0.0.0/16"]).await;
     let subnet = api.subnet(&vpc, "10.0.1.0/24").await;
     let nic = api.nic(json!({"subnet_id": subnet})).await;
-    let sg = api.post("/v1/security-groups", json!({"vpc_id": vpc, "name": "g"})).await;
+    let sg = api
+        .post("/v1/security-groups", json!({"vpc_id": vpc, "name": "g"}))
+        .await;
     let sg = api.applied(sg).await.ok(200).clone();
     vec![
         (format!("/v1/vpcs/{vpc}"), json!({"name": "web2"})),
@@ -209,10 +211,18 @@ async fn nodes_tenants_and_users_are_tagged_and_conditional() {
         let stale = format!("\"{}\"", rev - 1);
         let before = api.snapshot().await;
         let (s, _, p) = call(&api, Method::PATCH, &uri, Some(patch.clone()), Some(&stale)).await;
-        assert_eq!((s.as_u16(), &p["field"]), (412, &json!("If-Match")), "{uri}: {p:#}");
+        assert_eq!(
+            (s.as_u16(), &p["field"]),
+            (412, &json!("If-Match")),
+            "{uri}: {p:#}"
+        );
         let (s, _, _) = call(&api, Method::DELETE, &uri, None, Some(&stale)).await;
         assert_eq!(s, 412, "{uri}");
-        assert_eq!(api.snapshot().await, before, "{uri}: a 412 changed something");
+        assert_eq!(
+            api.snapshot().await,
+            before,
+            "{uri}: a 412 changed something"
+        );
         let (s, h, body) = call(&api, Method::PATCH, &uri, Some(patch), Some(&tag)).await;
         assert_eq!(s, 200, "{uri}: {body:#}");
         let new_rev = body["revision"].as_u64().unwrap();
@@ -228,7 +238,14 @@ async fn nodes_tenants_and_users_are_tagged_and_conditional() {
         }
     }
     let (tag, _) = etag(&api, &format!("/v1/users/{user}")).await;
-    let (s, _, _) = call(&api, Method::DELETE, &format!("/v1/users/{user}"), None, Some(&tag)).await;
+    let (s, _, _) = call(
+        &api,
+        Method::DELETE,
+        &format!("/v1/users/{user}"),
+        None,
+        Some(&tag),
+    )
+    .await;
     assert_eq!(s, 204);
 }
 
@@ -243,18 +260,28 @@ async fn who_may_patch_users_and_tenants() {
     let (boss, dev) = (api.with_creds(Some(boss)), api.with_creds(Some(dev)));
 
     // A user changes their own password (and logs in with it), not their role.
-    dev.patch(format!("/v1/users/{dev_id}"), json!({"password": "a new long passphrase"}))
-        .await
-        .ok(200);
+    dev.patch(
+        format!("/v1/users/{dev_id}"),
+        json!({"password": "a new long passphrase"}),
+    )
+    .await
+    .ok(200);
     let basic = format!("Basic {}", super::iam::b64(b"dev:a new long passphrase"));
-    let mut req = api
-        .with_creds(None)
-        .request(Method::POST, &format!("/v1/users/{dev_id}/keys"), Some("application/json"), b"{}");
-    req.headers_mut().insert("authorization", basic.parse().unwrap());
+    let mut req = api.with_creds(None).request(
+        Method::POST,
+        &format!("/v1/users/{dev_id}/keys"),
+        Some("application/json"),
+        b"{}",
+    );
+    req.headers_mut()
+        .insert("authorization", basic.parse().unwrap());
     assert_eq!(api.send(req).await.status, 201, "the new password works");
-    dev.patch(format!("/v1/users/{dev_id}"), json!({"role": "tenant_admin"}))
-        .await
-        .problem(403, &["own role"]);
+    dev.patch(
+        format!("/v1/users/{dev_id}"),
+        json!({"role": "tenant_admin"}),
+    )
+    .await
+    .problem(403, &["own role"]);
     dev.patch(format!("/v1/users/{dev_id}"), json!({"password": "short"}))
         .await
         .problem(422, &["12"])
@@ -264,9 +291,12 @@ async fn who_may_patch_users_and_tenants() {
         .patch(format!("/v1/users/{dev_id}"), json!({"role": "reader"}))
         .await;
     assert_eq!(r.ok(200)["role"], "reader");
-    boss.patch(format!("/v1/users/{dev_id}"), json!({"role": "system_admin"}))
-        .await
-        .problem(403, &["system admin"]);
+    boss.patch(
+        format!("/v1/users/{dev_id}"),
+        json!({"role": "system_admin"}),
+    )
+    .await
+    .problem(403, &["system admin"]);
     boss.patch(format!("/v1/users/{far_id}"), json!({"role": "reader"}))
         .await
         .problem(404, &[]);
@@ -298,6 +328,8 @@ async fn who_may_patch_users_and_tenants() {
         .await;
     assert_eq!(r.ok(200)["name"], "acme2");
     // The old name is free again.
-    api.post("/v1/tenants", json!({"name": "acme"})).await.ok(201);
+    api.post("/v1/tenants", json!({"name": "acme"}))
+        .await
+        .ok(201);
     assert_eq!(api.get("/v1/audit").await.status, 200);
 }

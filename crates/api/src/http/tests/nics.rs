@@ -218,7 +218,10 @@ async fn binding_filters_and_status() {
 
     // Rebinding: down until the new node reports; the old report is dropped.
     let r = api
-        .applied(api.patch(&format!("/v1/nics/{id}"), json!({"node": "n2"})).await)
+        .applied(
+            api.patch(&format!("/v1/nics/{id}"), json!({"node": "n2"}))
+                .await,
+        )
         .await;
     assert_eq!(r.ok(200)["node"], "n2");
     assert_eq!(r.ok(200)["status"], "down");
@@ -235,7 +238,10 @@ async fn binding_filters_and_status() {
     );
     // Renaming alone keeps the binding and its status.
     let r = api
-        .applied(api.patch(&format!("/v1/nics/{id}"), json!({"name": "x"})).await)
+        .applied(
+            api.patch(&format!("/v1/nics/{id}"), json!({"name": "x"}))
+                .await,
+        )
         .await;
     assert_eq!(
         (&r.ok(200)["node"], &r.ok(200)["status"]),
@@ -247,7 +253,10 @@ async fn binding_filters_and_status() {
         .problem(422, &["ghost"])
         .field("node");
     let r = api
-        .applied(api.patch(&format!("/v1/nics/{id}"), json!({"node": null})).await)
+        .applied(
+            api.patch(&format!("/v1/nics/{id}"), json!({"node": null}))
+                .await,
+        )
         .await;
     assert_eq!(r.ok(200)["node"], json!(null));
     assert_eq!(r.ok(200)["status"], "down");

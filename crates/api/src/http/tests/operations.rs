@@ -40,9 +40,7 @@ async fn a_create_answers_202_with_its_operation_stored_with_the_change() {
     // operation's revision is the NIC's.
     let nic = api.get(format!("/v1/nics/{nic_id}")).await;
     assert_eq!(nic.ok(200)["revision"], op["revision"]);
-    let got = api
-        .get(r.headers[header::LOCATION].to_str().unwrap())
-        .await;
+    let got = api.get(r.headers[header::LOCATION].to_str().unwrap()).await;
     assert_eq!(got.ok(200), &op, "GET shows what the 202 said");
     // Stored without the fields filled in when answered.
     let kv = api
@@ -57,7 +55,10 @@ async fn a_create_answers_202_with_its_operation_stored_with_the_change() {
     // The audit record says 202.
     let audit = api.get("/v1/audit").await;
     let last = audit.ok(200).as_array().unwrap().last().unwrap().clone();
-    assert_eq!((last["path"].as_str(), last["status"].as_u64()), (Some("/v1/nics"), Some(202)));
+    assert_eq!(
+        (last["path"].as_str(), last["status"].as_u64()),
+        (Some("/v1/nics"), Some(202))
+    );
 }
 
 #[tokio::test]
@@ -90,9 +91,12 @@ async fn every_mutation_of_nics_groups_and_rules_is_an_operation() {
     let rule = api.applied(r).await;
     assert_eq!(rule.ok(200)["port_range_min"], 22);
     let rid = rule_op["target"]["id"].as_str().unwrap();
-    api.patch(format!("/v1/security-groups/{gid}"), json!({"description": "d"}))
-        .await
-        .accepted();
+    api.patch(
+        format!("/v1/security-groups/{gid}"),
+        json!({"description": "d"}),
+    )
+    .await
+    .accepted();
     let d = api
         .delete(format!("/v1/security-groups/{gid}/rules/{rid}"))
         .await;
@@ -125,7 +129,10 @@ async fn lists_are_tenant_scoped_filtered_and_paged() {
     let other = api.with_creds(Some(c));
     assert_eq!(other.get("/v1/operations").await.ok(200), &json!([]));
     other
-        .get(format!("/v1/operations/{}", patched["id"].as_str().unwrap()))
+        .get(format!(
+            "/v1/operations/{}",
+            patched["id"].as_str().unwrap()
+        ))
         .await
         .problem(404, &[]);
     api.get("/v1/operations/op-zz").await.problem(404, &[]);
@@ -144,7 +151,9 @@ async fn lists_are_tenant_scoped_filtered_and_paged() {
     want.sort();
     assert_eq!(ids(&by_target), want);
     // Nothing advances them here (no flowctl): all pending.
-    let pending = api.get("/v1/operations?state=pending&target_kind=nic").await;
+    let pending = api
+        .get("/v1/operations?state=pending&target_kind=nic")
+        .await;
     assert_eq!(pending.ok(200).as_array().unwrap().len(), 6);
     let none = api.get("/v1/operations?state=succeeded").await;
     assert_eq!(none.ok(200), &json!([]));
@@ -186,16 +195,35 @@ async fn an_idempotent_replay_is_the_same_202_and_the_same_operation() {
     for again in &answers[1..] {
         assert_eq!(again.accepted(), &first);
         assert_eq!(again.headers["idempotent-replayed"], "true");
-        assert_eq!(again.headers[header::LOCATION], answers[0].headers[header::LOCATION]);
+        assert_eq!(
+            again.headers[header::LOCATION],
+            answers[0].headers[header::LOCATION]
+        );
     }
-    assert_eq!(api.get("/v1/nics").await.ok(200).as_array().unwrap().len(), 1);
-    assert_eq!(api.get("/v1/operations").await.ok(200).as_array().unwrap().len(), 1);
+    assert_eq!(
+        api.get("/v1/nics").await.ok(200).as_array().unwrap().len(),
+        1
+    );
+    assert_eq!(
+        api.get("/v1/operations")
+            .await
+            .ok(200)
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
 async fn callback_urls_are_checked_and_shown() {
     let (api, vpc, sn) = setup().await;
-    for bad in ["ftp://x/", "not a url", "http://user:pw@example.com/", "http://:80/"] {
+    for bad in [
+        "ftp://x/",
+        "not a url",
+        "http://user:pw@example.com/",
+        "http://:80/",
+    ] {
         api.unchanged(|| api.post("/v1/nics", json!({"subnet_id": sn, "callback_url": bad})))
             .await
             .problem(422, &["callback_url"])
@@ -296,7 +324,10 @@ async fn a_group_shows_whether_its_last_change_is_programmed() {
             let kv = store.get(&key).await.unwrap().unwrap();
             let mut v: Value = serde_json::from_slice(&kv.value).unwrap();
             v["state"] = json!(state);
-            store.put(&key, serde_json::to_vec(&v).unwrap()).await.unwrap();
+            store
+                .put(&key, serde_json::to_vec(&v).unwrap())
+                .await
+                .unwrap();
         }
     };
     set_state(op["id"].as_str().unwrap(), "succeeded").await;
