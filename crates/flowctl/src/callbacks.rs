@@ -92,18 +92,11 @@ pub async fn run_callbacks(
                 return std::future::pending().await;
             }
         };
-        loop {
-            let lead = match election.campaign().await {
-                Ok(l) => l,
-                Err(e) => {
-                    warn!(error = %e, "campaign failed; trying again");
-                    tokio::time::sleep(cfg.ttl / 2).await;
-                    continue;
-                }
-            };
-            let why = deliver_while_leading(&store, &auth, &http, lead, &cfg, &metrics).await;
-            warn!(%why, "callback duty given up; campaigning again");
-        }
+        let (store, auth, http, cfg, metrics) = (&store, &auth, &http, &cfg, &metrics);
+        crate::duties::hold_forever(election, cfg.ttl, |lead| {
+            deliver_while_leading(store, auth, http, lead, cfg, metrics)
+        })
+        .await
     }
     .instrument(span)
     .await

@@ -256,8 +256,7 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateNic>,
 ) -> ApiResult<Response> {
     caller.tenant_scope()?;
-    let callback = operations::callback_url(req.callback_url.as_deref())?;
-    let op_id = validate::new_id("op");
+    let new_op = operations::NewOp::new(req.callback_url.as_deref())?;
     let tags = req.tags.clone().unwrap_or_default();
     validate::tags(&tags)?;
     let tags = &tags;
@@ -288,7 +287,7 @@ pub async fn create(
     let store = st.store.as_ref();
     let created_at = validate::now_rfc3339();
     let (id, name, req, created_at, caller) = (&id, &name, &req, &created_at, &caller);
-    let (op_id, callback) = (&op_id, &callback);
+    let new_op = &new_op;
     let (nic, op) = db::retry("create the NIC", || async move {
         let missing = || {
             Problem::invalid(
@@ -424,14 +423,13 @@ pub async fn create(
             compare.extend(c);
             ops.push(op);
         }
-        let op = operations::new_op(
-            op_id,
+        let op = new_op.stage(
             &nic.tenant_id,
             Action::Create,
             Target::nic(id),
-            callback.clone(),
-        );
-        operations::stage(&op, &mut compare, &mut ops)?;
+            &mut compare,
+            &mut ops,
+        )?;
         Ok(if db::commit(store, compare, ops).await? {
             Attempt::Done((nic, op))
         } else {
@@ -510,8 +508,7 @@ pub async fn patch(
     if_match: IfMatch,
     ApiJson(req): ApiJson<PatchNic>,
 ) -> ApiResult<Response> {
-    let callback = operations::callback_url(req.callback_url.as_deref())?;
-    let op_id = validate::new_id("op");
+    let new_op = operations::NewOp::new(req.callback_url.as_deref())?;
     if let Some(name) = &req.name {
         validate::name("name", name)?;
     }
@@ -531,7 +528,7 @@ pub async fn patch(
     let (want_groups, want_pairs) = (&want_groups, &want_pairs);
     let store = st.store.as_ref();
     let (id, req, caller, if_match) = (&id, &req, &caller, &if_match);
-    let (op_id, callback) = (&op_id, &callback);
+    let new_op = &new_op;
     let (nic, op) = db::retry("update the NIC", || async move {
         let cur = load(store, id).await?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
@@ -588,14 +585,13 @@ pub async fn patch(
         if nic != cur.value {
             ops.push(db::put_json(&key, &nic)?);
         }
-        let op = operations::new_op(
-            op_id,
+        let op = new_op.stage(
             &nic.tenant_id,
             Action::Update,
             Target::nic(id),
-            callback.clone(),
-        );
-        operations::stage(&op, &mut compare, &mut ops)?;
+            &mut compare,
+            &mut ops,
+        )?;
         Ok(if db::commit(store, compare, ops).await? {
             Attempt::Done((nic, op))
         } else {
@@ -625,11 +621,10 @@ pub async fn delete(
     if_match: IfMatch,
     ApiQuery(q): ApiQuery<DeleteParams>,
 ) -> ApiResult<Response> {
-    let callback = operations::callback_url(q.callback_url.as_deref())?;
-    let op_id = validate::new_id("op");
+    let new_op = operations::NewOp::new(q.callback_url.as_deref())?;
     let store = st.store.as_ref();
     let (id, caller, if_match) = (&id, &caller, &if_match);
-    let (op_id, callback) = (&op_id, &callback);
+    let new_op = &new_op;
     let op = db::retry("delete the NIC", || async move {
         let cur = load(store, id).await?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
@@ -650,14 +645,13 @@ pub async fn delete(
             .into_iter()
             .chain(qc)
             .collect();
-        let op = operations::new_op(
-            op_id,
+        let op = new_op.stage(
             &cur.value.tenant_id,
             Action::Delete,
             Target::nic(id),
-            callback.clone(),
-        );
-        operations::stage(&op, &mut compare, &mut ops)?;
+            &mut compare,
+            &mut ops,
+        )?;
         db::commit_attempt(store, compare, ops, op).await
     })
     .await?;

@@ -39,7 +39,7 @@ use crate::store::{Compare, Op, Store};
 pub const RETRY_AFTER_SECS: &str = "1";
 
 /// The `callback_url` of a request, checked (422 naming the field).
-pub(super) fn callback_url(raw: Option<&str>) -> ApiResult<Option<String>> {
+fn callback_url(raw: Option<&str>) -> ApiResult<Option<String>> {
     let Some(url) = raw else {
         return Ok(None);
     };
@@ -61,31 +61,47 @@ pub struct DeleteParams {
     pub callback_url: Option<String>,
 }
 
-/// A new pending operation of the caller's change.
-pub(super) fn new_op(
-    id: &str,
-    tenant_id: &str,
-    action: Action,
-    target: Target,
+/// The operation a handler's change will get: its id (the same on every
+/// optimistic retry) and callback, checked before anything is read.
+pub(super) struct NewOp {
+    id: String,
     callback_url: Option<String>,
-) -> Operation {
-    Operation::new(
-        id,
-        tenant_id,
-        action,
-        target,
-        callback_url,
-        &validate::now_rfc3339(),
-    )
 }
 
-/// Adds the operation to the change's transaction (created only if absent)
-/// and makes it the answer if the transaction commits.
-pub(super) fn stage(
-    op: &Operation,
-    compare: &mut Vec<Compare>,
-    ops: &mut Vec<Op>,
-) -> ApiResult<()> {
+impl NewOp {
+    pub(super) fn new(callback_url: Option<&str>) -> ApiResult<NewOp> {
+        Ok(NewOp {
+            id: validate::new_id("op"),
+            callback_url: self::callback_url(callback_url)?,
+        })
+    }
+
+    /// Adds the pending operation to the change's transaction and makes it
+    /// the answer if the transaction commits.
+    pub(super) fn stage(
+        &self,
+        tenant_id: &str,
+        action: Action,
+        target: Target,
+        compare: &mut Vec<Compare>,
+        ops: &mut Vec<Op>,
+    ) -> ApiResult<Operation> {
+        let op = Operation::new(
+            &self.id,
+            tenant_id,
+            action,
+            target,
+            self.callback_url.clone(),
+            &validate::now_rfc3339(),
+        );
+        stage(&op, compare, ops)?;
+        Ok(op)
+    }
+}
+
+/// Adds `op` to the change's transaction (created only if absent) and
+/// makes it the answer if the transaction commits.
+fn stage(op: &Operation, compare: &mut Vec<Compare>, ops: &mut Vec<Op>) -> ApiResult<()> {
     let key = keys::operation(&op.id);
     compare.push(Compare::absent(&key));
     ops.push(db::put_json(&key, &op.stored())?);

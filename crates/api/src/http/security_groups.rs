@@ -308,8 +308,7 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateSecurityGroup>,
 ) -> ApiResult<Response> {
     caller.tenant_scope()?;
-    let callback = operations::callback_url(req.callback_url.as_deref())?;
-    let op_id = validate::new_id("op");
+    let new_op = operations::NewOp::new(req.callback_url.as_deref())?;
     validate::name("name", &req.name)?;
     let tags = req.tags.clone().unwrap_or_default();
     validate::tags(&tags)?;
@@ -323,7 +322,7 @@ pub async fn create(
     let created_at = validate::now_rfc3339();
     let (id, req, rules, description, created_at) = (&id, &req, &rules, &description, &created_at);
     let caller = &caller;
-    let (op_id, callback) = (&op_id, &callback);
+    let new_op = &new_op;
     let (group, op) = db::retry("create the security group", || async move {
         let missing = || {
             Problem::invalid(
@@ -382,14 +381,13 @@ pub async fn create(
                 ops.push(op);
             }
         }
-        let op = operations::new_op(
-            op_id,
+        let op = new_op.stage(
             &group.tenant_id,
             Action::Create,
             Target::security_group(id),
-            callback.clone(),
-        );
-        operations::stage(&op, &mut compare, &mut ops)?;
+            &mut compare,
+            &mut ops,
+        )?;
         Ok(if db::commit(store, compare, ops).await? {
             Attempt::Done((group, op))
         } else {
@@ -468,8 +466,7 @@ pub async fn patch(
     if_match: IfMatch,
     ApiJson(req): ApiJson<PatchSecurityGroup>,
 ) -> ApiResult<Response> {
-    let callback = operations::callback_url(req.callback_url.as_deref())?;
-    let op_id = validate::new_id("op");
+    let new_op = operations::NewOp::new(req.callback_url.as_deref())?;
     if let Some(name) = &req.name {
         validate::name("name", name)?;
     }
@@ -481,7 +478,7 @@ pub async fn patch(
     }
     let store = st.store.as_ref();
     let (id, req, caller, if_match) = (&id, &req, &caller, &if_match);
-    let (op_id, callback) = (&op_id, &callback);
+    let new_op = &new_op;
     let (group, op) = db::retry("update the security group", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
@@ -514,14 +511,13 @@ pub async fn patch(
         if g != cur.value {
             ops.push(db::put_json(&key, &g)?);
         }
-        let op = operations::new_op(
-            op_id,
+        let op = new_op.stage(
             &g.tenant_id,
             Action::Update,
             Target::security_group(id),
-            callback.clone(),
-        );
-        operations::stage(&op, &mut compare, &mut ops)?;
+            &mut compare,
+            &mut ops,
+        )?;
         Ok(if db::commit(store, compare, ops).await? {
             Attempt::Done((g, op))
         } else {
@@ -546,11 +542,10 @@ pub async fn delete(
     if_match: IfMatch,
     ApiQuery(q): ApiQuery<DeleteParams>,
 ) -> ApiResult<Response> {
-    let callback = operations::callback_url(q.callback_url.as_deref())?;
-    let op_id = validate::new_id("op");
+    let new_op = operations::NewOp::new(q.callback_url.as_deref())?;
     let store = st.store.as_ref();
     let (id, caller, if_match) = (&id, &caller, &if_match);
-    let (op_id, callback) = (&op_id, &callback);
+    let new_op = &new_op;
     let op = db::retry("delete the security group", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
@@ -596,14 +591,13 @@ pub async fn delete(
         .into_iter()
         .chain(qc)
         .collect();
-        let op = operations::new_op(
-            op_id,
+        let op = new_op.stage(
             &cur.value.tenant_id,
             Action::Delete,
             Target::security_group(id),
-            callback.clone(),
-        );
-        operations::stage(&op, &mut compare, &mut ops)?;
+            &mut compare,
+            &mut ops,
+        )?;
         db::commit_attempt(store, compare, ops, op).await
     })
     .await?;
@@ -665,16 +659,15 @@ pub async fn add_rule(
             )
         }
     };
-    let callback = operations::callback_url(callback.as_deref())?;
+    let new_op = operations::NewOp::new(callback.as_deref())?;
     let raw = serde_json::to_vec(&body)
         .map_err(|_| Problem::bad_request("the request body could not be re-encoded"))?;
     let req: CreateRule = super::extract::parse_json(&raw)?;
-    let op_id = validate::new_id("op");
     let rule = validate::rule("", &req.spec())?;
     tracing::Span::current().record("rule_id", rule.id.as_str());
     let store = st.store.as_ref();
     let (id, rule, caller) = (&id, &rule, &caller);
-    let (op_id, callback) = (&op_id, &callback);
+    let new_op = &new_op;
     let op = db::retry("add the rule", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
@@ -706,14 +699,13 @@ pub async fn add_rule(
         let (c, o) = quota::charge(store, &g.tenant_id, &[(Kind::SecurityGroupRules, n)]).await?;
         compare.extend(c);
         ops.extend(o);
-        let op = operations::new_op(
-            op_id,
+        let op = new_op.stage(
             &g.tenant_id,
             Action::Create,
             Target::security_group_rule(id, &rule.id),
-            callback.clone(),
-        );
-        operations::stage(&op, &mut compare, &mut ops)?;
+            &mut compare,
+            &mut ops,
+        )?;
         db::commit_attempt(store, compare, ops, op).await
     })
     .await?;
@@ -755,11 +747,10 @@ pub async fn delete_rule(
     ApiPath(path): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<DeleteParams>,
 ) -> ApiResult<Response> {
-    let callback = operations::callback_url(q.callback_url.as_deref())?;
-    let op_id = validate::new_id("op");
+    let new_op = operations::NewOp::new(q.callback_url.as_deref())?;
     let store = st.store.as_ref();
     let (id, rule_id, caller) = (&path.0, &path.1, &caller);
-    let (op_id, callback) = (&op_id, &callback);
+    let new_op = &new_op;
     let op = db::retry("delete the rule", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
@@ -783,14 +774,13 @@ pub async fn delete_rule(
             .chain(qc)
             .collect();
         let mut ops: Vec<Op> = [db::put_json(&key, &g)?].into_iter().chain(qo).collect();
-        let op = operations::new_op(
-            op_id,
+        let op = new_op.stage(
             &g.tenant_id,
             Action::Delete,
             Target::security_group_rule(id, rule_id),
-            callback.clone(),
-        );
-        operations::stage(&op, &mut compare, &mut ops)?;
+            &mut compare,
+            &mut ops,
+        )?;
         db::commit_attempt(store, compare, ops, op).await
     })
     .await?;
