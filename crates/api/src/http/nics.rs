@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{self, Access, Caller};
+use super::auth::{Access, Caller};
 use super::db::{self, index, Attempt};
 use super::etag::{IfMatch, Tagged};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
@@ -438,8 +438,7 @@ pub async fn create(
     })
     .await?;
     tracing::info!(ip = %nic.ip, mac = %nic.mac, node = ?nic.node, op_id = %op.id, "NIC created");
-    let revision = auth::last_commit_revision().unwrap_or_default();
-    Ok(operations::accepted(op, revision))
+    Ok(operations::accepted(op))
 }
 
 #[utoipa::path(get, path = "/v1/nics", tag = "nics", params(NicFilter),
@@ -606,8 +605,7 @@ pub async fn patch(
         op_id = %op.id,
         "NIC updated"
     );
-    let revision = auth::last_commit_revision().unwrap_or_default();
-    Ok(operations::accepted(op, revision))
+    Ok(operations::accepted(op))
 }
 
 #[utoipa::path(delete, path = "/v1/nics/{id}", tag = "nics",
@@ -656,6 +654,5 @@ pub async fn delete(
     })
     .await?;
     tracing::info!(op_id = %op.id, "NIC deleted");
-    let revision = auth::last_commit_revision().unwrap_or_default();
-    Ok(operations::accepted(op, revision))
+    Ok(operations::accepted(op))
 }

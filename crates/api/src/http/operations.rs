@@ -185,8 +185,9 @@ fn location(id: &str) -> String {
     format!("/v1/operations/{id}")
 }
 
-/// `202 Accepted` with the operation, committed at `revision`.
-pub(super) fn accepted(mut op: Operation, revision: u64) -> Response {
+/// `202 Accepted` with the operation the request's commit wrote.
+pub(super) fn accepted(mut op: Operation) -> Response {
+    let revision = auth::last_commit_revision().unwrap_or_default();
     op.revision = revision;
     tracing::info!(op_id = %op.id, target = %op.target.href, revision, "operation accepted");
     (

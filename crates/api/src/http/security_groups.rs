@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{self, Access, Caller};
+use super::auth::{Access, Caller};
 use super::db::{self, index, Attempt};
 use super::etag::{IfMatch, Tagged};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
@@ -396,8 +396,7 @@ pub async fn create(
     })
     .await?;
     tracing::info!(rules = group.rules.len(), op_id = %op.id, "security group created");
-    let revision = auth::last_commit_revision().unwrap_or_default();
-    Ok(operations::accepted(op, revision))
+    Ok(operations::accepted(op))
 }
 
 #[utoipa::path(get, path = "/v1/security-groups", tag = "security-groups", params(GroupFilter),
@@ -526,8 +525,7 @@ pub async fn patch(
     })
     .await?;
     tracing::info!(name = %group.name, op_id = %op.id, "security group updated");
-    let revision = auth::last_commit_revision().unwrap_or_default();
-    Ok(operations::accepted(op, revision))
+    Ok(operations::accepted(op))
 }
 
 #[utoipa::path(delete, path = "/v1/security-groups/{id}", tag = "security-groups",
@@ -602,8 +600,7 @@ pub async fn delete(
     })
     .await?;
     tracing::info!(op_id = %op.id, "security group deleted");
-    let revision = auth::last_commit_revision().unwrap_or_default();
-    Ok(operations::accepted(op, revision))
+    Ok(operations::accepted(op))
 }
 
 /// NICs that are members of `id` and other groups whose rules name it.
@@ -710,8 +707,7 @@ pub async fn add_rule(
     })
     .await?;
     tracing::info!(op_id = %op.id, "security group rule added");
-    let revision = auth::last_commit_revision().unwrap_or_default();
-    Ok(operations::accepted(op, revision))
+    Ok(operations::accepted(op))
 }
 
 #[utoipa::path(get, path = "/v1/security-groups/{id}/rules/{rule_id}", tag = "security-groups",
@@ -785,6 +781,5 @@ pub async fn delete_rule(
     })
     .await?;
     tracing::info!(op_id = %op.id, "security group rule deleted");
-    let revision = auth::last_commit_revision().unwrap_or_default();
-    Ok(operations::accepted(op, revision))
+    Ok(operations::accepted(op))
 }
