@@ -31,6 +31,9 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::metrics::Metrics;
 use crate::service::Retention;
 
+mod poster;
+pub use poster::Poster;
+
 /// Settings of the callback duty.
 #[derive(Clone, Debug)]
 pub struct CallbackConfig {
@@ -43,6 +46,9 @@ pub struct CallbackConfig {
     pub ttl: Duration,
     /// POSTs in flight at once.
     pub concurrency: usize,
+    /// CA certificates (PEM) trusted for `https://` receivers besides the
+    /// system's.
+    pub extra_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for CallbackConfig {
@@ -53,6 +59,7 @@ impl Default for CallbackConfig {
             timeout: Duration::from_secs(10),
             ttl: Duration::from_secs(10),
             concurrency: 16,
+            extra_ca: None,
         }
     }
 }
@@ -80,15 +87,12 @@ pub async fn run_callbacks(
     let election = Election::new(store.clone(), callbacks_key(), candidate.clone(), cfg.ttl);
     let span = info_span!("duty", name = "callbacks", %candidate);
     async move {
-        let http = match reqwest::Client::builder()
-            .timeout(cfg.timeout)
-            // A receiver answers; it does not send the delivery elsewhere.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-        {
+        // Redirects are not followed: a receiver answers, it does not
+        // send the delivery elsewhere.
+        let http = match Poster::new(cfg.extra_ca.as_deref(), cfg.timeout) {
             Ok(c) => c,
             Err(e) => {
-                warn!(error = %e, "cannot build the callback HTTP client; no callbacks");
+                warn!(error = %e, "cannot set up the callback client; no callbacks");
                 return std::future::pending().await;
             }
         };
@@ -105,7 +109,7 @@ pub async fn run_callbacks(
 async fn deliver_while_leading(
     store: &Arc<dyn Store>,
     auth: &AuthConfig,
-    http: &reqwest::Client,
+    http: &Poster,
     mut lead: Leadership,
     cfg: &CallbackConfig,
     metrics: &Metrics,
@@ -195,7 +199,7 @@ async fn body_of(store: &dyn Store, op_id: &str) -> Result<Option<Vec<u8>>, Stri
 async fn deliver(
     store: &dyn Store,
     auth: &AuthConfig,
-    http: &reqwest::Client,
+    http: &Poster,
     lead: &Leadership,
     cfg: &CallbackConfig,
     metrics: &Metrics,
@@ -247,7 +251,7 @@ async fn deliver(
 async fn attempt(
     store: &dyn Store,
     auth: &AuthConfig,
-    http: &reqwest::Client,
+    http: &Poster,
     metrics: &Metrics,
     d: &Delivery,
     body: Vec<u8>,
@@ -257,29 +261,21 @@ async fn attempt(
         .map_err(|p| format!("cannot read the tenant's callback secret: {}", p.detail))?;
     let signature = api::operation::sign_callback(&secret.secret, proto::sign::unix_now(), &body);
     Metrics::inc(&metrics.callback_attempts);
-    let resp = http
-        .post(&d.status.url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(api::operation::SIGNATURE_HEADER, signature)
-        .header(api::operation::DELIVERY_HEADER, &d.op_id)
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| {
-            // The cause chain says what failed (connect, timeout).
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg = format!("{msg}: {s}");
-                src = s.source();
-            }
-            msg
-        })?;
-    let status = resp.status();
-    if status.is_success() {
+    let status = http
+        .post(
+            &d.status.url,
+            &[
+                ("content-type", "application/json"),
+                (api::operation::SIGNATURE_HEADER, &signature),
+                (api::operation::DELIVERY_HEADER, &d.op_id),
+            ],
+            body,
+        )
+        .await?;
+    if (200..300).contains(&status) {
         Ok(())
     } else {
-        Err(format!("the receiver answered HTTP {}", status.as_u16()))
+        Err(format!("the receiver answered HTTP {status}"))
     }
 }
 

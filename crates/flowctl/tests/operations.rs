@@ -259,6 +259,7 @@ async fn callback_is_retried_until_acked_then_delivered_once() {
         timeout: Duration::from_secs(2),
         ttl: Duration::from_secs(1),
         concurrency: 4,
+        extra_ca: None,
     };
     let metrics = Arc::new(flowctl::metrics::Metrics::default());
     let duty = |name: &str| {
@@ -343,4 +344,150 @@ async fn callback_is_retried_until_acked_then_delivered_once() {
         );
     }
     assert!(metrics.callbacks_delivered.load(Ordering::Relaxed) == 1);
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, made with openssl.
+fn test_pki(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+    ]);
+    run(&ca);
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&csr);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+    ]);
+}
+
+/// `https://` receivers: the callback client verifies them against the
+/// system roots plus the configured CA, and talks TLS to them.
+#[tokio::test]
+async fn https_callbacks_verify_the_receiver() {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::ServerConfig;
+
+    let dir = tempfile::tempdir().unwrap();
+    test_pki(dir.path());
+    let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(dir.path().join("leaf.pem"))
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(dir.path().join("leaf.key")).unwrap();
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let server = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/hook", listener.local_addr().unwrap());
+    let got = Arc::new(Mutex::new(Vec::<String>::new()));
+    let receiver = {
+        let got = got.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let (acceptor, got) = (acceptor.clone(), got.clone());
+                tokio::spawn(async move {
+                    // A client that does not trust us fails the handshake.
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                        let got = got.clone();
+                        async move {
+                            let sig = req.headers()[api::operation::SIGNATURE_HEADER]
+                                .to_str()
+                                .unwrap()
+                                .to_string();
+                            got.lock().unwrap().push(sig);
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Empty::<bytes::Bytes>::new(),
+                            ))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        })
+    };
+    let timeout = Duration::from_secs(5);
+    let trusting =
+        flowctl::callbacks::Poster::new(Some(&dir.path().join("ca.pem")), timeout).unwrap();
+    let status = trusting
+        .post(
+            &url,
+            &[(api::operation::SIGNATURE_HEADER, "t=1,v1=00")],
+            b"{}".to_vec(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(got.lock().unwrap().as_slice(), ["t=1,v1=00"]);
+    // Without the CA: the receiver is not trusted, nothing is delivered.
+    let system_only = flowctl::callbacks::Poster::new(None, timeout).unwrap();
+    let err = system_only
+        .post(&url, &[], b"{}".to_vec())
+        .await
+        .unwrap_err();
+    assert!(err.contains("TLS") && err.contains("certificate"), "{err}");
+    assert_eq!(got.lock().unwrap().len(), 1);
+    receiver.abort();
 }
