@@ -1,8 +1,10 @@
 //! REST API throughput over real HTTP on 127.0.0.1 with the embedded store:
 //! N concurrent clients (64 by default), each with its own connection,
 //! first reading one VPC (`GET /v1/vpcs/{id}`) in a loop, then creating
-//! VPCs (`POST /v1/vpcs`, five keys in one transaction). Prints requests/s
-//! and latency percentiles for each phase.
+//! VPCs (`POST /v1/vpcs`, five keys in one transaction), then creating
+//! NICs (`POST /v1/nics`, answered 202 with an operation written in the
+//! same transaction; each client in a subnet of its own). Prints
+//! requests/s and latency percentiles for each phase.
 //!
 //! `cargo bench -p api --bench http`; knobs: HTTP_BENCH_CLIENTS,
 //! HTTP_BENCH_SECS, HTTP_BENCH_DIR (where the database file goes).
@@ -44,7 +46,7 @@ impl Client {
         method: reqwest::Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<reqwest::StatusCode, reqwest::Error> {
+    ) -> Result<(reqwest::StatusCode, bytes::Bytes), reqwest::Error> {
         let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
         let url = reqwest::Url::parse(&format!("{}{path}", self.base)).expect("valid url");
         let header = proto::sign::authorization(
@@ -65,8 +67,8 @@ impl Client {
         }
         let resp = req.send().await?;
         let status = resp.status();
-        resp.bytes().await?;
-        Ok(status)
+        let body = resp.bytes().await?;
+        Ok((status, body))
     }
 }
 
@@ -165,7 +167,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
             .collect::<Result<_, reqwest::Error>>()?;
         let c0 = clients[0].clone();
-        let status = c0
+        let (status, _) = c0
             .send(
                 reqwest::Method::POST,
                 "/v1/vpcs",
@@ -203,7 +205,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             async move {
                 c.send(reqwest::Method::GET, &path, None)
                     .await
-                    .is_ok_and(|s| s == 200)
+                    .is_ok_and(|(s, _)| s == 200)
             }
         })
         .await;
@@ -213,10 +215,50 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let body = json!({"name": format!("v{n:x}"), "cidrs": ["10.0.0.0/16"]});
             c.send(reqwest::Method::POST, "/v1/vpcs", Some(&body))
                 .await
-                .is_ok_and(|s| s == 201)
+                .is_ok_and(|(s, _)| s == 201)
         })
         .await;
         report("creates", n_clients, &creates);
+
+        // One /20 per client in a /10 VPC: NIC creates contend only on
+        // the VPC's MAC index and the default group's guard, as 64
+        // tenants' automation would.
+        let (_, vpc) = c0
+            .send(
+                reqwest::Method::POST,
+                "/v1/vpcs",
+                Some(&json!({"name": "bench-nics", "cidrs": ["10.64.0.0/10"]})),
+            )
+            .await?;
+        let vpc: Value = serde_json::from_slice(&vpc)?;
+        let mut subnets = vec![];
+        for i in 0..n_clients {
+            let cidr = format!("10.{}.{}.0/20", 64 + i / 16, (i % 16) * 16);
+            let (status, sn) = c0
+                .send(
+                    reqwest::Method::POST,
+                    "/v1/subnets",
+                    Some(&json!({"vpc_id": vpc["id"], "cidr": cidr})),
+                )
+                .await?;
+            if status != 201 {
+                return Err(format!("subnet {cidr}: {status}").into());
+            }
+            let sn: Value = serde_json::from_slice(&sn)?;
+            subnets.push(sn["id"].as_str().ok_or("no subnet id")?.to_string());
+        }
+        let subnets = Arc::new(subnets);
+        let nics = run_phase(&clients, secs, move |c, n| {
+            let subnet = subnets[(n >> 32) as usize % subnets.len()].clone();
+            async move {
+                let body = json!({ "subnet_id": subnet });
+                c.send(reqwest::Method::POST, "/v1/nics", Some(&body))
+                    .await
+                    .is_ok_and(|(s, _)| s == 202)
+            }
+        })
+        .await;
+        report("nics", n_clients, &nics);
         server.abort();
         store.close().await?;
         Ok::<(), Box<dyn std::error::Error>>(())

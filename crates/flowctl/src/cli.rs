@@ -1,7 +1,13 @@
-//! The operator CLI: `flowctl node|vpc|subnet|nic|sg create|list|show|update|delete`
-//! and `flowctl sg rule add|delete` against the REST API. A thin layer: arguments become the API's JSON, the
-//! API's JSON becomes a table (or is printed as is with `-o json`), and an
-//! API problem becomes an error carrying its detail.
+//! The operator CLI: `flowctl node|vpc|subnet|nic|sg create|list|show|update|delete`,
+//! `flowctl sg rule add|delete` and `flowctl op list|show` against the REST
+//! API. A thin layer: arguments become the API's JSON, the API's JSON
+//! becomes a table (or is printed as is with `-o json`), and an API problem
+//! becomes an error carrying its detail.
+//!
+//! Changes the API answers with `202 Accepted` (NICs, security groups and
+//! rules: they are programmed on nodes) print their operation; with
+//! `--wait` the CLI follows the operation until it ends and prints the
+//! resource as it is then (an operation that failed is an error).
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Map, Value};
@@ -276,6 +282,22 @@ pub enum RuleCmd {
     Delete { group: String, rule: String },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum OpCmd {
+    /// The operations of the caller's tenant.
+    List {
+        /// pending, running, succeeded or failed.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only those about this resource id.
+        #[arg(long)]
+        target: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+}
+
 /// A resource command.
 #[derive(Debug, Subcommand)]
 pub enum ResourceCmd {
@@ -294,6 +316,9 @@ pub enum ResourceCmd {
     /// Security groups and their rules.
     #[command(subcommand)]
     Sg(SgCmd),
+    /// Asynchronous operations (of NIC and security group changes).
+    #[command(subcommand)]
+    Op(OpCmd),
 }
 
 /// Where the API is and how to print.
@@ -314,6 +339,17 @@ pub struct ApiArgs {
     pub credentials: Option<std::path::PathBuf>,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
+    /// For a change answered with an operation: wait until it ends (every
+    /// affected node programmed, or failed) and print the resource.
+    #[arg(long, global = true)]
+    pub wait: bool,
+    /// How long `--wait` waits, in seconds.
+    #[arg(long, default_value_t = 60, global = true)]
+    pub wait_timeout: u64,
+    /// For a change answered with an operation: where the API POSTs the
+    /// operation, signed, when it ends.
+    #[arg(long, global = true)]
+    pub callback_url: Option<String>,
 }
 
 impl ApiArgs {
@@ -425,9 +461,15 @@ enum Kind {
     Nic,
     Sg,
     Rule,
+    Op,
 }
 
 impl Kind {
+    /// Changes of these are answered with an operation.
+    fn is_async(self) -> bool {
+        matches!(self, Kind::Nic | Kind::Sg | Kind::Rule)
+    }
+
     fn noun(self) -> &'static str {
         match self {
             Kind::Node => "node",
@@ -436,6 +478,7 @@ impl Kind {
             Kind::Nic => "NIC",
             Kind::Sg => "security group",
             Kind::Rule => "rule",
+            Kind::Op => "operation",
         }
     }
 
@@ -482,6 +525,14 @@ impl Kind {
                 ("ID", "id"),
                 ("DIRECTION", "direction"),
                 ("PROTOCOL", "protocol"),
+            ],
+            Kind::Op => &[
+                ("ID", "id"),
+                ("STATE", "state"),
+                ("ACTION", "action"),
+                ("KIND", "target.kind"),
+                ("TARGET", "target.id"),
+                ("WAITING ON", "waiting_on"),
             ],
         }
     }
@@ -755,7 +806,45 @@ fn plan(cmd: &ResourceCmd) -> Call {
             }
         }
         ResourceCmd::Sg(c) => plan_sg(c),
+        ResourceCmd::Op(c) => match c {
+            OpCmd::List { state, target } => call(
+                M::GET,
+                format!(
+                    "/v1/operations{}",
+                    query(&[("state", state), ("target_id", target)])
+                ),
+                None,
+                Kind::Op,
+            ),
+            OpCmd::Show { id } => call(
+                M::GET,
+                format!("/v1/operations/{}", encode(id)),
+                None,
+                Kind::Op,
+            ),
+        },
     }
+}
+
+/// Adds `--callback-url` to a change answered with an operation: a body
+/// field, or a query parameter of a DELETE (which has no body).
+fn with_callback(mut c: Call, url: Option<&str>) -> Call {
+    let Some(url) = url else {
+        return c;
+    };
+    if !c.kind.is_async() || c.method == reqwest::Method::GET {
+        return c;
+    }
+    match &mut c.body {
+        Some(Value::Object(m)) => {
+            m.insert("callback_url".into(), json!(url));
+        }
+        _ => {
+            let sep = if c.path.contains('?') { '&' } else { '?' };
+            c.path = format!("{}{sep}callback_url={}", c.path, encode(url));
+        }
+    }
+    c
 }
 
 /// `--security-group` values, or `[]` with `--no-security-groups`; absent
@@ -870,12 +959,66 @@ fn plan_sg(c: &SgCmd) -> Call {
 
 /// Runs a resource command against the API and returns what to print.
 pub async fn run(args: &ApiArgs, cmd: &ResourceCmd) -> Result<String> {
-    let c = plan(cmd);
+    let c = with_callback(plan(cmd), args.callback_url.as_deref());
     let creds = args.key_pair()?;
-    let url = format!("{}{}", args.api.trim_end_matches('/'), c.path);
+    let client = reqwest::Client::new();
+    let (status, text) = send(&client, args, &creds, &c.method, &c.path, c.body.as_ref()).await?;
+    if status == 202 {
+        return accepted(&client, args, &creds, &c, &text).await;
+    }
+    if c.method == reqwest::Method::DELETE {
+        return Ok(deleted(args, &c));
+    }
+    print_value(args, c.kind, status, &text)
+}
+
+fn deleted(args: &ApiArgs, c: &Call) -> String {
+    match args.output {
+        Output::Json => String::new(),
+        Output::Table => format!(
+            "deleted {} {}",
+            c.kind.noun(),
+            c.path
+                .split('?')
+                .next()
+                .and_then(|p| p.rsplit('/').next())
+                .unwrap_or("")
+        ),
+    }
+}
+
+fn print_value(args: &ApiArgs, kind: Kind, status: u16, text: &str) -> Result<String> {
+    let value = parse(status, text)?;
+    Ok(match args.output {
+        Output::Json => serde_json::to_string_pretty(&value).unwrap_or_else(|_| text.to_string()),
+        Output::Table => match &value {
+            Value::Array(items) => table(kind, items),
+            v if kind == Kind::Sg => group_details(v),
+            v => details(v),
+        },
+    })
+}
+
+fn parse(status: u16, text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| Error::Api {
+        status,
+        detail: format!("the API answered something that is not JSON: {e}"),
+    })
+}
+
+/// One signed request; a non-2xx answer is an error with its problem.
+async fn send(
+    client: &reqwest::Client,
+    args: &ApiArgs,
+    creds: &proto::sign::Credentials,
+    method: &reqwest::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, String)> {
+    let url = format!("{}{}", args.api.trim_end_matches('/'), path);
     let parsed = reqwest::Url::parse(&url)
         .map_err(|e| Error::Config(format!("bad API address {url:?}: {e}")))?;
-    let body = match &c.body {
+    let bytes = match body {
         Some(b) => serde_json::to_vec(b)
             .map_err(|e| Error::Config(format!("cannot encode the request: {e}")))?,
         None => vec![],
@@ -883,22 +1026,21 @@ pub async fn run(args: &ApiArgs, cmd: &ResourceCmd) -> Result<String> {
     // Signed over exactly what goes on the wire: reqwest's parsed path
     // and query, and the body bytes.
     let authorization = proto::sign::authorization(
-        &creds,
-        c.method.as_str(),
+        creds,
+        method.as_str(),
         parsed.path(),
         parsed.query().unwrap_or(""),
-        &body,
+        &bytes,
         proto::sign::unix_now(),
         &proto::sign::new_nonce(),
     );
-    let client = reqwest::Client::new();
     let mut req = client
-        .request(c.method.clone(), parsed)
+        .request(method.clone(), parsed)
         .header(reqwest::header::AUTHORIZATION, authorization);
-    if c.body.is_some() {
+    if body.is_some() {
         req = req
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
+            .body(bytes);
     }
     let resp = req.send().await.map_err(|source| Error::Request {
         url: url.clone(),
@@ -912,28 +1054,74 @@ pub async fn run(args: &ApiArgs, cmd: &ResourceCmd) -> Result<String> {
     if !status.is_success() {
         return Err(problem(status.as_u16(), &text));
     }
-    if c.method == reqwest::Method::DELETE {
+    Ok((status.as_u16(), text))
+}
+
+/// A change answered with an operation: print it, or (`--wait`) follow it
+/// to its end and print the resource.
+async fn accepted(
+    client: &reqwest::Client,
+    args: &ApiArgs,
+    creds: &proto::sign::Credentials,
+    c: &Call,
+    text: &str,
+) -> Result<String> {
+    let mut op = parse(202, text)?;
+    if !args.wait {
         return Ok(match args.output {
-            Output::Json => String::new(),
+            Output::Json => serde_json::to_string_pretty(&op).unwrap_or_else(|_| text.into()),
             Output::Table => format!(
-                "deleted {} {}",
-                c.kind.noun(),
-                c.path.rsplit('/').next().unwrap_or("")
+                "{}\n\n(accepted; follow it with `flowctl op show {}` or pass --wait)",
+                details(&op),
+                cell(op.get("id"))
             ),
         });
     }
-    let value: Value = serde_json::from_str(&text).map_err(|e| Error::Api {
-        status: status.as_u16(),
-        detail: format!("the API answered something that is not JSON: {e}"),
-    })?;
-    Ok(match args.output {
-        Output::Json => serde_json::to_string_pretty(&value).unwrap_or(text),
-        Output::Table => match &value {
-            Value::Array(items) => table(c.kind, items),
-            v if c.kind == Kind::Sg => group_details(v),
-            v => details(v),
-        },
-    })
+    let id = op["id"].as_str().unwrap_or_default().to_string();
+    let path = format!("/v1/operations/{}", encode(&id));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(args.wait_timeout);
+    let mut pause = std::time::Duration::from_millis(50);
+    while !matches!(op["state"].as_str(), Some("succeeded" | "failed")) {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Operation {
+                id,
+                detail: format!(
+                    "still {} after {} s, waiting on {}",
+                    cell(op.get("state")),
+                    args.wait_timeout,
+                    cell(op.get("waiting_on"))
+                ),
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(1));
+        let (status, text) = send(client, args, creds, &reqwest::Method::GET, &path, None).await?;
+        op = parse(status, &text)?;
+    }
+    if op["state"] == "failed" {
+        return Err(Error::Operation {
+            id,
+            detail: format!(
+                "failed: {}",
+                op["error"]["message"].as_str().unwrap_or("no error given")
+            ),
+        });
+    }
+    if args.output == Output::Json {
+        // The operation as it ended says what was done, and where.
+        if c.method == reqwest::Method::DELETE {
+            return Ok(serde_json::to_string_pretty(&op).unwrap_or_default());
+        }
+    }
+    if c.method == reqwest::Method::DELETE {
+        return Ok(deleted(args, c));
+    }
+    let href = op["target"]["href"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let (status, text) = send(client, args, creds, &reqwest::Method::GET, &href, None).await?;
+    print_value(args, c.kind, status, &text)
 }
 
 /// An error from an API answer: the problem's detail if it is one.
@@ -999,9 +1187,14 @@ fn table(kind: Kind, items: &[Value]) -> String {
     let headers: Vec<&str> = cols.iter().map(|(h, _)| *h).collect();
     let rows: Vec<Vec<String>> = items
         .iter()
-        .map(|it| cols.iter().map(|(_, f)| cell(it.get(*f))).collect())
+        .map(|it| cols.iter().map(|(_, f)| cell(lookup(it, f))).collect())
         .collect();
     table_of(&headers, &rows)
+}
+
+/// The field at a dotted path (`target.id`).
+fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(v, |v, k| v.get(k))
 }
 
 /// A group's fields, then its rules as a table.

@@ -55,6 +55,8 @@ pub enum KeyKind<'a> {
     ExternalNetwork(&'a str),
     Eip(&'a str),
     NatGateway(&'a str),
+    /// An asynchronous operation: not compiled, kept so acks can advance it.
+    Operation(&'a str),
 }
 
 /// Classifies a store key; `None` for keys outside the model (indexes,
@@ -66,6 +68,9 @@ pub fn classify(key: &str) -> Option<KeyKind<'_>> {
     };
     if let Some(id) = id(keys::NIC_STATUS) {
         return Some(KeyKind::NicStatus(id));
+    }
+    if let Some(id) = id(api::operation::keys::OPERATIONS) {
+        return Some(KeyKind::Operation(id));
     }
     if let Some(id) = id(keys::NODES) {
         return Some(KeyKind::Node(id));
@@ -112,6 +117,16 @@ pub struct StatusEntry {
     pub mod_revision: Revision,
 }
 
+/// An operation that has not ended, as cached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpEntry {
+    pub op: api::operation::Operation,
+    /// The store revision of the change it is about.
+    pub create_revision: Revision,
+    /// To fence its next transition.
+    pub mod_revision: Revision,
+}
+
 /// The logical model in memory, with the indexes compilation needs.
 #[derive(Default, Debug)]
 pub struct Model {
@@ -123,6 +138,9 @@ pub struct Model {
     groups: HashMap<String, model::SecurityGroup>,
     /// Not compiled: kept so acks and moves can be turned into status writes.
     statuses: HashMap<String, StatusEntry>,
+    /// Not compiled: operations that have not ended (ended ones are
+    /// dropped), so acks and nacks can advance them.
+    operations: HashMap<String, OpEntry>,
     /// VPC → its subnets.
     vpc_subnets: HashMap<String, BTreeSet<String>>,
     /// VPC → its security groups.
@@ -239,6 +257,7 @@ impl Model {
                         );
                     }
                 }
+                Some(KeyKind::Operation(id)) => m.set_operation(id, kv, true),
                 None => {}
             }
         }
@@ -270,6 +289,37 @@ impl Model {
     /// Every cached status record.
     pub fn statuses(&self) -> impl Iterator<Item = (&String, &StatusEntry)> {
         self.statuses.iter()
+    }
+
+    /// An operation that has not ended.
+    pub fn operation(&self, id: &str) -> Option<&OpEntry> {
+        self.operations.get(id)
+    }
+
+    /// Every operation that has not ended.
+    pub fn operations(&self) -> impl Iterator<Item = (&String, &OpEntry)> {
+        self.operations.iter()
+    }
+
+    /// Caches an operation record (`put`) or forgets it; ended ones are
+    /// forgotten too: nothing advances them any more.
+    fn set_operation(&mut self, id: &str, kv: &KeyValue, put: bool) {
+        let op: Option<api::operation::Operation> = if put { decode(kv) } else { None };
+        match op.filter(|o| !o.state.is_terminal()) {
+            Some(op) => {
+                self.operations.insert(
+                    id.to_string(),
+                    OpEntry {
+                        op,
+                        create_revision: kv.create_revision,
+                        mod_revision: kv.mod_revision,
+                    },
+                );
+            }
+            None => {
+                self.operations.remove(id);
+            }
+        }
     }
 
     /// NICs bound to `node`.
@@ -835,6 +885,8 @@ pub struct Applied {
     pub nics: BTreeSet<String>,
     /// NICs whose status record was written or deleted.
     pub statuses: BTreeSet<String>,
+    /// Operations whose record was written or deleted.
+    pub operations: BTreeSet<String>,
     /// Nodes whose objects were re-examined (a superset of `changes`' keys).
     pub touched: BTreeSet<String>,
 }
@@ -922,6 +974,13 @@ impl Compiler {
             .filter(|id| old_model.statuses.get(*id) != self.model.statuses.get(*id))
             .cloned()
             .collect();
+        out.operations = old_model
+            .operations
+            .keys()
+            .chain(self.model.operations.keys())
+            .filter(|id| old_model.operations.get(*id) != self.model.operations.get(*id))
+            .cloned()
+            .collect();
         out
     }
 
@@ -992,6 +1051,10 @@ impl Compiler {
         let rev = ev.revision();
         match classify(&kv.key) {
             None => {}
+            Some(KeyKind::Operation(id)) => {
+                self.model.set_operation(id, kv, put);
+                out.operations.insert(id.to_string());
+            }
             Some(KeyKind::NicStatus(id)) => {
                 let rec = if put { decode(kv) } else { None };
                 match rec {

@@ -63,25 +63,39 @@ pub async fn run_compaction(
 ) {
     let election = Election::new(store.clone(), compaction_key(), candidate.clone(), cfg.ttl);
     let span = info_span!("duty", name = "compaction", %candidate);
-    async move {
-        loop {
-            let lead = match election.campaign().await {
-                Ok(l) => l,
-                Err(e) => {
-                    warn!(error = %e, "campaign failed; trying again");
-                    tokio::time::sleep(cfg.ttl / 2).await;
-                    continue;
-                }
-            };
+    hold_forever(election, cfg.ttl, |lead| {
+        let (store, cfg, metrics) = (&store, &cfg, &metrics);
+        async move {
             metrics.duty_leader.store(1, Relaxed);
             Metrics::inc(&metrics.duty_terms_total);
-            let why = compact_while_leading(&*store, lead, &cfg, &metrics).await;
+            let why = compact_while_leading(&**store, lead, cfg, metrics).await;
             metrics.duty_leader.store(0, Relaxed);
-            warn!(%why, "compaction duty given up; campaigning again");
+            why
         }
-    }
+    })
     .instrument(span)
     .await
+}
+
+/// Campaigns forever: each time elected, runs `work` with the leadership
+/// until it returns (why it gave the duty up), then campaigns again.
+pub async fn hold_forever<F, Fut>(election: Election, ttl: Duration, mut work: F)
+where
+    F: FnMut(Leadership) -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    loop {
+        let lead = match election.campaign().await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "campaign failed; trying again");
+                tokio::time::sleep(ttl / 2).await;
+                continue;
+            }
+        };
+        let why = work(lead).await;
+        warn!(%why, "duty given up; campaigning again");
+    }
 }
 
 /// Compacts every `every` until the leadership is lost; says why it ended.

@@ -86,6 +86,10 @@ enum Cmd {
         /// This replica's name in duty elections (default: host:pid).
         #[arg(long)]
         replica_name: Option<String>,
+        /// CA certificates (PEM) trusted for https:// operation callbacks,
+        /// besides the system's roots.
+        #[arg(long)]
+        callback_ca_file: Option<PathBuf>,
     },
     /// Prints the token the agent of NODE presents.
     NodeToken {
@@ -158,6 +162,7 @@ async fn open_store(args: &StoreArgs) -> Result<(Arc<dyn Store>, Option<Embedded
 /// The singleton duties' settings (`None`: off).
 struct Duties {
     compaction: Option<CompactionConfig>,
+    callbacks: flowctl::callbacks::CallbackConfig,
     candidate: String,
 }
 
@@ -253,6 +258,17 @@ async fn serve(
             metrics,
         ))
     });
+    // Every replica campaigns; the elected one delivers operation callbacks.
+    let callbacks = tokio::spawn(flowctl::callbacks::run_callbacks(
+        store.clone(),
+        auth.clone(),
+        duties.candidate.clone(),
+        duties.callbacks,
+        service
+            .as_ref()
+            .map(|s| s.shared.metrics.clone())
+            .unwrap_or_default(),
+    ));
     let mut router = api::http::router(store, auth);
     if let Some(service) = &service {
         let metrics = service.shared.clone();
@@ -287,6 +303,7 @@ async fn serve(
     if let Some(c) = compaction {
         c.abort();
     }
+    callbacks.abort();
     drop(service);
     if let Some(embedded) = embedded {
         embedded.close().await?;
@@ -325,6 +342,7 @@ async fn run(cli: Cli) -> Result<()> {
             compact_every,
             duty_ttl,
             replica_name,
+            callback_ca_file,
         } => {
             let secret = read_secret(&cluster_secret_file)?;
             let duties = Duties {
@@ -333,6 +351,11 @@ async fn run(cli: Cli) -> Result<()> {
                     every: Duration::from_secs(compact_every.max(1)),
                     ttl: Duration::from_secs(duty_ttl.max(2)),
                 }),
+                callbacks: flowctl::callbacks::CallbackConfig {
+                    ttl: Duration::from_secs(duty_ttl.max(2)),
+                    extra_ca: callback_ca_file,
+                    ..Default::default()
+                },
                 candidate: replica_name.unwrap_or_else(default_replica_name),
             };
             let store = StoreArgs {

@@ -20,6 +20,11 @@ pub struct Metrics {
     pub relists_total: AtomicU64,
     pub status_writes: AtomicU64,
     pub status_conflicts: AtomicU64,
+    /// Operation records advanced (pending → running → ended).
+    pub operation_transitions: AtomicU64,
+    /// Callback POSTs made, and those answered 2xx.
+    pub callback_attempts: AtomicU64,
+    pub callbacks_delivered: AtomicU64,
     /// 1 while this replica holds the compaction duty.
     pub duty_leader: AtomicU64,
     pub duty_terms_total: AtomicU64,
@@ -129,6 +134,24 @@ impl Metrics {
             "counter",
             "Status transactions that lost a race and were planned again.",
             g(&self.status_conflicts),
+        );
+        metric(
+            "flowctl_operation_transitions_total",
+            "counter",
+            "Operation records advanced from acks, nacks and compilation.",
+            g(&self.operation_transitions),
+        );
+        metric(
+            "flowctl_callback_attempts_total",
+            "counter",
+            "Operation callbacks POSTed (each retry counts).",
+            g(&self.callback_attempts),
+        );
+        metric(
+            "flowctl_callbacks_delivered_total",
+            "counter",
+            "Operation callbacks acknowledged with a 2xx.",
+            g(&self.callbacks_delivered),
         );
         metric(
             "flowctl_duty_compaction_leader",

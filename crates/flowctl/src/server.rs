@@ -253,6 +253,17 @@ async fn stream_states(
             have = None;
         }
     }
+    if let Some(l) = have {
+        // What the agent holds counts as acked for operations: an agent
+        // that acked on a replica that died before recording it, and that
+        // needs nothing new from this one, would otherwise never ack it.
+        shared
+            .status(StatusCmd::Holds {
+                node: node.to_string(),
+                revision: l,
+            })
+            .await;
+    }
     let mut changed = shared.subscribe(node);
     loop {
         // Marked seen before reading the hub, so no change is missed.
@@ -315,6 +326,7 @@ async fn read_acks(
                     .status(StatusCmd::Nack {
                         node: node.clone(),
                         revision,
+                        error,
                     })
                     .await;
             }

@@ -1,8 +1,9 @@
 //! The drivers around the pure parts: a task that follows the store (watch
 //! → [`Hub`]) and wakes the sessions of the nodes that changed, and a task
-//! that turns acks, nacks and model changes into fenced status writes.
+//! that turns acks, nacks and model changes into fenced status writes and
+//! operation transitions.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -18,6 +19,7 @@ use tracing::{debug, info, warn};
 use crate::compile::{Applied, Compiler};
 use crate::hub::{HistoryLimits, Hub};
 use crate::metrics::Metrics;
+use crate::operations::{self as ops, AckBook};
 use crate::status::{self, StatusWrite};
 use crate::Result;
 
@@ -40,9 +42,20 @@ pub enum StatusCmd {
     Nack {
         node: String,
         revision: Revision,
+        error: String,
     },
+    /// The agent of `node` announced (on connecting) that it holds the
+    /// state at `revision`: an ack for operations, not for NIC status
+    /// (it says nothing about which NICs are ready).
+    Holds { node: String, revision: Revision },
     /// Re-check the records of these NICs against the model.
     Check(BTreeSet<String>),
+    /// Plan these operations again; `affected`: for those just written,
+    /// the nodes whose state their revision changed.
+    Ops {
+        ids: BTreeSet<String>,
+        affected: BTreeMap<String, BTreeSet<String>>,
+    },
 }
 
 /// Status writes go in transactions of at most this many records.
@@ -156,6 +169,15 @@ impl Service {
         if !stale.is_empty() {
             shared.status(StatusCmd::Check(stale)).await;
         }
+        // Operations written while no flowctl was running, or left running.
+        let open: BTreeSet<String> = shared
+            .hub()
+            .compiler()
+            .model()
+            .operations()
+            .map(|(id, _)| id.clone())
+            .collect();
+        check_operations(&shared, open, BTreeMap::new()).await;
         Ok(Service { shared, tasks })
     }
 }
@@ -197,7 +219,25 @@ async fn follow(store: Arc<dyn Store>, shared: Arc<Shared>) {
     }
 }
 
+/// Applies a batch of events. A batch that writes operations is applied
+/// one revision (transaction) at a time, so each new operation learns
+/// exactly which nodes its own change altered.
 async fn apply(shared: &Shared, events: &[api::store::WatchEvent]) {
+    let has_ops = events.iter().any(|e| {
+        matches!(
+            crate::compile::classify(&e.kv.key),
+            Some(crate::compile::KeyKind::Operation(_))
+        )
+    });
+    if !has_ops {
+        return apply_batch(shared, events).await;
+    }
+    for group in events.chunk_by(|a, b| a.revision() == b.revision()) {
+        apply_batch(shared, group).await;
+    }
+}
+
+async fn apply_batch(shared: &Shared, events: &[api::store::WatchEvent]) {
     let started = std::time::Instant::now();
     let (out, revision) = {
         let mut hub = shared.hub();
@@ -214,6 +254,16 @@ async fn apply(shared: &Shared, events: &[api::store::WatchEvent]) {
         let out = hub.apply(&fresh);
         (out, hub.revision())
     };
+    // Operations created in this batch (one revision when there are any):
+    // the nodes it changed are the ones they wait on.
+    let created: Vec<String> = events
+        .iter()
+        .filter(|e| e.kind == api::store::EventKind::Put && e.kv.create_revision == e.revision())
+        .filter_map(|e| match crate::compile::classify(&e.kv.key) {
+            Some(crate::compile::KeyKind::Operation(id)) => Some(id.to_string()),
+            _ => None,
+        })
+        .collect();
     let m = &shared.metrics;
     Metrics::inc(&m.compile_batches);
     m.compile_seconds_micros
@@ -225,7 +275,20 @@ async fn apply(shared: &Shared, events: &[api::store::WatchEvent]) {
         "compiled"
     );
     shared.publish(&out, revision);
+    let nodes: BTreeSet<String> = out.changes.keys().cloned().collect();
+    let affected = created.into_iter().map(|id| (id, nodes.clone())).collect();
+    check_operations(shared, out.operations.clone(), affected).await;
     check_statuses(shared, out).await;
+}
+
+async fn check_operations(
+    shared: &Shared,
+    ids: BTreeSet<String>,
+    affected: BTreeMap<String, BTreeSet<String>>,
+) {
+    if !ids.is_empty() {
+        shared.status(StatusCmd::Ops { ids, affected }).await;
+    }
 }
 
 async fn relist(store: &dyn Store, shared: &Shared) {
@@ -240,6 +303,7 @@ async fn relist(store: &dyn Store, shared: &Shared) {
                     "relisted after compaction"
                 );
                 shared.publish(&out, revision);
+                check_operations(shared, out.operations.clone(), BTreeMap::new()).await;
                 check_statuses(shared, out).await;
                 return;
             }
@@ -267,7 +331,35 @@ async fn write_statuses(
     shared: Arc<Shared>,
     mut rx: mpsc::Receiver<(StatusCmd, u32)>,
 ) {
+    let mut book = AckBook::default();
+    // Nodes changed at a pending operation's revision, until it runs.
+    let mut affected: HashMap<String, BTreeSet<String>> = HashMap::new();
+    let mut retention = Retention::default();
     while let Some((cmd, attempt)) = rx.recv().await {
+        // The operations this command may advance.
+        let op_ids: BTreeSet<String> = {
+            let hub = shared.hub();
+            let model = hub.compiler().model();
+            match &cmd {
+                StatusCmd::Ack { node, revision, .. } | StatusCmd::Holds { node, revision } => {
+                    book.ack(node, *revision);
+                    ops::concerning(model, node)
+                }
+                StatusCmd::Nack {
+                    node,
+                    revision,
+                    error,
+                } => {
+                    book.nack(node, *revision, error);
+                    ops::concerning(model, node)
+                }
+                StatusCmd::Ops { ids, affected: a } => {
+                    affected.extend(a.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    ids.clone()
+                }
+                StatusCmd::Check(_) => BTreeSet::new(),
+            }
+        };
         let writes: Vec<StatusWrite> = {
             let hub = shared.hub();
             let model = hub.compiler().model();
@@ -277,8 +369,9 @@ async fn write_statuses(
                     revision,
                     ready,
                 } => status::plan_ack(model, node, *revision, ready),
-                StatusCmd::Nack { node, revision } => status::plan_nack(model, node, *revision),
+                StatusCmd::Nack { node, revision, .. } => status::plan_nack(model, node, *revision),
                 StatusCmd::Check(nics) => status::plan_check(model, nics),
+                StatusCmd::Holds { .. } | StatusCmd::Ops { .. } => vec![],
             }
         };
         let mut lost = false;
@@ -303,7 +396,29 @@ async fn write_statuses(
                 }
             }
         }
-        if lost {
+        let op_lost =
+            advance_operations(&*store, &shared, &op_ids, &affected, &book, &mut retention).await;
+        // A pending operation that was planned no longer needs its set.
+        {
+            let hub = shared.hub();
+            let model = hub.compiler().model();
+            affected.retain(|id, _| {
+                model
+                    .operation(id)
+                    .is_some_and(|e| e.op.state == api::operation::OperationState::Pending)
+            });
+        }
+        let retry = match (lost, op_lost.is_empty()) {
+            (false, true) => None,
+            // Operations are re-planned from scratch (the command's own
+            // ack is in the book already).
+            (false, false) => Some(StatusCmd::Ops {
+                ids: op_lost,
+                affected: BTreeMap::new(),
+            }),
+            (true, _) => Some(cmd),
+        };
+        if let Some(cmd) = retry {
             if attempt + 1 >= STATUS_ATTEMPTS {
                 warn!(?cmd, "status update given up after repeated conflicts");
                 continue;
@@ -317,4 +432,109 @@ async fn write_statuses(
             });
         }
     }
+}
+
+/// The lease ended operations are put on: granted for twice
+/// [`api::operation::RETENTION`], anew once one `RETENTION` has passed, so
+/// each is kept between one and two.
+#[derive(Default)]
+pub(crate) struct Retention {
+    lease: Option<(api::store::LeaseId, tokio::time::Instant)>,
+}
+
+impl Retention {
+    pub(crate) async fn lease(&mut self, store: &dyn Store) -> Result<api::store::LeaseId> {
+        if let Some((id, at)) = self.lease {
+            if at.elapsed() < api::operation::RETENTION {
+                return Ok(id);
+            }
+        }
+        let id = store.grant_lease(api::operation::RETENTION * 2).await?;
+        self.lease = Some((id, tokio::time::Instant::now()));
+        Ok(id)
+    }
+}
+
+/// Plans and commits the transitions of `ids`, one fenced transaction
+/// each; returns those that lost a race (or failed) and need planning again.
+async fn advance_operations(
+    store: &dyn Store,
+    shared: &Shared,
+    ids: &BTreeSet<String>,
+    affected: &HashMap<String, BTreeSet<String>>,
+    book: &AckBook,
+    retention: &mut Retention,
+) -> BTreeSet<String> {
+    if ids.is_empty() {
+        return BTreeSet::new();
+    }
+    let now = api::http::operations::now_rfc3339();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let writes = {
+        let hub = shared.hub();
+        let compiler = hub.compiler();
+        ops::plan(
+            compiler.model(),
+            ids,
+            affected,
+            |t| holders(compiler, t),
+            book,
+            &now,
+            now_ms,
+        )
+    };
+    let mut lost = BTreeSet::new();
+    for w in writes {
+        let lease = if w.op.state.is_terminal() {
+            match retention.lease(store).await {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(error = %e, op_id = %w.op.id, "cannot get the retention lease");
+                    lost.insert(w.op.id.clone());
+                    continue;
+                }
+            }
+        } else {
+            0
+        };
+        match store.txn(ops::to_txn(&w, lease)).await {
+            Ok(r) if r.succeeded => {
+                Metrics::inc(&shared.metrics.operation_transitions);
+                info!(op_id = %w.op.id, state = w.op.state.as_str(), waiting_on = ?w.op.waiting_on, revision = r.revision, "operation advanced");
+            }
+            Ok(_) => {
+                Metrics::inc(&shared.metrics.status_conflicts);
+                lost.insert(w.op.id.clone());
+            }
+            Err(e) => {
+                warn!(error = %e, op_id = %w.op.id, "operation write failed");
+                lost.insert(w.op.id.clone());
+            }
+        }
+    }
+    lost
+}
+
+/// The nodes whose compiled state holds `target` now (what a pending
+/// operation found by a listing waits on).
+fn holders(compiler: &Compiler, target: &api::operation::Target) -> BTreeSet<String> {
+    use proto::ObjectKey;
+    let key = match target.kind.as_str() {
+        "nic" => ObjectKey::Nic(target.id.clone()),
+        "security_group" => ObjectKey::SecurityGroup(target.id.clone()),
+        // `/v1/security-groups/<group>/rules/<rule>`: the group's holders.
+        "security_group_rule" => match target.href.split('/').nth(3) {
+            Some(g) => ObjectKey::SecurityGroup(g.to_string()),
+            None => return BTreeSet::new(),
+        },
+        _ => return BTreeSet::new(),
+    };
+    compiler
+        .states()
+        .iter()
+        .filter(|(_, st)| st.contains(&key))
+        .map(|(n, _)| n.clone())
+        .collect()
 }

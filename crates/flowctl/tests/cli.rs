@@ -145,14 +145,45 @@ async fn serve_cli_and_agent() {
         ],
     );
     let subnet_id = subnet["id"].as_str().unwrap().to_string();
-    let nic = json(
+    // A group of a VPC no node carries yet (no NIC is bound) is done at once: --wait prints it.
+    let g = json(&api, &["sg", "create", "db", "--vpc", &vpc_id, "--wait"]);
+    assert_eq!(g["name"], "db", "{g}");
+    let out = flowctl(
+        &api,
+        &[
+            "sg",
+            "create",
+            "x",
+            "--vpc",
+            &vpc_id,
+            "--callback-url",
+            "ftp://no",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("callback_url"),
+        "{err}"
+    );
+    // A NIC is programmed on its node: the CLI prints the operation.
+    let op = json(
         &api,
         &[
             "nic", "create", "--subnet", &subnet_id, "--name", "web", "--node", "n1",
         ],
     );
-    let nic_id = nic["id"].as_str().unwrap().to_string();
+    assert_eq!(op["state"], "pending", "{op}");
+    let nic_id = op["target"]["id"].as_str().unwrap().to_string();
+    let nic = json(&api, &["nic", "show", &nic_id]);
     assert_eq!(nic["node"], "n1");
+    let shown = json(&api, &["op", "show", op["id"].as_str().unwrap()]);
+    assert_eq!(shown["target"]["id"], nic_id.as_str());
+    let ops = ok(&api, &["op", "list", "--target", &nic_id]);
+    assert!(ops.lines().next().unwrap().starts_with("ID"), "{ops}");
+    assert!(
+        ops.contains(op["id"].as_str().unwrap()) && ops.contains("nic"),
+        "{ops}"
+    );
 
     // Table output.
     let table = ok(&api, &["nic", "list"]);
@@ -203,7 +234,9 @@ async fn serve_cli_and_agent() {
     }
 
     // Unbinding reaches the agent as a removal, and the NIC is down.
-    let unbound = json(&api, &["nic", "update", &nic_id, "--unbind"]);
+    let op = json(&api, &["nic", "update", &nic_id, "--unbind"]);
+    assert_eq!(op["action"], "update");
+    let unbound = json(&api, &["nic", "show", &nic_id]);
     assert_eq!(unbound["node"], serde_json::Value::Null);
     assert_eq!(unbound["status"], "down");
     let Some(ServerMessage::Delta { changes, .. }) = a.recv().await else {

@@ -170,9 +170,63 @@ impl ApiClient {
         self.send("DELETE", path, None)
     }
 
-    /// POST that must succeed; returns the created resource.
+    /// POST that must succeed; returns the created resource. A create
+    /// answered `202 Accepted` (NICs, security groups, rules: they are
+    /// programmed on nodes) returns the operation's target as read back
+    /// at once, without waiting for the operation.
     pub fn create(&self, path: &str, body: &Value) -> Result<Value> {
-        self.post(path, body)?.ok("POST", path)
+        let got = self.post(path, body)?;
+        self.resource_of("POST", path, got)
+    }
+
+    /// PATCH that must succeed; returns the resource as it is now (read
+    /// back through the operation's target for a 202).
+    pub fn update(&self, path: &str, body: &Value) -> Result<Value> {
+        let got = self.patch(path, body)?;
+        self.resource_of("PATCH", path, got)
+    }
+
+    /// DELETE that must succeed; returns the operation of a 202 (`Null`
+    /// for a 204).
+    pub fn remove(&self, path: &str) -> Result<Value> {
+        self.delete(path)?.ok("DELETE", path)
+    }
+
+    fn resource_of(&self, method: &'static str, path: &str, got: Answer) -> Result<Value> {
+        if got.status != StatusCode::ACCEPTED {
+            return got.ok(method, path);
+        }
+        let href = got.body["target"]["href"]
+            .as_str()
+            .ok_or_else(|| LabError::Api {
+                method,
+                path: path.to_string(),
+                detail: format!("a 202 without an operation target: {}", got.body),
+            })?
+            .to_string();
+        self.get(&href)?.ok("GET", &href)
+    }
+
+    /// Waits until the operation `op` (a 202's body) ends and returns it
+    /// as it ended (`state` `succeeded` or `failed`, with `error`).
+    pub fn wait_operation(&self, op: &Value, timeout: Duration) -> Result<Value> {
+        let id = op["id"]
+            .as_str()
+            .ok_or_else(|| LabError::Invalid(format!("not an operation: {op}")))?;
+        let path = format!("/v1/operations/{id}");
+        let mut last = Value::Null;
+        let ended = wait_until(timeout, &format!("operation {id} to end"), || {
+            match self.get(&path).and_then(|a| a.ok("GET", &path)) {
+                Ok(v) => {
+                    let done = matches!(v["state"].as_str(), Some("succeeded" | "failed"));
+                    last = v;
+                    done
+                }
+                Err(_) => false,
+            }
+        });
+        ended.map_err(|e| LabError::Invalid(format!("{e}; last seen: {last}")))?;
+        Ok(last)
     }
 }
 

@@ -284,7 +284,11 @@ fn deleting_a_nic_removes_it_everywhere() {
     }
 
     let gone = cloud.api.delete(&format!("/v1/nics/{}", id(&b))).unwrap();
-    assert_eq!(gone.status, 204, "{:?}", gone.body);
+    assert_eq!(gone.status, 202, "{:?}", gone.body);
+    // Succeeded only once both nodes (each had b in its state) acked.
+    let op = cloud.api.wait_operation(&gone.body, SETTLE).unwrap();
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(op["nodes"].as_array().unwrap().len(), 2, "{op}");
     for node in cloud.lab.nodes() {
         wait_until(SETTLE, &format!("{} to forget b", node.name()), || {
             node.flows("br-int")
@@ -487,4 +491,97 @@ fn strip_counters(flows: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Scenario 7 (issue 5): a NIC's operation follows the agents. It is
+/// `running` while the node it is bound to has no agent, `succeeded` only
+/// once that agent is back and acked; an agent that cannot install the
+/// change (its OVS refuses the bundle: flow table full) nacks and the
+/// operation fails with the agent's error.
+#[test]
+fn nic_operations_succeed_only_once_the_agent_acked() {
+    let mut cloud = start(2);
+    let vpc = cloud.vpc("ops", "10.70.0.0/16").unwrap();
+    let sn = cloud.subnet(&vpc, "s", "10.70.1.0/24").unwrap();
+    let (n0, n1) = (
+        cloud.lab.node(0).unwrap().name().to_string(),
+        cloud.lab.node(1).unwrap().name().to_string(),
+    );
+    let op_of = |api: &tests::ApiClient, op: &Value| {
+        let path = format!("/v1/operations/{}", id(op));
+        api.get(&path).unwrap().ok("GET", &path).unwrap()
+    };
+
+    // node1 has no agent: the operation waits on it, and keeps waiting.
+    cloud.lab.stop_agent(1, false).unwrap();
+    let r = cloud
+        .api
+        .post("/v1/nics", &json!({"subnet_id": sn["id"], "node": n1}))
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let op = r.body;
+    assert_eq!(op["state"], "pending");
+    wait_until(SETTLE, "the operation to run", || {
+        op_of(&cloud.api, &op)["state"] == "running"
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let now = op_of(&cloud.api, &op);
+    assert_eq!(now["state"], "running", "{now}");
+    assert_eq!(now["waiting_on"], json!([n1]), "{now}");
+
+    // Its agent comes back, gets the NIC and acks: succeeded.
+    cloud
+        .lab
+        .start_agent(1, &tests::bins::AgentSpec::default())
+        .unwrap();
+    let done = cloud.api.wait_operation(&op, SETTLE).unwrap();
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["nodes"], json!([n1]), "{done}");
+    assert_eq!(done["waiting_on"], json!([]), "{done}");
+
+    // node0's OVS refuses any new flow in table 0: its agent nacks the
+    // next change it gets, and the operation fails with that error.
+    let node0 = cloud.lab.node(0).unwrap();
+    let in_table0 = node0
+        .ovs()
+        .ofctl(&["dump-flows", "br-int", "table=0"])
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("table=0"))
+        .count();
+    node0
+        .ovs()
+        .vsctl(&[
+            "--",
+            "--id=@ft",
+            "create",
+            "Flow_Table",
+            &format!("flow_limit={in_table0}"),
+            "overflow_policy=refuse",
+            "--",
+            "set",
+            "Bridge",
+            "br-int",
+            "flow_tables:0=@ft",
+        ])
+        .unwrap();
+    let r = cloud
+        .api
+        .post("/v1/nics", &json!({"subnet_id": sn["id"], "node": n0}))
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let failed = cloud.api.wait_operation(&r.body, SETTLE).unwrap();
+    cloud
+        .lab
+        .node(0)
+        .unwrap()
+        .ovs()
+        .vsctl(&["clear", "Bridge", "br-int", "flow_tables"])
+        .unwrap();
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["error"]["code"], "node_rejected", "{failed}");
+    let message = failed["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&n0), "{failed}");
+    eprintln!("the nacked operation: {message}");
 }

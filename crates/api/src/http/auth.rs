@@ -363,6 +363,8 @@ pub(super) struct Mutation {
     last_revision: std::sync::atomic::AtomicU64,
     /// The create's idempotency key, held while it runs.
     idem: Option<Box<Idem>>,
+    /// The handler answers 202 with an operation if its change commits.
+    accepted: AtomicBool,
 }
 
 impl Mutation {
@@ -395,6 +397,14 @@ impl Mutation {
                 outcome: outcome.to_string(),
             },
         )
+    }
+
+    /// The status a handler answers when its change committed.
+    fn success_status(&self) -> u16 {
+        if self.accepted.load(Ordering::Acquire) {
+            return 202;
+        }
+        success_status(&self.method, &self.path)
     }
 
     fn replay_key(&self) -> Option<String> {
@@ -435,7 +445,7 @@ pub(super) async fn add_to_txn(
     if m.committed.load(Ordering::Acquire) {
         return Ok(None);
     }
-    let status = success_status(&m.method, &m.path);
+    let status = m.success_status();
     let (key, record) = m.record(status, "succeeded");
     success.push(db::put_json(key, &record)?);
     if let Some(idem) = &m.idem {
@@ -458,8 +468,7 @@ pub(super) async fn add_to_txn(
 pub(super) fn committed(revision: u64) {
     let _ = MUTATION.try_with(|m| {
         m.last_revision.store(revision, Ordering::Release);
-        *m.committed_status.lock().unwrap_or_else(|p| p.into_inner()) =
-            success_status(&m.method, &m.path);
+        *m.committed_status.lock().unwrap_or_else(|p| p.into_inner()) = m.success_status();
         m.committed.store(true, Ordering::Release);
     });
 }
@@ -487,6 +496,15 @@ pub(super) fn respond_with<T: Serialize>(location: &str, body: &T) {
 /// Like [`respond_with`] for a resource that carries its `revision` (the
 /// commit's, filled in when the answer is replayed).
 pub(super) fn respond_with_revision<T: Serialize>(location: &str, body: &T) {
+    remember(location, body, true);
+}
+
+/// Like [`respond_with_revision`] for a change answered with `202
+/// Accepted` and an operation (whose `revision` is the commit's): the
+/// audit record and the idempotency record say 202. Also without an
+/// idempotency key.
+pub(super) fn respond_accepted<T: Serialize>(location: &str, body: &T) {
+    let _ = MUTATION.try_with(|m| m.accepted.store(true, Ordering::Release));
     remember(location, body, true);
 }
 
@@ -577,6 +595,7 @@ pub async fn authenticate(State(st): State<AppState>, req: Request, next: Next) 
         committed_status: Mutex::new(0),
         last_revision: Default::default(),
         idem,
+        accepted: AtomicBool::new(false),
     });
     let resp = MUTATION
         .scope(

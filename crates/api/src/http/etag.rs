@@ -40,6 +40,29 @@ impl Revisioned for NicView {
     }
 }
 
+/// A resource whose stored type has no `revision` (nodes, tenants,
+/// users), answered with one beside its fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct WithRevision<T> {
+    #[serde(flatten)]
+    pub inner: T,
+    /// The store revision of its last change; its `ETag` in quotes.
+    #[serde(default)]
+    pub revision: u64,
+}
+
+impl<T> WithRevision<T> {
+    pub fn new(inner: T) -> Self {
+        WithRevision { inner, revision: 0 }
+    }
+}
+
+impl<T> Revisioned for WithRevision<T> {
+    fn set_revision(&mut self, revision: u64) {
+        self.revision = revision;
+    }
+}
+
 /// A JSON answer with the resource's `revision` and `ETag`.
 pub struct Tagged<T>(pub T, pub u64);
 

@@ -20,7 +20,8 @@ use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{self, Caller};
-use super::db;
+use super::db::{self, Attempt};
+use super::etag::{IfMatch, Tagged, WithRevision};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problem::{ApiResult, Problem};
 use super::validate;
@@ -145,7 +146,7 @@ pub async fn create_tenant(
     tracing::Span::current().record("tenant_id", tenant.id.as_str());
     let store = st.store.as_ref();
     let name_key = keys::tenant_name(&tenant.name);
-    auth::respond_with(&format!("/v1/tenants/{}", tenant.id), &tenant);
+    auth::respond_with_revision(&format!("/v1/tenants/{}", tenant.id), &tenant);
     let ok = db::commit(
         store,
         vec![Compare::absent(&name_key)],
@@ -163,10 +164,11 @@ pub async fn create_tenant(
     }
     tracing::info!("tenant created");
     let location = format!("/v1/tenants/{}", tenant.id);
+    let revision = auth::last_commit_revision().unwrap_or_default();
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(tenant),
+        Tagged(WithRevision::new(tenant), revision),
     ))
 }
 
@@ -176,11 +178,12 @@ pub async fn create_tenant(
 pub async fn list_tenants(
     State(st): State<AppState>,
     caller: Caller,
-) -> ApiResult<Json<Vec<Tenant>>> {
-    let all: Vec<Tenant> = db::list_json(st.store.as_ref(), keys::TENANTS).await?;
+) -> ApiResult<Json<Vec<WithRevision<Tenant>>>> {
+    let all: Vec<WithRevision<Tenant>> =
+        db::list_revisioned(st.store.as_ref(), keys::TENANTS).await?;
     Ok(Json(
         all.into_iter()
-            .filter(|t| caller.is_system_admin() || t.id == caller.tenant_id)
+            .filter(|t| caller.is_system_admin() || t.inner.id == caller.tenant_id)
             .collect(),
     ))
 }
@@ -193,14 +196,103 @@ pub async fn get_tenant(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Tenant>> {
+) -> ApiResult<Tagged<WithRevision<Tenant>>> {
     if !caller.is_system_admin() && caller.tenant_id != id {
         return Err(tenant_not_found(&id));
     }
     let t = load_tenant(st.store.as_ref(), &id)
         .await?
         .ok_or_else(|| tenant_not_found(&id))?;
-    Ok(Json(t.value))
+    Ok(Tagged(WithRevision::new(t.value), t.mod_revision))
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchTenant {
+    /// Unique. A system admin's to change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The tenant's own admins may change it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+#[utoipa::path(patch, path = "/v1/tenants/{id}", tag = "iam", request_body = PatchTenant,
+    params(("id" = String, Path)),
+    responses((status = 200, body = Tenant), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem),
+        (status = 412, body = Problem), (status = 422, body = Problem)))]
+#[instrument(skip_all, fields(tenant_id = %id))]
+pub async fn patch_tenant(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
+    ApiJson(req): ApiJson<PatchTenant>,
+) -> ApiResult<Tagged<WithRevision<Tenant>>> {
+    if !caller.is_system_admin() && caller.tenant_id != id {
+        return Err(tenant_not_found(&id));
+    }
+    match caller.role {
+        Role::SystemAdmin => {}
+        Role::TenantAdmin if req.name.is_none() => {}
+        Role::TenantAdmin => {
+            return Err(Problem::forbidden(
+                "renaming a tenant needs the system_admin role",
+            ))
+        }
+        _ => {
+            return Err(Problem::forbidden(
+                "changing a tenant needs the tenant_admin or system_admin role",
+            ))
+        }
+    }
+    if let Some(n) = &req.name {
+        validate::name("name", n)?;
+    }
+    if let Some(d) = &req.description {
+        validate::description("description", d)?;
+    }
+    let store = st.store.as_ref();
+    let (id, req, if_match) = (&id, &req, &if_match);
+    let (tenant, read_at) = db::retry("update the tenant", || async move {
+        let cur = load_tenant(store, id)
+            .await?
+            .ok_or_else(|| tenant_not_found(id))?;
+        if_match.check(cur.mod_revision)?;
+        let key = keys::tenant(id);
+        let mut t = cur.value.clone();
+        let mut compare = vec![Compare::mod_revision_is(&key, cur.mod_revision)];
+        let mut ops = vec![];
+        if let Some(name) = req.name.as_ref().filter(|n| **n != t.name) {
+            let new_key = keys::tenant_name(name);
+            if db::get_text(store, &new_key).await?.is_some() {
+                return Err(
+                    Problem::conflict(format!("a tenant named {name:?} already exists"))
+                        .with_field("name"),
+                );
+            }
+            let old_key = keys::tenant_name(&t.name);
+            if db::get_text(store, &old_key).await?.as_deref() == Some(id.as_str()) {
+                ops.push(Op::delete(old_key));
+            }
+            compare.push(Compare::absent(&new_key));
+            ops.push(Op::put(new_key, id.as_bytes().to_vec()));
+            t.name = name.clone();
+        }
+        if let Some(d) = &req.description {
+            t.description = d.clone();
+        }
+        if t == cur.value {
+            return Ok(Attempt::Done((t, cur.mod_revision)));
+        }
+        ops.push(db::put_json(&key, &t)?);
+        db::commit_attempt(store, compare, ops, (t, 0)).await
+    })
+    .await?;
+    tracing::info!(name = %tenant.name, "tenant updated");
+    let revision = auth::last_commit_revision().unwrap_or(read_at);
+    Ok(Tagged(WithRevision::new(tenant), revision))
 }
 
 #[utoipa::path(delete, path = "/v1/tenants/{id}", tag = "iam", params(("id" = String, Path)),
@@ -211,6 +303,7 @@ pub async fn delete_tenant(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
 ) -> ApiResult<StatusCode> {
     if !caller.is_system_admin() {
         return Err(if caller.tenant_id == id {
@@ -220,11 +313,12 @@ pub async fn delete_tenant(
         });
     }
     let store = st.store.as_ref();
-    let (id, caller) = (&id, &caller);
+    let (id, caller, if_match) = (&id, &caller, &if_match);
     db::retry("delete the tenant", || async move {
         let cur = load_tenant(store, id)
             .await?
             .ok_or_else(|| tenant_not_found(id))?;
+        if_match.check(cur.mod_revision)?;
         if *id == caller.tenant_id {
             return Err(Problem::conflict(
                 "a system admin cannot delete their own tenant",
@@ -260,6 +354,7 @@ pub async fn delete_tenant(
             Op::DeletePrefix {
                 prefix: format!("{}{id}/", keys::QUOTA),
             },
+            Op::delete(crate::operation::keys::callback_secret(id)),
         ];
         let name_key = keys::tenant_name(&cur.value.name);
         if db::get_text(store, &name_key).await?.as_deref() == Some(id.as_str()) {
@@ -302,10 +397,7 @@ fn sees_user(caller: &Caller, user: &User) -> bool {
 
 /// The user at `id` if the caller may see it, else 404.
 async fn visible_user(store: &dyn Store, caller: &Caller, id: &str) -> ApiResult<UserRecord> {
-    auth::load_user(store, id)
-        .await?
-        .filter(|u| sees_user(caller, &u.user))
-        .ok_or_else(|| user_not_found(id))
+    Ok(visible_user_at(store, caller, id).await?.value)
 }
 
 #[utoipa::path(post, path = "/v1/users", tag = "iam", request_body = CreateUser,
@@ -357,7 +449,7 @@ pub async fn create_user(
     if db::get_text(store, &name_key).await?.is_some() {
         return Err(name_taken(&user.name));
     }
-    auth::respond_with(&format!("/v1/users/{}", user.id), &user);
+    auth::respond_with_revision(&format!("/v1/users/{}", user.id), &user);
     let ok = db::commit(
         store,
         vec![tenant_cmp, Compare::absent(&name_key)],
@@ -383,10 +475,11 @@ pub async fn create_user(
     }
     tracing::info!(role = ?user.role, "user created");
     let location = format!("/v1/users/{}", user.id);
+    let revision = auth::last_commit_revision().unwrap_or_default();
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(user),
+        Tagged(WithRevision::new(user), revision),
     ))
 }
 
@@ -397,14 +490,27 @@ fn name_taken(name: &str) -> Problem {
 #[utoipa::path(get, path = "/v1/users", tag = "iam",
     responses((status = 200, body = Vec<User>), (status = 401, body = Problem)))]
 #[instrument(skip_all)]
-pub async fn list_users(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<User>>> {
-    let all: Vec<UserRecord> = db::list_json(st.store.as_ref(), keys::USERS).await?;
-    Ok(Json(
-        all.into_iter()
-            .map(|u| u.user)
-            .filter(|u| sees_user(&caller, u))
-            .collect(),
-    ))
+pub async fn list_users(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<WithRevision<User>>>> {
+    let (kvs, _) = st.store.range(keys::USERS).await?;
+    let mut out = vec![];
+    for kv in kvs {
+        let rec: UserRecord = serde_json::from_slice(&kv.value).map_err(|e| {
+            Problem::from(crate::store::StoreError::Corrupt(format!(
+                "{}: {e}",
+                kv.key
+            )))
+        })?;
+        if sees_user(&caller, &rec.user) {
+            out.push(WithRevision {
+                inner: rec.user,
+                revision: kv.mod_revision,
+            });
+        }
+    }
+    Ok(Json(out))
 }
 
 #[utoipa::path(get, path = "/v1/users/{id}", tag = "iam", params(("id" = String, Path)),
@@ -415,10 +521,132 @@ pub async fn get_user(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<User>> {
-    Ok(Json(
-        visible_user(st.store.as_ref(), &caller, &id).await?.user,
-    ))
+) -> ApiResult<Tagged<WithRevision<User>>> {
+    let u = visible_user_at(st.store.as_ref(), &caller, &id).await?;
+    Ok(Tagged(WithRevision::new(u.value.user), u.mod_revision))
+}
+
+/// Like [`visible_user`], with the revisions it was read at.
+async fn visible_user_at(
+    store: &dyn Store,
+    caller: &Caller,
+    id: &str,
+) -> ApiResult<db::Versioned<UserRecord>> {
+    if !validate::is_id("user", id) {
+        return Err(user_not_found(id));
+    }
+    db::get_json::<UserRecord>(store, &keys::user(id))
+        .await?
+        .filter(|u| sees_user(caller, &u.value.user))
+        .ok_or_else(|| user_not_found(id))
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchUser {
+    /// Unique across tenants; the login name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// At least 12 characters. A user may change their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// An admin over the user may change it (a tenant admin within the
+    /// tenant roles); nobody changes their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+}
+
+#[utoipa::path(patch, path = "/v1/users/{id}", tag = "iam", request_body = PatchUser,
+    params(("id" = String, Path)),
+    responses((status = 200, body = User), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem),
+        (status = 412, body = Problem), (status = 422, body = Problem)))]
+#[instrument(skip_all, fields(user_id = %id))]
+pub async fn patch_user(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
+    ApiJson(req): ApiJson<PatchUser>,
+) -> ApiResult<Tagged<WithRevision<User>>> {
+    let store = st.store.as_ref();
+    let cur = visible_user_at(store, &caller, &id).await?;
+    let own = cur.value.user.id == caller.user_id;
+    let admin = manages(&caller, &cur.value.user);
+    if !own && !admin {
+        return Err(Problem::forbidden(
+            "changing this user needs an admin role over it",
+        ));
+    }
+    if let Some(role) = req.role.filter(|r| *r != cur.value.user.role) {
+        if own {
+            return Err(Problem::forbidden("a user cannot change their own role"));
+        }
+        if caller.role != Role::SystemAdmin && matches!(role, Role::SystemAdmin | Role::Operator) {
+            return Err(Problem::forbidden(
+                "only a system admin may give the system_admin or operator role",
+            ));
+        }
+    }
+    if req.name.is_some() && !admin {
+        return Err(Problem::forbidden(
+            "renaming a user needs an admin role over it",
+        ));
+    }
+    if let Some(n) = &req.name {
+        validate::dns_label("name", n)?;
+    }
+    let hash = match &req.password {
+        Some(p) if p.chars().count() < MIN_PASSWORD => {
+            return Err(Problem::invalid(
+                "password",
+                format!("`password` must have at least {MIN_PASSWORD} characters"),
+            ))
+        }
+        // Hashed once, outside the retry loop: argon2 is slow on purpose.
+        Some(p) => Some(auth::hash_password(p.clone()).await?),
+        None => None,
+    };
+    let (id, req, if_match, hash, caller) = (&id, &req, &if_match, &hash, &caller);
+    let (user, read_at) = db::retry("update the user", || async move {
+        let cur = visible_user_at(store, caller, id).await?;
+        if_match.check(cur.mod_revision)?;
+        let key = keys::user(id);
+        let mut rec = cur.value.clone();
+        let mut compare = vec![Compare::mod_revision_is(&key, cur.mod_revision)];
+        let mut ops = vec![];
+        if let Some(name) = req.name.as_ref().filter(|n| **n != rec.user.name) {
+            let new_key = keys::user_name(name);
+            if db::get_text(store, &new_key).await?.is_some() {
+                return Err(name_taken(name));
+            }
+            let old_key = keys::user_name(&rec.user.name);
+            if db::get_text(store, &old_key).await?.as_deref() == Some(id.as_str()) {
+                ops.push(Op::delete(old_key));
+            }
+            compare.push(Compare::absent(&new_key));
+            ops.push(Op::put(new_key, id.as_bytes().to_vec()));
+            rec.user.name = name.clone();
+        }
+        if let Some(role) = req.role {
+            rec.user.role = role;
+        }
+        if let Some(h) = hash {
+            rec.password_hash = h.clone();
+        }
+        if rec == cur.value {
+            return Ok(Attempt::Done((rec.user, cur.mod_revision)));
+        }
+        ops.push(db::put_json(&key, &rec)?);
+        db::commit_attempt(store, compare, ops, (rec.user.clone(), 0)).await
+    })
+    .await?;
+    // Its keys act with the new role from the next request on (here; other
+    // replicas within their key cache's lifetime).
+    st.auth.forget_user(&user.id);
+    tracing::info!(role = ?user.role, "user updated");
+    let revision = auth::last_commit_revision().unwrap_or(read_at);
+    Ok(Tagged(WithRevision::new(user), revision))
 }
 
 /// The user's key records.
@@ -438,9 +666,12 @@ pub async fn delete_user(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
 ) -> ApiResult<StatusCode> {
     let store = st.store.as_ref();
-    let user = visible_user(store, &caller, &id).await?;
+    let cur = visible_user_at(store, &caller, &id).await?;
+    if_match.check(cur.mod_revision)?;
+    let user = cur.value;
     if !manages(&caller, &user.user) {
         return Err(Problem::forbidden(
             "deleting this user needs an admin role over it",
@@ -459,7 +690,19 @@ pub async fn delete_user(
     for k in keys_of(store, &id).await? {
         ops.push(Op::delete(keys::api_key(&k.key.key_id)));
     }
-    db::commit(store, vec![], ops).await?;
+    // Compared on the revision read: a change meanwhile (or a stale
+    // If-Match) is not deleted over.
+    if !db::commit(
+        store,
+        vec![Compare::mod_revision_is(keys::user(&id), cur.mod_revision)],
+        ops,
+    )
+    .await?
+    {
+        return Err(Problem::conflict(
+            "the user changed while being deleted; read it again",
+        ));
+    }
     st.auth.forget_user(&id);
     tracing::info!("user deleted");
     Ok(StatusCode::NO_CONTENT)

@@ -312,7 +312,10 @@ async fn answer_from_record(
     let body = match serde_json::from_str::<Value>(&body) {
         Ok(Value::Object(mut m)) if rec.revision => {
             m.insert("revision".into(), revision.into());
-            etag = Some(super::etag::etag(revision));
+            // An operation (202) is no resource with an entity tag.
+            if rec.status != 202 {
+                etag = Some(super::etag::etag(revision));
+            }
             serde_json::to_string(&Value::Object(m)).unwrap_or(body)
         }
         _ => body,
@@ -333,6 +336,13 @@ async fn answer_from_record(
     }
     if let Some(tag) = etag.and_then(|t| HeaderValue::from_str(&t).ok()) {
         resp.headers_mut().insert(header::ETAG, tag);
+    }
+    if status == StatusCode::ACCEPTED {
+        // An operation: poll it, as the original answer said.
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(super::operations::RETRY_AFTER_SECS),
+        );
     }
     resp.headers_mut()
         .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));

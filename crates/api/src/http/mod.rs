@@ -19,6 +19,7 @@ pub mod nat_gateways;
 pub mod nics;
 pub mod nodes;
 mod openapi;
+pub mod operations;
 pub mod problem;
 pub mod quota;
 pub mod ratelimit;
@@ -54,11 +55,24 @@ pub fn router(store: Arc<dyn Store>, auth: Arc<auth::AuthConfig>) -> Router {
         .route("/tenants", get(iam::list_tenants).post(iam::create_tenant))
         .route(
             "/tenants/{id}",
-            get(iam::get_tenant).delete(iam::delete_tenant),
+            get(iam::get_tenant)
+                .patch(iam::patch_tenant)
+                .delete(iam::delete_tenant),
         )
         .route("/tenants/{id}/quotas", get(quota::get).patch(quota::patch))
+        .route(
+            "/tenants/{id}/callback-secret",
+            get(operations::get_secret).post(operations::rotate_secret),
+        )
+        .route("/operations", get(operations::list))
+        .route("/operations/{id}", get(operations::get))
         .route("/users", get(iam::list_users).post(iam::create_user))
-        .route("/users/{id}", get(iam::get_user).delete(iam::delete_user))
+        .route(
+            "/users/{id}",
+            get(iam::get_user)
+                .patch(iam::patch_user)
+                .delete(iam::delete_user),
+        )
         .route(
             "/users/{id}/keys",
             get(iam::list_keys).post(iam::create_key),
@@ -106,7 +120,7 @@ pub fn router(store: Arc<dyn Store>, auth: Arc<auth::AuthConfig>) -> Router {
         )
         .route(
             "/security-groups/{id}/rules/{rule_id}",
-            axum::routing::delete(security_groups::delete_rule),
+            get(security_groups::get_rule).delete(security_groups::delete_rule),
         )
         .route(
             "/external-networks",

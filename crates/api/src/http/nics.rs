@@ -5,22 +5,23 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::Response;
 use serde::{Deserialize, Deserializer, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{self, Access, Caller};
+use super::auth::{Access, Caller};
 use super::db::{self, index, Attempt};
 use super::etag::{IfMatch, Tagged};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::list::{page_of, PageOf};
+use super::operations::{self, DeleteParams};
 use super::problem::{ApiResult, Problem};
 use super::quota::{self, Kind};
 use super::validate;
 use super::{security_groups, subnets, vpcs, AppState};
 use crate::model::{keys, Nic, NicStatus, NicStatusRecord, Node, Owned};
+use crate::operation::{Action, Operation, Target};
 use crate::store::{Compare, Op, Store};
 
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
@@ -55,6 +56,9 @@ pub struct CreateNic {
     pub security_groups: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_address_pairs: Option<Vec<AddressPairRequest>>,
+    /// POSTed the operation, signed, when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 /// An allowed address pair as requested.
@@ -139,6 +143,9 @@ pub struct PatchNic {
     /// Replaces the NIC's address pairs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_address_pairs: Option<Vec<AddressPairRequest>>,
+    /// POSTed the operation, signed, when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 /// Tells `"node": null` (unbind) from an absent `node` (leave as is).
@@ -240,15 +247,16 @@ async fn bind(
 }
 
 #[utoipa::path(post, path = "/v1/nics", tag = "nics", request_body = CreateNic,
-    responses((status = 201, body = NicView), (status = 400, body = Problem),
+    responses((status = 202, body = Operation), (status = 400, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(nic_id = tracing::field::Empty, subnet_id = %req.subnet_id))]
 pub async fn create(
     State(st): State<AppState>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateNic>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     caller.tenant_scope()?;
+    let new_op = operations::NewOp::new(req.callback_url.as_deref())?;
     let tags = req.tags.clone().unwrap_or_default();
     validate::tags(&tags)?;
     let tags = &tags;
@@ -279,7 +287,8 @@ pub async fn create(
     let store = st.store.as_ref();
     let created_at = validate::now_rfc3339();
     let (id, name, req, created_at, caller) = (&id, &name, &req, &created_at, &caller);
-    let nic = db::retry("create the NIC", || async move {
+    let new_op = &new_op;
+    let (nic, op) = db::retry("create the NIC", || async move {
         let missing = || {
             Problem::invalid(
                 "subnet_id",
@@ -414,28 +423,22 @@ pub async fn create(
             compare.extend(c);
             ops.push(op);
         }
-        // A new NIC has no status report yet: it is down.
-        let answer = NicView {
-            nic: nic.clone(),
-            status: NicStatus::Down,
-        };
-        auth::respond_with_revision(&format!("/v1/nics/{id}"), &answer);
+        let op = new_op.stage(
+            &nic.tenant_id,
+            Action::Create,
+            Target::nic(id),
+            &mut compare,
+            &mut ops,
+        )?;
         Ok(if db::commit(store, compare, ops).await? {
-            Attempt::Done(nic)
+            Attempt::Done((nic, op))
         } else {
             Attempt::Retry
         })
     })
     .await?;
-    tracing::info!(ip = %nic.ip, mac = %nic.mac, node = ?nic.node, "NIC created");
-    let location = format!("/v1/nics/{}", nic.id);
-    let view = view(store, nic).await?;
-    let revision = auth::last_commit_revision().unwrap_or_default();
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Tagged(view, revision),
-    ))
+    tracing::info!(ip = %nic.ip, mac = %nic.mac, node = ?nic.node, op_id = %op.id, "NIC created");
+    Ok(operations::accepted(op))
 }
 
 #[utoipa::path(get, path = "/v1/nics", tag = "nics", params(NicFilter),
@@ -494,7 +497,7 @@ pub async fn get(
 
 #[utoipa::path(patch, path = "/v1/nics/{id}", tag = "nics", request_body = PatchNic,
     params(("id" = String, Path)),
-    responses((status = 200, body = NicView), (status = 404, body = Problem),
+    responses((status = 202, body = Operation), (status = 404, body = Problem),
         (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(nic_id = %id))]
 pub async fn patch(
@@ -503,7 +506,8 @@ pub async fn patch(
     ApiPath(id): ApiPath<String>,
     if_match: IfMatch,
     ApiJson(req): ApiJson<PatchNic>,
-) -> ApiResult<Tagged<NicView>> {
+) -> ApiResult<Response> {
+    let new_op = operations::NewOp::new(req.callback_url.as_deref())?;
     if let Some(name) = &req.name {
         validate::name("name", name)?;
     }
@@ -523,7 +527,8 @@ pub async fn patch(
     let (want_groups, want_pairs) = (&want_groups, &want_pairs);
     let store = st.store.as_ref();
     let (id, req, caller, if_match) = (&id, &req, &caller, &if_match);
-    let (nic, read_at) = db::retry("update the NIC", || async move {
+    let new_op = &new_op;
+    let (nic, op) = db::retry("update the NIC", || async move {
         let cur = load(store, id).await?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         if_match.check(cur.mod_revision)?;
@@ -573,12 +578,21 @@ pub async fn patch(
             nic.security_groups = g.clone();
         }
         check_port_security(&nic)?;
-        if nic == cur.value {
-            return Ok(Attempt::Done((nic, cur.mod_revision)));
+        // A PATCH that changes nothing still gets its operation (flowctl
+        // finds no node changed at its revision and ends it at once): one
+        // answer shape for every PATCH.
+        if nic != cur.value {
+            ops.push(db::put_json(&key, &nic)?);
         }
-        ops.push(db::put_json(&key, &nic)?);
+        let op = new_op.stage(
+            &nic.tenant_id,
+            Action::Update,
+            Target::nic(id),
+            &mut compare,
+            &mut ops,
+        )?;
         Ok(if db::commit(store, compare, ops).await? {
-            Attempt::Done((nic, 0))
+            Attempt::Done((nic, op))
         } else {
             Attempt::Retry
         })
@@ -588,24 +602,28 @@ pub async fn patch(
         node = ?nic.node,
         port_security = nic.port_security,
         groups = ?nic.security_groups,
+        op_id = %op.id,
         "NIC updated"
     );
-    let revision = auth::last_commit_revision().unwrap_or(read_at);
-    Ok(Tagged(view(store, nic).await?, revision))
+    Ok(operations::accepted(op))
 }
 
-#[utoipa::path(delete, path = "/v1/nics/{id}", tag = "nics", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = Problem)))]
+#[utoipa::path(delete, path = "/v1/nics/{id}", tag = "nics",
+    params(("id" = String, Path), DeleteParams),
+    responses((status = 202, body = Operation), (status = 404, body = Problem)))]
 #[instrument(skip_all, fields(nic_id = %id))]
 pub async fn delete(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
     if_match: IfMatch,
-) -> ApiResult<StatusCode> {
+    ApiQuery(q): ApiQuery<DeleteParams>,
+) -> ApiResult<Response> {
+    let new_op = operations::NewOp::new(q.callback_url.as_deref())?;
     let store = st.store.as_ref();
     let (id, caller, if_match) = (&id, &caller, &if_match);
-    db::retry("delete the NIC", || async move {
+    let new_op = &new_op;
+    let op = db::retry("delete the NIC", || async move {
         let cur = load(store, id).await?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         if_match.check(cur.mod_revision)?;
@@ -621,18 +639,20 @@ pub async fn delete(
                 ops.push(Op::delete(idx));
             }
         }
-        db::commit_attempt(
-            store,
-            [Compare::mod_revision_is(&key, cur.mod_revision)]
-                .into_iter()
-                .chain(qc)
-                .collect(),
-            ops,
-            (),
-        )
-        .await
+        let mut compare: Vec<Compare> = [Compare::mod_revision_is(&key, cur.mod_revision)]
+            .into_iter()
+            .chain(qc)
+            .collect();
+        let op = new_op.stage(
+            &cur.value.tenant_id,
+            Action::Delete,
+            Target::nic(id),
+            &mut compare,
+            &mut ops,
+        )?;
+        db::commit_attempt(store, compare, ops, op).await
     })
     .await?;
-    tracing::info!("NIC deleted");
-    Ok(StatusCode::NO_CONTENT)
+    tracing::info!(op_id = %op.id, "NIC deleted");
+    Ok(operations::accepted(op))
 }

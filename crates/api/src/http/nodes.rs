@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{self, Caller};
 use super::db::{self, index, Attempt};
+use super::etag::{IfMatch, Tagged, WithRevision};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problem::{ApiResult, Problem};
 use super::validate;
@@ -169,7 +170,7 @@ pub async fn create(
         if members(store, &node.set).await? >= MAX_NODES_PER_SET {
             return Err(set_full(&node.set));
         }
-        auth::respond_with(&format!("/v1/nodes/{}", node.name), node);
+        auth::respond_with_revision(&format!("/v1/nodes/{}", node.name), node);
         db::commit_attempt(
             store,
             vec![
@@ -189,10 +190,11 @@ pub async fn create(
     .await?;
     tracing::info!(set = %node.set, "node created");
     let location = format!("/v1/nodes/{}", node.name);
+    let revision = auth::last_commit_revision().unwrap_or_default();
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(node),
+        Tagged(WithRevision::new(node), revision),
     ))
 }
 
@@ -203,13 +205,14 @@ pub async fn list(
     State(st): State<AppState>,
     caller: Caller,
     ApiQuery(filter): ApiQuery<NodeFilter>,
-) -> ApiResult<Json<Vec<Node>>> {
+) -> ApiResult<Json<Vec<WithRevision<Node>>>> {
     caller.infra()?;
-    let nodes: Vec<Node> = db::list_json(st.store.as_ref(), keys::NODES).await?;
+    let nodes: Vec<WithRevision<Node>> =
+        db::list_revisioned(st.store.as_ref(), keys::NODES).await?;
     Ok(Json(
         nodes
             .into_iter()
-            .filter(|n| filter.set.as_ref().is_none_or(|s| &n.set == s))
+            .filter(|n| filter.set.as_ref().is_none_or(|s| &n.inner.set == s))
             .collect(),
     ))
 }
@@ -231,11 +234,12 @@ pub async fn get(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(name): ApiPath<String>,
-) -> ApiResult<Json<NodeView>> {
+) -> ApiResult<Tagged<WithRevision<NodeView>>> {
     caller.infra()?;
     let store = st.store.as_ref();
-    let node = load(store, &name).await?.value;
-    Ok(Json(view(store, node).await?))
+    let n = load(store, &name).await?;
+    let view = view(store, n.value).await?;
+    Ok(Tagged(WithRevision::new(view), n.mod_revision))
 }
 
 async fn view(store: &dyn crate::store::Store, node: Node) -> ApiResult<NodeView> {
@@ -263,8 +267,9 @@ pub async fn patch(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(name): ApiPath<String>,
+    if_match: IfMatch,
     ApiJson(req): ApiJson<PatchNode>,
-) -> ApiResult<Json<NodeView>> {
+) -> ApiResult<Tagged<WithRevision<NodeView>>> {
     caller.infra()?;
     if let Some(set) = &req.set {
         validate::dns_label("set", set)?;
@@ -276,9 +281,10 @@ pub async fn patch(
         .transpose()?;
     let new_roles = req.roles.clone().map(|r| roles(Some(r))).transpose()?;
     let store = st.store.as_ref();
-    let (name, req, new_roles) = (&name, &req, &new_roles);
-    let node = db::retry("update the node", || async move {
+    let (name, req, new_roles, if_match) = (&name, &req, &new_roles, &if_match);
+    let (node, read_at) = db::retry("update the node", || async move {
         let cur = load(store, name).await?;
+        if_match.check(cur.mod_revision)?;
         let mut node = cur.value.clone();
         let key = keys::node(name);
         let mut compare = vec![Compare::mod_revision_is(&key, cur.mod_revision)];
@@ -332,18 +338,22 @@ pub async fn patch(
             node.set = set.clone();
         }
         if node == cur.value {
-            return Ok(Attempt::Done(node));
+            return Ok(Attempt::Done((node, cur.mod_revision)));
         }
         ops.push(db::put_json(&key, &node)?);
         Ok(if db::commit(store, compare, ops).await? {
-            Attempt::Done(node)
+            Attempt::Done((node, 0))
         } else {
             Attempt::Retry
         })
     })
     .await?;
     tracing::info!(set = %node.set, drained = node.drained, "node updated");
-    Ok(Json(view(store, node).await?))
+    let revision = auth::last_commit_revision().unwrap_or(read_at);
+    Ok(Tagged(
+        WithRevision::new(view(store, node).await?),
+        revision,
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/nodes/{name}", tag = "nodes",
@@ -354,12 +364,14 @@ pub async fn delete(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(name): ApiPath<String>,
+    if_match: IfMatch,
 ) -> ApiResult<StatusCode> {
     caller.infra()?;
     let store = st.store.as_ref();
-    let name = &name;
+    let (name, if_match) = (&name, &if_match);
     db::retry("delete the node", || async move {
         let cur = load(store, name).await?;
+        if_match.check(cur.mod_revision)?;
         let guard = index::node_guard(name);
         let guard_rev = db::mod_revision(store, &guard).await?;
         let nics = bound_nics(store, name).await?;

@@ -4,10 +4,10 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use super::{
-    eips, external_networks, iam, nat_gateways, nics, nodes, problem, quota, security_groups,
-    subnets, vpcs,
+    eips, external_networks, iam, nat_gateways, nics, nodes, operations, problem, quota,
+    security_groups, subnets, vpcs,
 };
-use crate::model;
+use crate::{model, operation};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,7 @@ use crate::model;
         iam::create_tenant, iam::list_tenants, iam::get_tenant, iam::delete_tenant,
         iam::create_user, iam::list_users, iam::get_user, iam::delete_user,
         iam::create_key, iam::list_keys, iam::delete_key, iam::list_audit,
+        iam::patch_tenant, iam::patch_user,
         quota::get, quota::patch,
         nodes::create, nodes::list, nodes::get, nodes::patch, nodes::delete,
         vpcs::create, vpcs::list, vpcs::get, vpcs::patch, vpcs::delete,
@@ -24,7 +25,8 @@ use crate::model;
         nics::create, nics::list, nics::get, nics::patch, nics::delete,
         security_groups::create, security_groups::list, security_groups::get,
         security_groups::patch, security_groups::delete, security_groups::add_rule,
-        security_groups::delete_rule,
+        security_groups::delete_rule, security_groups::get_rule,
+        operations::get, operations::list, operations::get_secret, operations::rotate_secret,
         external_networks::create, external_networks::list, external_networks::get,
         external_networks::delete,
         eips::create, eips::list, eips::get, eips::bind, eips::unbind, eips::delete,
@@ -42,8 +44,12 @@ use crate::model;
         security_groups::CreateSecurityGroup, security_groups::PatchSecurityGroup,
         security_groups::CreateRule,
         model::Tenant, model::User, model::Role, model::ApiKey, model::AuditRecord,
-        iam::CreateTenant, iam::CreateUser, iam::NewApiKey,
+        iam::CreateTenant, iam::CreateUser, iam::NewApiKey, iam::PatchTenant, iam::PatchUser,
         quota::Limits, quota::PatchQuotas, quota::Quotas,
+        operation::Operation, operation::OperationState, operation::Action, operation::Target,
+        operation::OperationError, operation::CallbackStatus, operation::CallbackState,
+        operations::CallbackSecret, security_groups::AddRule, security_groups::SecurityGroupView,
+        operations::Programming, operation::ProgrammingStatus,
         nodes::NodeView, model::AddressRange, model::ExternalNetwork, model::Eip,
         model::L4Protocol, model::SnatRule, model::DnatRule, model::NatGateway,
         external_networks::CreateExternalNetwork, external_networks::RangeRequest,
@@ -53,7 +59,7 @@ use crate::model;
     )),
     tags((name = "iam"), (name = "nodes"), (name = "vpcs"), (name = "subnets"), (name = "nics"),
         (name = "security-groups"), (name = "external-networks"), (name = "eips"),
-        (name = "nat-gateways"))
+        (name = "nat-gateways"), (name = "operations"))
 )]
 pub struct ApiDoc;
 

@@ -12,23 +12,24 @@
 //! that guard, so a group in use is never deleted (see [`super::db`]).
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::Response;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{self, Access, Caller};
+use super::auth::{Access, Caller};
 use super::db::{self, index, Attempt};
 use super::etag::{IfMatch, Tagged};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::list::{page_of, PageOf};
+use super::operations::{self, DeleteParams};
 use super::problem::{ApiResult, Problem};
 use super::quota::{self, Kind};
 use super::validate::{self, RuleSpec};
 use super::{vpcs, AppState};
 use crate::model::{keys, Direction, Nic, Owned, Protocol, SecurityGroup, SecurityGroupRule};
+use crate::operation::{Action, Operation, Target};
 use crate::store::{Compare, Op, Store};
 
 /// Index and guard keys of security groups.
@@ -42,6 +43,34 @@ pub(super) mod sg_index {
     /// Bumped by every NIC joining the group and every rule naming it.
     pub fn guard(id: &str) -> String {
         format!("{INDEX}guard/sg/{id}")
+    }
+}
+
+/// A group as the API shows it: the stored group plus whether its last
+/// change is on every node that carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SecurityGroupView {
+    #[serde(flatten)]
+    pub group: Owned<SecurityGroup>,
+    #[serde(flatten)]
+    pub programming: operations::Programming,
+}
+
+impl super::etag::Revisioned for SecurityGroupView {
+    fn set_revision(&mut self, revision: u64) {
+        self.group.revision = revision;
+    }
+}
+
+impl super::list::Listed for SecurityGroupView {
+    fn id(&self) -> &str {
+        &self.group.inner.id
+    }
+    fn name(&self) -> &str {
+        &self.group.inner.name
+    }
+    fn tags(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.group.tags
     }
 }
 
@@ -110,6 +139,9 @@ pub struct CreateSecurityGroup {
     /// Initial rules (none if omitted: the group then admits nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<Vec<CreateRule>>,
+    /// POSTed the operation, signed, when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
@@ -124,6 +156,20 @@ pub struct PatchSecurityGroup {
 
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// POSTed the operation, signed, when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+}
+
+/// The body of `POST /v1/security-groups/{id}/rules`: a rule, and where to
+/// POST the operation when it ends. (For the OpenAPI document; the handler
+/// takes `callback_url` out and parses the rest as a [`CreateRule`].)
+#[derive(Clone, Debug, Default, Serialize, ToSchema)]
+pub struct AddRule {
+    #[serde(flatten)]
+    pub rule: CreateRule,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -253,15 +299,16 @@ fn check_rules(reqs: &[CreateRule]) -> ApiResult<Vec<SecurityGroupRule>> {
 
 #[utoipa::path(post, path = "/v1/security-groups", tag = "security-groups",
     request_body = CreateSecurityGroup,
-    responses((status = 201, body = Owned<SecurityGroup>), (status = 400, body = Problem),
+    responses((status = 202, body = Operation), (status = 400, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(sg_id = tracing::field::Empty, vpc_id = %req.vpc_id))]
 pub async fn create(
     State(st): State<AppState>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateSecurityGroup>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     caller.tenant_scope()?;
+    let new_op = operations::NewOp::new(req.callback_url.as_deref())?;
     validate::name("name", &req.name)?;
     let tags = req.tags.clone().unwrap_or_default();
     validate::tags(&tags)?;
@@ -275,7 +322,8 @@ pub async fn create(
     let created_at = validate::now_rfc3339();
     let (id, req, rules, description, created_at) = (&id, &req, &rules, &description, &created_at);
     let caller = &caller;
-    let group = db::retry("create the security group", || async move {
+    let new_op = &new_op;
+    let (group, op) = db::retry("create the security group", || async move {
         let missing = || {
             Problem::invalid(
                 "vpc_id",
@@ -333,40 +381,50 @@ pub async fn create(
                 ops.push(op);
             }
         }
-        auth::respond_with_revision(&format!("/v1/security-groups/{id}"), &group);
+        let op = new_op.stage(
+            &group.tenant_id,
+            Action::Create,
+            Target::security_group(id),
+            &mut compare,
+            &mut ops,
+        )?;
         Ok(if db::commit(store, compare, ops).await? {
-            Attempt::Done(group)
+            Attempt::Done((group, op))
         } else {
             Attempt::Retry
         })
     })
     .await?;
-    tracing::info!(rules = group.rules.len(), "security group created");
-    let location = format!("/v1/security-groups/{}", group.id);
-    let revision = auth::last_commit_revision().unwrap_or_default();
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Tagged(group, revision),
-    ))
+    tracing::info!(rules = group.rules.len(), op_id = %op.id, "security group created");
+    Ok(operations::accepted(op))
 }
 
 #[utoipa::path(get, path = "/v1/security-groups", tag = "security-groups", params(GroupFilter),
-    responses((status = 200, body = [Owned<SecurityGroup>]), (status = 400, body = Problem)))]
+    responses((status = 200, body = [SecurityGroupView]), (status = 400, body = Problem)))]
 #[instrument(skip_all)]
 pub async fn list(
     State(st): State<AppState>,
     caller: Caller,
     axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
     ApiQuery(f): ApiQuery<GroupFilter>,
-) -> ApiResult<PageOf<Owned<SecurityGroup>>> {
+) -> ApiResult<PageOf<SecurityGroupView>> {
     caller.tenant_scope()?;
     let all: Vec<Owned<SecurityGroup>> =
         db::list_revisioned(st.store.as_ref(), keys::SECURITY_GROUPS).await?;
+    let mut programming = operations::programming_all(st.store.as_ref()).await?;
     let seen = all
         .into_iter()
         .filter(|g| caller.sees(&g.tenant_id))
         .filter(|g| f.vpc_id.as_ref().is_none_or(|v| &g.vpc_id == v))
+        .map(|group| SecurityGroupView {
+            programming: programming
+                .remove(&group.id)
+                .unwrap_or(operations::Programming {
+                    status: crate::operation::ProgrammingStatus::Programmed,
+                    last_operation_id: None,
+                }),
+            group,
+        })
         .collect();
     let (items, next) = page_of!(f).apply("security-groups", &format!("{:?}", f.vpc_id), seen)?;
     Ok(PageOf { items, next, uri })
@@ -374,23 +432,30 @@ pub async fn list(
 
 #[utoipa::path(get, path = "/v1/security-groups/{id}", tag = "security-groups",
     params(("id" = String, Path)),
-    responses((status = 200, body = Owned<SecurityGroup>), (status = 404, body = Problem)))]
+    responses((status = 200, body = SecurityGroupView), (status = 404, body = Problem)))]
 #[instrument(skip_all, fields(sg_id = %id))]
 pub async fn get(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Tagged<Owned<SecurityGroup>>> {
+) -> ApiResult<Tagged<SecurityGroupView>> {
     let g = load(st.store.as_ref(), &id)
         .await?
         .ok_or_else(|| not_found(&id))?;
     caller.check(&g.value.tenant_id, Access::Read, || not_found(&id))?;
-    Ok(Tagged(g.value, g.mod_revision))
+    let programming = operations::programming_of(st.store.as_ref(), &id).await?;
+    Ok(Tagged(
+        SecurityGroupView {
+            group: g.value,
+            programming,
+        },
+        g.mod_revision,
+    ))
 }
 
 #[utoipa::path(patch, path = "/v1/security-groups/{id}", tag = "security-groups",
     request_body = PatchSecurityGroup, params(("id" = String, Path)),
-    responses((status = 200, body = Owned<SecurityGroup>), (status = 404, body = Problem),
+    responses((status = 202, body = Operation), (status = 404, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(sg_id = %id))]
 pub async fn patch(
@@ -399,7 +464,8 @@ pub async fn patch(
     ApiPath(id): ApiPath<String>,
     if_match: IfMatch,
     ApiJson(req): ApiJson<PatchSecurityGroup>,
-) -> ApiResult<Tagged<Owned<SecurityGroup>>> {
+) -> ApiResult<Response> {
+    let new_op = operations::NewOp::new(req.callback_url.as_deref())?;
     if let Some(name) = &req.name {
         validate::name("name", name)?;
     }
@@ -411,7 +477,8 @@ pub async fn patch(
     }
     let store = st.store.as_ref();
     let (id, req, caller, if_match) = (&id, &req, &caller, &if_match);
-    let (group, read_at) = db::retry("update the security group", || async move {
+    let new_op = &new_op;
+    let (group, op) = db::retry("update the security group", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         if_match.check(cur.mod_revision)?;
@@ -438,35 +505,46 @@ pub async fn patch(
         if let Some(t) = &req.tags {
             g.tags = t.clone();
         }
-        if g == cur.value {
-            return Ok(Attempt::Done((g, cur.mod_revision)));
+        // A PATCH that changes nothing still gets its operation (ended
+        // at once by flowctl): one answer shape for every PATCH.
+        if g != cur.value {
+            ops.push(db::put_json(&key, &g)?);
         }
-        ops.push(db::put_json(&key, &g)?);
+        let op = new_op.stage(
+            &g.tenant_id,
+            Action::Update,
+            Target::security_group(id),
+            &mut compare,
+            &mut ops,
+        )?;
         Ok(if db::commit(store, compare, ops).await? {
-            Attempt::Done((g, 0))
+            Attempt::Done((g, op))
         } else {
             Attempt::Retry
         })
     })
     .await?;
-    tracing::info!(name = %group.name, "security group updated");
-    let revision = auth::last_commit_revision().unwrap_or(read_at);
-    Ok(Tagged(group, revision))
+    tracing::info!(name = %group.name, op_id = %op.id, "security group updated");
+    Ok(operations::accepted(op))
 }
 
 #[utoipa::path(delete, path = "/v1/security-groups/{id}", tag = "security-groups",
-    params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    params(("id" = String, Path), DeleteParams),
+    responses((status = 202, body = Operation), (status = 404, body = Problem),
+        (status = 409, body = Problem)))]
 #[instrument(skip_all, fields(sg_id = %id))]
 pub async fn delete(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
     if_match: IfMatch,
-) -> ApiResult<StatusCode> {
+    ApiQuery(q): ApiQuery<DeleteParams>,
+) -> ApiResult<Response> {
+    let new_op = operations::NewOp::new(q.callback_url.as_deref())?;
     let store = st.store.as_ref();
     let (id, caller, if_match) = (&id, &caller, &if_match);
-    db::retry("delete the security group", || async move {
+    let new_op = &new_op;
+    let op = db::retry("delete the security group", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         if_match.check(cur.mod_revision)?;
@@ -504,23 +582,25 @@ pub async fn delete(
         if db::get_text(store, &name_key).await?.as_deref() == Some(id.as_str()) {
             ops.push(Op::delete(name_key));
         }
-        db::commit_attempt(
-            store,
-            vec![
-                Compare::mod_revision_is(&key, cur.mod_revision),
-                Compare::mod_revision_is(&guard, guard_rev),
-            ]
-            .into_iter()
-            .chain(qc)
-            .collect(),
-            ops,
-            (),
-        )
-        .await
+        let mut compare: Vec<Compare> = vec![
+            Compare::mod_revision_is(&key, cur.mod_revision),
+            Compare::mod_revision_is(&guard, guard_rev),
+        ]
+        .into_iter()
+        .chain(qc)
+        .collect();
+        let op = new_op.stage(
+            &cur.value.tenant_id,
+            Action::Delete,
+            Target::security_group(id),
+            &mut compare,
+            &mut ops,
+        )?;
+        db::commit_attempt(store, compare, ops, op).await
     })
     .await?;
-    tracing::info!("security group deleted");
-    Ok(StatusCode::NO_CONTENT)
+    tracing::info!(op_id = %op.id, "security group deleted");
+    Ok(operations::accepted(op))
 }
 
 /// NICs that are members of `id` and other groups whose rules name it.
@@ -553,8 +633,8 @@ pub(super) async fn groups_of(store: &dyn Store, vpc_id: &str) -> ApiResult<Vec<
 }
 
 #[utoipa::path(post, path = "/v1/security-groups/{id}/rules", tag = "security-groups",
-    request_body = CreateRule, params(("id" = String, Path)),
-    responses((status = 201, body = SecurityGroupRule), (status = 400, body = Problem),
+    request_body = AddRule, params(("id" = String, Path)),
+    responses((status = 202, body = Operation), (status = 400, body = Problem),
         (status = 404, body = Problem), (status = 409, body = Problem),
         (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(sg_id = %id, rule_id = tracing::field::Empty))]
@@ -562,13 +642,30 @@ pub async fn add_rule(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-    ApiJson(req): ApiJson<CreateRule>,
-) -> ApiResult<impl IntoResponse> {
+    ApiJson(mut body): ApiJson<serde_json::Map<String, serde_json::Value>>,
+) -> ApiResult<Response> {
+    // `callback_url` is the request's, not the rule's: taken out before
+    // the rest is parsed as strictly as a rule in a group's `rules`.
+    let callback = match body.remove("callback_url") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(u)) => Some(u),
+        Some(_) => {
+            return Err(
+                Problem::bad_request("field `callback_url`: expected a string")
+                    .with_field("callback_url"),
+            )
+        }
+    };
+    let new_op = operations::NewOp::new(callback.as_deref())?;
+    let raw = serde_json::to_vec(&body)
+        .map_err(|_| Problem::bad_request("the request body could not be re-encoded"))?;
+    let req: CreateRule = super::extract::parse_json(&raw)?;
     let rule = validate::rule("", &req.spec())?;
     tracing::Span::current().record("rule_id", rule.id.as_str());
     let store = st.store.as_ref();
     let (id, rule, caller) = (&id, &rule, &caller);
-    db::retry("add the rule", || async move {
+    let new_op = &new_op;
+    let op = db::retry("add the rule", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         let mut g = cur.value.clone();
@@ -599,35 +696,58 @@ pub async fn add_rule(
         let (c, o) = quota::charge(store, &g.tenant_id, &[(Kind::SecurityGroupRules, n)]).await?;
         compare.extend(c);
         ops.extend(o);
-        auth::respond_with(&format!("/v1/security-groups/{id}/rules/{}", rule.id), rule);
-        Ok(if db::commit(store, compare, ops).await? {
-            Attempt::Done(())
-        } else {
-            Attempt::Retry
-        })
+        let op = new_op.stage(
+            &g.tenant_id,
+            Action::Create,
+            Target::security_group_rule(id, &rule.id),
+            &mut compare,
+            &mut ops,
+        )?;
+        db::commit_attempt(store, compare, ops, op).await
     })
     .await?;
-    tracing::info!("security group rule added");
-    let location = format!("/v1/security-groups/{id}/rules/{}", rule.id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(rule.clone()),
-    ))
+    tracing::info!(op_id = %op.id, "security group rule added");
+    Ok(operations::accepted(op))
+}
+
+#[utoipa::path(get, path = "/v1/security-groups/{id}/rules/{rule_id}", tag = "security-groups",
+    params(("id" = String, Path), ("rule_id" = String, Path)),
+    responses((status = 200, body = SecurityGroupRule), (status = 404, body = Problem)))]
+#[instrument(skip_all, fields(sg_id = %path.0, rule_id = %path.1))]
+pub async fn get_rule(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath(path): ApiPath<(String, String)>,
+) -> ApiResult<Json<SecurityGroupRule>> {
+    let (id, rule_id) = (&path.0, &path.1);
+    let g = load(st.store.as_ref(), id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    caller.check(&g.value.tenant_id, Access::Read, || not_found(id))?;
+    g.value
+        .inner
+        .rules
+        .into_iter()
+        .find(|r| r.id == *rule_id)
+        .map(Json)
+        .ok_or_else(|| Problem::not_found(format!("security group {id:?} has no rule {rule_id:?}")))
 }
 
 #[utoipa::path(delete, path = "/v1/security-groups/{id}/rules/{rule_id}", tag = "security-groups",
-    params(("id" = String, Path), ("rule_id" = String, Path)),
-    responses((status = 204), (status = 404, body = Problem)))]
+    params(("id" = String, Path), ("rule_id" = String, Path), DeleteParams),
+    responses((status = 202, body = Operation), (status = 404, body = Problem)))]
 #[instrument(skip_all, fields(sg_id = %path.0, rule_id = %path.1))]
 pub async fn delete_rule(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(path): ApiPath<(String, String)>,
-) -> ApiResult<StatusCode> {
+    ApiQuery(q): ApiQuery<DeleteParams>,
+) -> ApiResult<Response> {
+    let new_op = operations::NewOp::new(q.callback_url.as_deref())?;
     let store = st.store.as_ref();
     let (id, rule_id, caller) = (&path.0, &path.1, &caller);
-    db::retry("delete the rule", || async move {
+    let new_op = &new_op;
+    let op = db::retry("delete the rule", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         let mut g = cur.value.clone();
@@ -645,18 +765,21 @@ pub async fn delete_rule(
             &[(Kind::SecurityGroupRules, -i64::from(!g.is_default))],
         )
         .await?;
-        db::commit_attempt(
-            store,
-            [Compare::mod_revision_is(&key, cur.mod_revision)]
-                .into_iter()
-                .chain(qc)
-                .collect(),
-            [db::put_json(&key, &g)?].into_iter().chain(qo).collect(),
-            (),
-        )
-        .await
+        let mut compare: Vec<Compare> = [Compare::mod_revision_is(&key, cur.mod_revision)]
+            .into_iter()
+            .chain(qc)
+            .collect();
+        let mut ops: Vec<Op> = [db::put_json(&key, &g)?].into_iter().chain(qo).collect();
+        let op = new_op.stage(
+            &g.tenant_id,
+            Action::Delete,
+            Target::security_group_rule(id, rule_id),
+            &mut compare,
+            &mut ops,
+        )?;
+        db::commit_attempt(store, compare, ops, op).await
     })
     .await?;
-    tracing::info!("security group rule deleted");
-    Ok(StatusCode::NO_CONTENT)
+    tracing::info!(op_id = %op.id, "security group rule deleted");
+    Ok(operations::accepted(op))
 }

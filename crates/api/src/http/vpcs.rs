@@ -414,6 +414,7 @@ pub async fn delete(
         for g in defaults {
             ops.push(Op::delete(keys::security_group(&g.id)));
             ops.push(Op::delete(sg_index::guard(&g.id)));
+            ops.push(Op::delete(crate::operation::keys::last_op(&g.id)));
             let name_key = sg_index::name(id, &g.name);
             if db::get_text(store, &name_key).await?.as_deref() == Some(g.id.as_str()) {
                 ops.push(Op::delete(name_key));

@@ -77,6 +77,9 @@ fn run() -> Result<()> {
     let web1 = cli.json(&[
         "nic",
         "create",
+        // Answered 202 with an operation; --wait follows it until every
+        // affected node's agent acked, then prints the NIC.
+        "--wait",
         "--subnet",
         text(&web["id"])?,
         "--name",
@@ -87,6 +90,9 @@ fn run() -> Result<()> {
     let web2 = cli.json(&[
         "nic",
         "create",
+        // Answered 202 with an operation; --wait follows it until every
+        // affected node's agent acked, then prints the NIC.
+        "--wait",
         "--subnet",
         text(&web["id"])?,
         "--name",
@@ -97,6 +103,9 @@ fn run() -> Result<()> {
     let db1 = cli.json(&[
         "nic",
         "create",
+        // Answered 202 with an operation; --wait follows it until every
+        // affected node's agent acked, then prints the NIC.
+        "--wait",
         "--subnet",
         text(&db["id"])?,
         "--name",
@@ -105,6 +114,7 @@ fn run() -> Result<()> {
         &n1,
     ])?;
     cli.show(&["subnet", "list"])?;
+    cli.show(&["op", "list"])?;
 
     step("Plugging the VMs: web1 (node0, DHCP), web2 (node1), db1 (node1)");
     let spec = VmSpec::new("web1", 0, text(&web1["id"])?, text(&web1["mac"])?)

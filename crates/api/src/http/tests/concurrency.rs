@@ -50,7 +50,7 @@ async fn fifty_nics_asking_for_the_same_ip() {
         .map(|_| ("/v1/nics", json!({"subnet_id": sn, "ip": "10.0.1.77"})))
         .collect();
     let replies = race(&api, reqs).await;
-    assert_eq!(count(&replies, 201), 1);
+    assert_eq!(count(&replies, 202), 1);
     assert_eq!(count(&replies, 409), N - 1);
     for r in replies.iter().filter(|r| r.status == 409) {
         r.problem(409, &["10.0.1.77", "already used"]).field("ip");
@@ -87,14 +87,18 @@ async fn fifty_nics_allocating_addresses() {
         .map(|_| ("/v1/nics", json!({"subnet_id": sn})))
         .collect();
     let replies = race(&api, reqs).await;
-    assert_eq!(count(&replies, 201), N);
-    let ips: BTreeSet<String> = replies
+    assert_eq!(count(&replies, 202), N);
+    let mut nics = vec![];
+    for r in replies {
+        nics.push(api.applied(r).await.ok(200).clone());
+    }
+    let ips: BTreeSet<String> = nics
         .iter()
-        .map(|r| r.body["ip"].as_str().unwrap().to_string())
+        .map(|n| n["ip"].as_str().unwrap().to_string())
         .collect();
-    let macs: BTreeSet<String> = replies
+    let macs: BTreeSet<String> = nics
         .iter()
-        .map(|r| r.body["mac"].as_str().unwrap().to_string())
+        .map(|n| n["mac"].as_str().unwrap().to_string())
         .collect();
     assert_eq!((ips.len(), macs.len()), (N, N));
     // Lowest-first: exactly .2 ..= .51.
@@ -150,8 +154,8 @@ async fn subnet_delete_racing_nic_creates() {
         let mut created = 0;
         for c in creates {
             let r = c.await.unwrap();
-            assert!(matches!(r.status.as_u16(), 201 | 422), "{:#}", r.body);
-            created += usize::from(r.status == 201);
+            assert!(matches!(r.status.as_u16(), 202 | 422), "{:#}", r.body);
+            created += usize::from(r.status == 202);
         }
         let del = del.await.unwrap();
         let nics = api.get("/v1/nics").await.ok(200).as_array().unwrap().len();
@@ -214,8 +218,8 @@ async fn node_delete_racing_nic_binds() {
         let mut bound = 0;
         for b in binds {
             let r = b.await.unwrap();
-            assert!(matches!(r.status.as_u16(), 201 | 422), "{:#}", r.body);
-            bound += usize::from(r.status == 201);
+            assert!(matches!(r.status.as_u16(), 202 | 422), "{:#}", r.body);
+            bound += usize::from(r.status == 202);
         }
         let del = del.await.unwrap();
         let node_exists = api.get("/v1/nodes/n1").await.status == 200;

@@ -244,7 +244,7 @@ async fn a_mutation_replayed_on_another_replica_does_not_commit_twice() {
             &body,
         )
     };
-    api.send(write()).await.ok(201);
+    api.send(write()).await.accepted();
     other.send(write()).await.problem(401, &["replay"]);
     assert_eq!(
         api.get("/v1/nics").await.ok(200).as_array().unwrap().len(),
@@ -387,7 +387,7 @@ async fn keys_passwords_and_revocation() {
         .problem(404, &[]);
 }
 
-fn b64(bytes: &[u8]) -> String {
+pub(super) fn b64(bytes: &[u8]) -> String {
     const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {

@@ -123,7 +123,7 @@ impl World {
         let nic = maker
             .post("/v1/nics", json!({"subnet_id": subnet}))
             .await
-            .ok(201)["id"]
+            .accepted()["target"]["id"]
             .as_str()
             .unwrap()
             .to_string();
@@ -134,7 +134,8 @@ impl World {
                     {"direction": "ingress", "protocol": "tcp", "port_range_min": 80}]}),
             )
             .await;
-        let sg_body = sg.ok(201);
+        let sg = maker.applied(sg).await;
+        let sg_body = sg.ok(200);
         Set {
             vpc,
             subnet,
@@ -197,15 +198,25 @@ impl Act {
             "nics" => s.nic.clone(),
             _ => s.sg.clone(),
         };
+        // NICs and groups are programmed on nodes: 202 and an operation.
+        let sync_or_async = |k: &str, sync: u16| match k {
+            "nics" | "security-groups" => 202,
+            _ => sync,
+        };
         match self {
             Act::Get(k) => (Method::GET, format!("/v1/{k}/{}", id(k)), None, 200),
             Act::Patch(k) => (
                 Method::PATCH,
                 format!("/v1/{k}/{}", id(k)),
                 Some(json!({"name": format!("renamed-{}", s.nic)})),
-                200,
+                sync_or_async(k, 200),
             ),
-            Act::Delete(k) => (Method::DELETE, format!("/v1/{k}/{}", id(k)), None, 204),
+            Act::Delete(k) => (
+                Method::DELETE,
+                format!("/v1/{k}/{}", id(k)),
+                None,
+                sync_or_async(k, 204),
+            ),
             Act::CreateSubnet => (
                 Method::POST,
                 "/v1/subnets".into(),
@@ -216,25 +227,25 @@ impl Act {
                 Method::POST,
                 "/v1/nics".into(),
                 Some(json!({"subnet_id": s.subnet})),
-                201,
+                202,
             ),
             Act::CreateSg => (
                 Method::POST,
                 "/v1/security-groups".into(),
                 Some(json!({"vpc_id": s.vpc, "name": "db"})),
-                201,
+                202,
             ),
             Act::AddRule => (
                 Method::POST,
                 format!("/v1/security-groups/{}/rules", s.sg),
                 Some(json!({"direction": "egress", "protocol": "udp", "port_range_min": 53})),
-                201,
+                202,
             ),
             Act::DeleteRule => (
                 Method::DELETE,
                 format!("/v1/security-groups/{}/rules/{}", s.sg, s.rule),
                 None,
-                204,
+                202,
             ),
         }
     }
@@ -245,13 +256,13 @@ async fn prepare(world: &World, act: Act, s: &Set, own: bool) {
     let maker = world.as_(if own { &world.maker_a } else { &world.maker_b });
     if let Act::Delete(k) = act {
         if k == "subnets" || k == "vpcs" {
-            maker.delete(format!("/v1/nics/{}", s.nic)).await.ok(204);
+            maker.delete(format!("/v1/nics/{}", s.nic)).await.ok(202);
         }
         if k == "vpcs" {
             maker
                 .delete(format!("/v1/security-groups/{}", s.sg))
                 .await
-                .ok(204);
+                .ok(202);
             maker
                 .delete(format!("/v1/subnets/{}", s.subnet))
                 .await

@@ -11,6 +11,7 @@ mod matrix;
 mod nat;
 mod nics;
 mod nodes;
+mod operations;
 mod protocol;
 mod quotas;
 mod ratelimit;
@@ -56,6 +57,7 @@ pub struct Reply {
     pub status: StatusCode,
     pub content_type: String,
     pub body: Value,
+    pub headers: axum::http::HeaderMap,
 }
 
 impl Reply {
@@ -83,6 +85,25 @@ impl Reply {
     pub fn field(&self, field: &str) -> &Self {
         assert_eq!(self.body["field"], field, "{:#}", self.body);
         self
+    }
+
+    /// Asserts a `202 Accepted` with a new operation (pending, its
+    /// `Location`, a `Retry-After`) and returns it.
+    #[track_caller]
+    pub fn accepted(&self) -> &Value {
+        assert_eq!(self.status.as_u16(), 202, "{:#}", self.body);
+        let op = &self.body;
+        let id = op["id"].as_str().unwrap();
+        assert!(id.starts_with("op-"), "{op:#}");
+        assert_eq!(op["state"], "pending", "{op:#}");
+        assert!(op["revision"].as_u64().unwrap() > 0, "{op:#}");
+        assert!(op["target"]["id"].as_str().is_some_and(|t| !t.is_empty()));
+        assert_eq!(
+            self.headers[header::LOCATION].to_str().unwrap(),
+            format!("/v1/operations/{id}")
+        );
+        assert!(self.headers.contains_key(header::RETRY_AFTER));
+        op
     }
 
     #[track_caller]
@@ -187,6 +208,7 @@ impl Api {
     pub async fn send(&self, req: Request<Body>) -> Reply {
         let resp = self.app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
+        let headers = resp.headers().clone();
         let content_type = resp
             .headers()
             .get(header::CONTENT_TYPE)
@@ -203,7 +225,16 @@ impl Api {
             status,
             content_type,
             body,
+            headers,
         }
+    }
+
+    /// A change answered `202 Accepted` with an operation: checks the
+    /// answer, then reads the operation's target as it is now (the GET's
+    /// reply: 200 with the resource, 404 after a delete).
+    pub async fn applied(&self, r: Reply) -> Reply {
+        let href = r.accepted()["target"]["href"].as_str().unwrap().to_string();
+        self.get(href).await
     }
 
     pub async fn raw(&self, method: Method, uri: &str, ct: Option<&str>, body: &[u8]) -> Reply {
@@ -299,7 +330,9 @@ impl Api {
         r.ok(201)["id"].as_str().unwrap().to_string()
     }
 
+    /// Creates a NIC (202 and an operation) and returns it as read back.
     pub async fn nic(&self, body: Value) -> Value {
-        self.post("/v1/nics", body).await.ok(201).clone()
+        let r = self.post("/v1/nics", body).await;
+        self.applied(r).await.ok(200).clone()
     }
 }

@@ -30,7 +30,7 @@ async fn addresses_are_allocated_lowest_first_and_reused() {
     assert_eq!(c["ip"], "10.0.1.4");
     // Deleting frees the address (and the MAC) for the next NIC.
     let aid = a["id"].as_str().unwrap();
-    assert_eq!(api.delete(&format!("/v1/nics/{aid}")).await.status, 204);
+    api.delete(&format!("/v1/nics/{aid}")).await.accepted();
     let d = api.nic(json!({"subnet_id": sn})).await;
     assert_eq!(d["ip"], "10.0.1.2");
     let mac = a["mac"].as_str().unwrap();
@@ -218,7 +218,10 @@ async fn binding_filters_and_status() {
 
     // Rebinding: down until the new node reports; the old report is dropped.
     let r = api
-        .patch(&format!("/v1/nics/{id}"), json!({"node": "n2"}))
+        .applied(
+            api.patch(&format!("/v1/nics/{id}"), json!({"node": "n2"}))
+                .await,
+        )
         .await;
     assert_eq!(r.ok(200)["node"], "n2");
     assert_eq!(r.ok(200)["status"], "down");
@@ -235,7 +238,10 @@ async fn binding_filters_and_status() {
     );
     // Renaming alone keeps the binding and its status.
     let r = api
-        .patch(&format!("/v1/nics/{id}"), json!({"name": "x"}))
+        .applied(
+            api.patch(&format!("/v1/nics/{id}"), json!({"name": "x"}))
+                .await,
+        )
         .await;
     assert_eq!(
         (&r.ok(200)["node"], &r.ok(200)["status"]),
@@ -247,7 +253,10 @@ async fn binding_filters_and_status() {
         .problem(422, &["ghost"])
         .field("node");
     let r = api
-        .patch(&format!("/v1/nics/{id}"), json!({"node": null}))
+        .applied(
+            api.patch(&format!("/v1/nics/{id}"), json!({"node": null}))
+                .await,
+        )
         .await;
     assert_eq!(r.ok(200)["node"], json!(null));
     assert_eq!(r.ok(200)["status"], "down");
@@ -255,7 +264,7 @@ async fn binding_filters_and_status() {
     // Filters.
     api.patch(&format!("/v1/nics/{id}"), json!({"node": "n1"}))
         .await
-        .ok(200);
+        .accepted();
     let ids = |v: &serde_json::Value| -> Vec<String> {
         v.as_array()
             .unwrap()
@@ -278,7 +287,7 @@ async fn binding_filters_and_status() {
 
     // Deleting the NIC removes its index keys and its status.
     put_status(status("n1", NicStatus::Up)).await;
-    assert_eq!(api.delete(&format!("/v1/nics/{id}")).await.status, 204);
+    api.delete(&format!("/v1/nics/{id}")).await.accepted();
     assert!(api
         .store
         .get(&keys::nic_status(&id))

@@ -169,6 +169,6 @@ async fn a_node_with_nics_cannot_be_deleted_or_moved() {
 
     api.patch(&format!("/v1/nics/{id}"), json!({"node": null}))
         .await
-        .ok(200);
+        .ok(202);
     assert_eq!(api.delete("/v1/nodes/n1").await.status, 204);
 }

@@ -183,11 +183,11 @@ async fn a_subnet_with_nics_cannot_be_deleted() {
     api.unchanged(|| api.delete(format!("/v1/subnets/{sn}")))
         .await
         .problem(409, &[&sn, "still has 2 NICs", a, b, "delete them first"]);
-    assert_eq!(api.delete(&format!("/v1/nics/{a}")).await.status, 204);
+    assert_eq!(api.delete(&format!("/v1/nics/{a}")).await.status, 202);
     api.unchanged(|| api.delete(format!("/v1/subnets/{sn}")))
         .await
         .problem(409, &["1 NICs", b]);
-    assert_eq!(api.delete(&format!("/v1/nics/{b}")).await.status, 204);
+    assert_eq!(api.delete(&format!("/v1/nics/{b}")).await.status, 202);
     assert_eq!(api.delete(&format!("/v1/subnets/{sn}")).await.status, 204);
     api.get(&format!("/v1/subnets/{sn}"))
         .await
