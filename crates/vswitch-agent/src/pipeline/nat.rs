@@ -493,9 +493,6 @@ fn gateway_flows(ctx: &Ctx<'_>, vpc: &Vpc, g: &NatGateway, out: &mut Vec<Flow>) 
             actions: vec![],
         }]),
     );
-    if !is_active(ctx, g) {
-        return;
-    }
     let others: Vec<u32> = g
         .gateways
         .iter()
@@ -520,9 +517,13 @@ fn gateway_flows(ctx: &Ctx<'_>, vpc: &Vpc, g: &NatGateway, out: &mut Vec<Flow>) 
             .actions(handoff),
         );
     }
-    // Inbound, on the active gateway only.
+    // Inbound: every gateway takes what reaches it (a neighbour's ARP cache
+    // may still point at it), but only the active one answers ARP ...
+    let active = is_active(ctx, g);
     for e in &g.eips {
-        out.push(external_arp(c, up.ofport, e.ip, e.mac));
+        if active {
+            out.push(external_arp(c, up.ofport, e.ip, e.mac));
+        }
         out.push(
             flow(
                 table::EXT_IN,
@@ -544,6 +545,10 @@ fn gateway_flows(ctx: &Ctx<'_>, vpc: &Vpc, g: &NatGateway, out: &mut Vec<Flow>) 
                 },
             ]),
         );
+    }
+    // ... and opens new connections by DNAT rules.
+    if !active {
+        return;
     }
     for rule in &g.dnat_rules {
         if !eips.contains(&rule.eip) {
