@@ -12,5 +12,6 @@ cargo bench --locked -p tests --bench nic_ready
 cargo bench --locked -p tests --bench sg_flows
 cargo bench --locked -p tests --bench sg_enforce
 cargo bench --locked -p tests --bench sg_throughput
+cargo bench --locked -p tests --bench nat_throughput
 cargo bench --locked -p tests --bench agent_restart
 cargo bench --locked -p vswitch-agent --bench fanout
