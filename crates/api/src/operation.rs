@@ -132,6 +132,13 @@ impl Target {
             href: format!("/v1/security-groups/{id}"),
         }
     }
+    pub fn eip(id: &str) -> Target {
+        Target {
+            kind: "eip".into(),
+            id: id.into(),
+            href: format!("/v1/eips/{id}"),
+        }
+    }
     pub fn security_group_rule(group_id: &str, rule_id: &str) -> Target {
         Target {
             kind: "security_group_rule".into(),

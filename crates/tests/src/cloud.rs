@@ -434,17 +434,17 @@ impl Cloud {
         self.api.create("/v1/eips", &body)
     }
 
-    /// Binds `eip` to `nic`; the answer names the node doing the 1:1 NAT.
+    /// Binds `eip` to `nic` (an operation: it reaches the NIC's node);
+    /// returns the EIP read back, which names the node doing the 1:1 NAT.
     pub fn bind_eip(&self, eip: &Value, nic: &Value) -> Result<Value> {
         let path = format!("/v1/eips/{}/bind", str_of(&eip["id"])?);
-        self.api
-            .post(&path, &json!({ "nic_id": nic["id"] }))?
-            .ok("POST", &path)
+        self.api.create(&path, &json!({ "nic_id": nic["id"] }))
     }
 
+    /// Unbinds `eip`; returns it read back.
     pub fn unbind_eip(&self, eip: &Value) -> Result<Value> {
         let path = format!("/v1/eips/{}/unbind", str_of(&eip["id"])?);
-        self.api.post(&path, &json!({}))?.ok("POST", &path)
+        self.api.create(&path, &json!({}))
     }
 
     pub fn release_eip(&self, eip: &Value) -> Result<()> {

@@ -13,22 +13,24 @@ use std::net::Ipv4Addr;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{self, Access, Caller};
-use super::db::{self, index, Attempt};
+use super::db::{self, index};
 use super::etag::{IfMatch, Tagged};
 use super::external_networks::{self, net_index};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::list::{page_of, PageOf};
+use super::operations::{self, DeleteParams};
 use super::problem::{ApiResult, Problem};
 use super::quota::{self, Kind};
 use super::validate;
 use super::{vpcs, AppState};
 use crate::model::{keys, Eip, Nic, Owned};
+use crate::operation::{Action, Operation, Target};
 use crate::store::{Compare, Op, Store};
 
 /// Index keys of EIP bindings.
@@ -71,6 +73,9 @@ pub struct BindEip {
     /// A NIC of a VPC attached to the EIP's network, bound to a node
     /// attached to that network.
     pub nic_id: String,
+    /// POSTed the operation, signed, when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -343,9 +348,12 @@ pub async fn get(
     Ok(Tagged(view(store, eip.value).await?, eip.mod_revision))
 }
 
+/// Binding reaches the NIC's node (its 1:1 NAT): `202` with an operation
+/// that succeeds once that node has it. Binding again to the same NIC has
+/// the same outcome (an operation that succeeds at once).
 #[utoipa::path(post, path = "/v1/eips/{id}/bind", tag = "eips", request_body = BindEip,
     params(("id" = String, Path)),
-    responses((status = 200, body = EipView), (status = 404, body = Problem),
+    responses((status = 202, body = Operation), (status = 404, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(eip_id = %id, nic_id = %req.nic_id))]
 pub async fn bind(
@@ -354,10 +362,11 @@ pub async fn bind(
     ApiPath(id): ApiPath<String>,
     if_match: IfMatch,
     ApiJson(req): ApiJson<BindEip>,
-) -> ApiResult<Tagged<EipView>> {
+) -> ApiResult<Response> {
+    let new_op = operations::NewOp::new(req.callback_url.as_deref())?;
     let store = st.store.as_ref();
-    let (id, req, caller, if_match) = (&id, &req, &caller, &if_match);
-    let (eip, read_at) = db::retry("bind the EIP", || async move {
+    let (id, req, caller, if_match, new_op) = (&id, &req, &caller, &if_match, &new_op);
+    let (eip, op) = db::retry("bind the EIP", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         if_match.check(cur.mod_revision)?;
@@ -368,8 +377,20 @@ pub async fn bind(
             )));
         }
         match &e.nic_id {
-            // The same request again: the same outcome, nothing to change.
-            Some(n) if *n == req.nic_id => return Ok(Attempt::Done((e.clone(), cur.mod_revision))),
+            // The same request again: the same outcome, nothing to change
+            // but the operation's record.
+            Some(n) if *n == req.nic_id => {
+                let mut compare = vec![Compare::mod_revision_is(keys::eip(id), cur.mod_revision)];
+                let mut ops = Vec::new();
+                let op = new_op.stage(
+                    &e.tenant_id,
+                    Action::Update,
+                    Target::eip(id),
+                    &mut compare,
+                    &mut ops,
+                )?;
+                return db::commit_attempt(store, compare, ops, (e.clone(), op)).await;
+            }
             Some(n) => {
                 return Err(Problem::conflict(format!(
                     "EIP {id:?} is already bound to NIC {n:?}; unbind it first \
@@ -438,81 +459,78 @@ pub async fn bind(
         eip.nic_id = Some(nic_id.clone());
         let key = keys::eip(id);
         let guard = index::vpc_guard(&vpc.value.id);
-        let compare = vec![
+        let mut compare = vec![
             Compare::mod_revision_is(&key, cur.mod_revision),
             Compare::absent(&nic_key),
             // The NIC is still where it was checked, the VPC still attached.
             Compare::mod_revision_is(keys::nic(nic_id), nic.mod_revision),
             Compare::mod_revision_is(keys::vpc(&vpc.value.id), vpc.mod_revision),
         ];
-        let ops = vec![
+        let mut ops = vec![
             db::put_json(&key, &eip)?,
             Op::put(nic_key, id.as_bytes().to_vec()),
             // A detach of the network reads this guard before the bindings.
             db::bump(guard),
         ];
-        auth::respond_with(
-            &format!("/v1/eips/{id}"),
-            &EipView {
-                eip: eip.clone(),
-                node: Some(node.clone()),
-            },
-        );
-        db::commit_attempt(store, compare, ops, (eip, 0)).await
+        let op = new_op.stage(
+            &eip.tenant_id,
+            Action::Update,
+            Target::eip(id),
+            &mut compare,
+            &mut ops,
+        )?;
+        db::commit_attempt(store, compare, ops, (eip, op)).await
     })
     .await?;
-    tracing::info!(ip = %eip.ip, "EIP bound");
-    let revision = auth::last_commit_revision().unwrap_or(read_at);
-    Ok(Tagged(view(store, eip).await?, revision))
+    tracing::info!(ip = %eip.ip, op_id = %op.id, "EIP bound");
+    Ok(operations::accepted(op))
 }
 
+/// Unbinding reaches the NIC's node too: `202` with an operation. Not
+/// bound: the same outcome (an operation that succeeds at once).
 #[utoipa::path(post, path = "/v1/eips/{id}/unbind", tag = "eips",
-    params(("id" = String, Path)),
-    responses((status = 200, body = EipView), (status = 404, body = Problem)))]
+    params(("id" = String, Path), DeleteParams),
+    responses((status = 202, body = Operation), (status = 404, body = Problem)))]
 #[instrument(skip_all, fields(eip_id = %id))]
 pub async fn unbind(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
     if_match: IfMatch,
-) -> ApiResult<Tagged<EipView>> {
+    ApiQuery(q): ApiQuery<DeleteParams>,
+) -> ApiResult<Response> {
+    let new_op = operations::NewOp::new(q.callback_url.as_deref())?;
     let store = st.store.as_ref();
-    let (id, caller, if_match) = (&id, &caller, &if_match);
-    let (eip, read_at) = db::retry("unbind the EIP", || async move {
+    let (id, caller, if_match, new_op) = (&id, &caller, &if_match, &new_op);
+    let op = db::retry("unbind the EIP", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         if_match.check(cur.mod_revision)?;
-        let Some(nic_id) = &cur.value.nic_id else {
-            // Not bound: unbinding again has the same outcome.
-            return Ok(Attempt::Done((cur.value, cur.mod_revision)));
-        };
-        let mut eip = cur.value.clone();
-        eip.nic_id = None;
         let key = keys::eip(id);
-        let mut ops = vec![db::put_json(&key, &eip)?];
-        let nic_key = eip_index::nic(nic_id);
-        if db::get_text(store, &nic_key).await?.as_deref() == Some(id.as_str()) {
-            ops.push(Op::delete(nic_key));
+        let mut compare = vec![Compare::mod_revision_is(&key, cur.mod_revision)];
+        let mut ops = Vec::new();
+        // Not bound: unbinding again has the same outcome.
+        if let Some(nic_id) = &cur.value.nic_id {
+            let mut eip = cur.value.clone();
+            eip.nic_id = None;
+            ops.push(db::put_json(&key, &eip)?);
+            let nic_key = eip_index::nic(nic_id);
+            if db::get_text(store, &nic_key).await?.as_deref() == Some(id.as_str()) {
+                ops.push(Op::delete(nic_key));
+            }
         }
-        auth::respond_with(
-            &format!("/v1/eips/{id}"),
-            &EipView {
-                eip: eip.clone(),
-                node: None,
-            },
-        );
-        db::commit_attempt(
-            store,
-            vec![Compare::mod_revision_is(&key, cur.mod_revision)],
-            ops,
-            (eip, 0),
-        )
-        .await
+        let op = new_op.stage(
+            &cur.value.tenant_id,
+            Action::Update,
+            Target::eip(id),
+            &mut compare,
+            &mut ops,
+        )?;
+        db::commit_attempt(store, compare, ops, op).await
     })
     .await?;
-    tracing::info!("EIP unbound");
-    let revision = auth::last_commit_revision().unwrap_or(read_at);
-    Ok(Tagged(view(store, eip).await?, revision))
+    tracing::info!(op_id = %op.id, "EIP unbound");
+    Ok(operations::accepted(op))
 }
 
 #[utoipa::path(delete, path = "/v1/eips/{id}", tag = "eips", params(("id" = String, Path)),

@@ -215,18 +215,22 @@ async fn eips_allocate_bind_unbind_and_release() {
     .problem(422, &[])
     .field("rate_limit_kbps");
 
-    // Bind, and the same bind again: the same outcome.
+    // Bind (an operation: it reaches the NIC's node), and the same bind
+    // again: the same outcome.
     let ua = format!("/v1/eips/{}", id(&a));
     let bound = api
         .post(format!("{ua}/bind"), json!({"nic_id": w.nic}))
         .await;
-    let bound = bound.ok(200).clone();
+    let op = bound.ok(202).clone();
+    assert_eq!(op["target"]["href"], ua.as_str());
+    assert_eq!(op["action"], "update");
+    let bound = api.get(&ua).await.ok(200).clone();
     assert_eq!(bound["nic_id"], w.nic.as_str());
     assert_eq!(bound["node"], "c1");
     let again = api
         .post(format!("{ua}/bind"), json!({"nic_id": w.nic}))
         .await;
-    assert_eq!(again.ok(200)["nic_id"], w.nic.as_str());
+    assert_ne!(again.ok(202)["id"], op["id"], "a new operation");
     assert_eq!(api.get(&ua).await.ok(200)["node"], "c1");
     let listed = api.get(format!("/v1/eips?nic_id={}", w.nic)).await;
     assert_eq!(listed.ok(200).as_array().unwrap().len(), 1);
@@ -266,17 +270,19 @@ async fn eips_allocate_bind_unbind_and_release() {
         .problem(409, &["bound"]);
 
     // Unbind twice: the same outcome; rebind elsewhere; release.
-    let un = api.post(format!("{ua}/unbind"), json!({})).await;
-    assert!(un.ok(200).get("nic_id").is_none());
-    let un = api.post(format!("{ua}/unbind"), json!({})).await;
-    assert!(un.ok(200).get("node").is_none());
+    for _ in 0..2 {
+        api.post(format!("{ua}/unbind"), json!({})).await.ok(202);
+        let un = api.get(&ua).await;
+        assert!(un.ok(200).get("nic_id").is_none());
+        assert!(un.body.get("node").is_none());
+    }
     api.post(format!("{ua}/bind"), json!({"nic_id": id(&other)}))
         .await
-        .ok(200);
+        .ok(202);
     api.post(format!("{ub}/bind"), json!({"nic_id": w.nic}))
         .await
-        .ok(200);
-    api.post(format!("{ua}/unbind"), json!({})).await.ok(200);
+        .ok(202);
+    api.post(format!("{ua}/unbind"), json!({})).await.ok(202);
     api.delete(&ua).await.ok(204);
     api.get(&ua).await.problem(404, &[]);
     // The address is free again.
@@ -406,7 +412,7 @@ async fn nat_gateways_need_an_attachment_and_two_gateway_nodes() {
     // A bound EIP cannot be given to a gateway.
     api.post(format!("/v1/eips/{e2}/bind"), json!({"nic_id": w.nic}))
         .await
-        .ok(200);
+        .ok(202);
     api.unchanged(|| api.post("/v1/nat-gateways", body(&w.vpc, &[&e1, &e2])))
         .await
         .problem(409, &["already bound"])
