@@ -69,6 +69,8 @@ pub fn callbacks_key() -> String {
     format!("{DUTIES_PREFIX}callbacks")
 }
 
+/// Wall-clock milliseconds: the schedule is stored and read by whichever
+/// replica holds the duty next, so it cannot be a monotonic instant.
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -214,13 +214,21 @@ pub fn to_txn(w: &OpWrite, retention: LeaseId) -> Txn {
     txn
 }
 
-/// The operations of the model that wait on `node` or have not been
-/// planned yet.
-pub fn concerning(model: &Model, node: &str) -> BTreeSet<String> {
+/// The operations an ack or nack of `node` may advance: those waiting on
+/// it, and the pending ones whose nodes are known (`affected`). A pending
+/// operation whose compilation has not been reported yet is left to that
+/// report: planned now, it would fall back to its target's holders (none
+/// for a delete) and could end before its nodes acked.
+pub fn concerning(
+    model: &Model,
+    node: &str,
+    affected: &HashMap<String, BTreeSet<String>>,
+) -> BTreeSet<String> {
     model
         .operations()
-        .filter(|(_, e)| {
-            e.op.state == OperationState::Pending || e.op.waiting_on.iter().any(|n| n == node)
+        .filter(|(id, e)| match e.op.state {
+            OperationState::Pending => affected.contains_key(*id),
+            _ => e.op.waiting_on.iter().any(|n| n == node),
         })
         .map(|(id, _)| id.clone())
         .collect()
@@ -365,7 +373,13 @@ mod tests {
         // An offline node never acks: it stays running.
         let c = with(&w.op, 40, 41);
         assert!(plan_one(&c, "op-4", None, &AckBook::default()).is_none());
-        assert_eq!(concerning(c.model(), "holder"), set(&["op-4"]));
-        assert!(concerning(c.model(), "other").is_empty());
+        let none = HashMap::new();
+        assert_eq!(concerning(c.model(), "holder", &none), set(&["op-4"]));
+        assert!(concerning(c.model(), "other", &none).is_empty());
+        // A pending one only once its nodes are known.
+        let p = with(&op("op-5", None), 50, 50);
+        assert!(concerning(p.model(), "holder", &none).is_empty());
+        let known = HashMap::from([("op-5".to_string(), set(&["n1"]))]);
+        assert_eq!(concerning(p.model(), "n9", &known), set(&["op-5"]));
     }
 }

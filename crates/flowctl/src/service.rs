@@ -343,7 +343,7 @@ async fn write_statuses(
             match &cmd {
                 StatusCmd::Ack { node, revision, .. } | StatusCmd::Holds { node, revision } => {
                     book.ack(node, *revision);
-                    ops::concerning(model, node)
+                    ops::concerning(model, node, &affected)
                 }
                 StatusCmd::Nack {
                     node,
@@ -351,7 +351,7 @@ async fn write_statuses(
                     error,
                 } => {
                     book.nack(node, *revision, error);
-                    ops::concerning(model, node)
+                    ops::concerning(model, node, &affected)
                 }
                 StatusCmd::Ops { ids, affected: a } => {
                     affected.extend(a.iter().map(|(k, v)| (k.clone(), v.clone())));

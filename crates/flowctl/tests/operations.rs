@@ -491,3 +491,45 @@ async fn https_callbacks_verify_the_receiver() {
     assert_eq!(got.lock().unwrap().len(), 1);
     receiver.abort();
 }
+
+/// Two flowctl replicas on one store, each with one of the two agents: each
+/// sees only its own agent's ack, and together they still end the
+/// operation (every transition fenced on the record, any replica may make
+/// it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_each_with_one_agent_end_it_together() {
+    let c = Cluster::start(async |s| two_nodes(s).await).await;
+    let store = &*c.store;
+    let other = Replica::start(c.store.clone()).await;
+    let mut a1 = FakeAgent::hello(c.addr, "n1", None).await;
+    let mut a2 = FakeAgent::hello(other.addr, "n2", None).await;
+    for a in [&mut a1, &mut a2] {
+        let r = next_revision(a).await;
+        a.send(AgentMessage::Ack {
+            revision: r,
+            ready_nics: vec![],
+        })
+        .await;
+    }
+    for (i, on) in [(5u8, false), (6, true), (7, false)] {
+        let id = format!("op-00000000000000{i:02}");
+        let r = change_with_op(store, &id, Some(port_security(on))).await;
+        assert_eq!(next_revision(&mut a1).await, r);
+        assert_eq!(next_revision(&mut a2).await, r);
+        // n2 first, to the other replica; then n1.
+        a2.send(AgentMessage::Ack {
+            revision: r,
+            ready_nics: vec![],
+        })
+        .await;
+        wait_op(store, &id, |o| o.waiting_on == ["n1"]).await;
+        a1.send(AgentMessage::Ack {
+            revision: r,
+            ready_nics: vec![],
+        })
+        .await;
+        let o = wait_op(store, &id, |o| o.state.is_terminal()).await;
+        assert_eq!(o.state, OperationState::Succeeded, "{o:?}");
+        assert_eq!(o.nodes, ["n1", "n2"]);
+    }
+}

@@ -610,7 +610,8 @@ pub async fn patch(
 
 #[utoipa::path(delete, path = "/v1/nics/{id}", tag = "nics",
     params(("id" = String, Path), DeleteParams),
-    responses((status = 202, body = Operation), (status = 404, body = Problem)))]
+    responses((status = 202, body = Operation), (status = 404, body = Problem),
+        (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(nic_id = %id))]
 pub async fn delete(
     State(st): State<AppState>,

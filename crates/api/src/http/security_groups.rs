@@ -531,7 +531,7 @@ pub async fn patch(
 #[utoipa::path(delete, path = "/v1/security-groups/{id}", tag = "security-groups",
     params(("id" = String, Path), DeleteParams),
     responses((status = 202, body = Operation), (status = 404, body = Problem),
-        (status = 409, body = Problem)))]
+        (status = 409, body = Problem), (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(sg_id = %id))]
 pub async fn delete(
     State(st): State<AppState>,
@@ -735,7 +735,8 @@ pub async fn get_rule(
 
 #[utoipa::path(delete, path = "/v1/security-groups/{id}/rules/{rule_id}", tag = "security-groups",
     params(("id" = String, Path), ("rule_id" = String, Path), DeleteParams),
-    responses((status = 202, body = Operation), (status = 404, body = Problem)))]
+    responses((status = 202, body = Operation), (status = 404, body = Problem),
+        (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(sg_id = %path.0, rule_id = %path.1))]
 pub async fn delete_rule(
     State(st): State<AppState>,
