@@ -649,15 +649,13 @@ fn eip_bandwidth_limit_holds_both_ways() {
         if reverse {
             args.push("-R");
         }
-        let mut out = Err(String::new());
-        for _ in 0..20 {
-            out = inet.run(&args).map_err(|e| e.to_string());
-            if out.is_ok() {
-                break;
-            }
-            // The server may not listen yet.
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        // The server may not listen yet: a short run until one gets through.
+        wait_until(SETTLE, "iperf3 through the EIP", || {
+            inet.run(&["iperf3", "-c", eip_ip.as_str(), "-t", "1"])
+                .is_ok()
+        })
+        .unwrap();
+        let out = inet.run(&args).map_err(|e| e.to_string());
         let v: Value = serde_json::from_str(&out.unwrap()).unwrap();
         v["end"]["sum_received"]["bits_per_second"]
             .as_f64()
