@@ -33,6 +33,101 @@
 //! Knobs (env): VS_OVN_REPS, VS_OVN_WARMUP (1), VS_OVN_ITERS (200),
 //! VS_OVN_NICS (1000), VS_OVN_SYSTEMS (`stacknet,ovn`).
 
+//! Issue 8's side-by-side workloads: the same logical work on stacknet and
+//! on OVN (Debian's ovn-central/ovn-host 23.03 on the lab's OVS, netdev
+//! datapath), each on a fresh one-node lab torn down before the other runs.
+//! NICs that are not on the lab's node are bound to remote nodes that have
+//! no switch (stacknet: registered nodes without an agent; OVN: chassis in
+//! the SB database with the ports bound to them, as their ovn-controllers
+//! would): stacknet leaves an unbound NIC out of every node's state and of
+//! its groups' address sets, while OVN programs every port of a switch
+//! present on the chassis, so unbound NICs would not be the same work.
+//!
+//! **Workload 1, NIC ready.**
+//! - 1 VPC (OVN: one logical switch) with `NICS` NICs (logical switch
+//!   ports), the first `LOCAL` bound on the node with a VIF plugged into
+//!   br-int (`external_ids:iface-id`), the rest on the remote nodes;
+//! - one security group of `RULES` rules (1 egress, the rest TCP port
+//!   ranges from one of `GROUPS` remote groups); every NIC is in it and in
+//!   one remote group. OVN gets what a CMS such as Neutron writes: port
+//!   groups, their `$pg_ip4` address sets, ACLs (allow-related, and the
+//!   default drops);
+//! - then `ITERS` single-NIC add/delete iterations: write the NIC, plug its
+//!   VIF, wait until the node reports its flows installed (stacknet: the
+//!   NIC's API status `up`; OVN: the interface's
+//!   `external_ids:ovn-installed=true`), unplug, delete, and time until the
+//!   NIC's ARP-responder flow is gone from br-int (polled with a filtered
+//!   `ovs-ofctl dump-flows`: both systems answer ARP for every known port
+//!   of the VPC on the node).
+//!
+//! Every write goes over one persistent session (API client; OVSDB session
+//! to the NB database, as a CMS keeps one), VIFs are plugged over one OVSDB
+//! session to the node, and readiness is polled every 0.5 ms in both cases.
+//! Figures: NIC ready (from the write returning, and from before the
+//! write), NIC delete, CPU seconds and peak RSS (VmHWM) of every
+//! control-plane process (flowctl with its embedded API + vswitch-agent
+//! versus ovn-northd, the NB and SB ovsdb-servers and ovn-controller),
+//! OpenFlow flows on br-int.
+//!
+//! **Workload 2, scale shape.** From an empty system: `VPCS` VPCs of
+//! `VPC_NICS` NICs, each VPC with two subnets and its router (stacknet: the
+//! VPC's distributed router is implicit; OVN: a logical router with a port
+//! on each of two switches) and its default security group (OVN: a port
+//! group with the allow-egress / allow-from-the-group ACLs); NIC 0 of each
+//! VPC on the node, the others on the remote nodes. stacknet is written
+//! through the API by 8 clients, one request per object; OVN gets one NB
+//! transaction per VPC (fewer, larger writes, in OVN's favour) and the
+//! remote bindings in SB transactions of 1,000. Figures: all writes
+//! returned, every local NIC ready, full convergence (the last change of
+//! br-int's flow count, sampled every 100 ms, once settled for 3 s), CPU
+//! and peak RSS per control-plane process, flows. OVN also: when
+//! `ovn-nbctl --wait=hv sync` returns.
+//!
+//! **Workload 3, rule change.** A group of `MEMBERS` NICs (OVN: a port
+//! group, whose `$pg_big_ip4` address set the ACL uses) on the remote
+//! nodes; two NICs on the node in a group with an ingress rule "TCP 22 from
+//! the big group". Per round: one IP added to the big group (stacknet: a
+//! NIC's groups PATCHed; OVN: an existing port inserted into the port
+//! group), then one rule added (a new TCP port from the big group). The
+//! clock runs from the start of the write until the node's br-int holds
+//! the flow that enforces it (the new member's address; the new port with
+//! one member's address), polled with a filtered `ovs-ofctl dump-flows`:
+//! flows, not packets (the new member is on a remote node and cannot
+//! send); both systems install a change in one batch, and the cost of one
+//! poll is printed as the resolution.
+//!
+//! **Workload 4, restart.** Two VMs on the node in `RESTART_GROUPS` groups
+//! of `RESTART_RULES` ingress rules each (TCP 1-65535 from a distinct /32)
+//! plus a group that lets them talk, >100,000 flows on both systems at full
+//! size. While VM a pings b every 10 ms and a thread samples br-int's flow
+//! count every 20 ms (`ovs-ofctl dump-aggregate`), the node's agent (OVN:
+//! ovn-controller) is stopped with SIGTERM and started again. Figures: the
+//! time from the new process starting until the system says the flows are
+//! complete (stacknet: the agent logs its first bundle applied; OVN:
+//! `ovn-nbctl --wait=hv sync` issued right after the start returns), until
+//! the sampled count is back, the lowest count sampled, pings lost (a
+//! request unanswered while a later one was answered). One deployment per
+//! system, warm-up + rounds restarts.
+//!
+//! One warm-up then `VS_OVN_REPS` (default 5) rounds: workloads 1 and 2
+//! alternate the systems round by round (fresh labs), so load from
+//! elsewhere on the machine hits both alike; 3 and 4 make one deployment
+//! per system and repeat the change/restart on it. Each table gives the
+//! median and p95 per system and the ratio stacknet / OVN of the medians,
+//! with the 1-minute load average; everything (raw samples too) is written
+//! as JSON to `VS_OVN_JSON` (default `vs-ovn.json`), after every round.
+//! `scripts/vs-ovn.sh` installs OVN, builds the release binaries and runs
+//! this.
+//!
+//! Knobs (env): VS_OVN_WORKLOADS (`1,2,3,4`), VS_OVN_SYSTEMS
+//! (`stacknet,ovn`), VS_OVN_REPS (5), VS_OVN_WARMUP (1), VS_OVN_QUICK (`1`:
+//! 1 round, no warm-up, small sizes, ~2 minutes: for CI), VS_OVN_NICS
+//! (1000), VS_OVN_ITERS (200), VS_OVN_REMOTE_NODES (4), VS_OVN_VPCS (100),
+//! VS_OVN_VPC_NICS (100), VS_OVN_MEMBERS (10000), VS_OVN_RESTART_GROUPS
+//! (7), VS_OVN_RESTART_RULES (1000), VS_OVN_WAIT_BEFORE_CLEAR_MS (unset:
+//! OVN's default, 0). Quick sizes: 200 NICs and 20
+//! iterations, 10 x 20, 1,000 members, 7 x 100 rules.
+
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -1815,9 +1910,19 @@ fn w3_ovn(k: &Knobs, members: usize, remote: usize) -> RuleChange {
         (0..members + spares_n).map(|i| (w3_lsp(i).0, far[i % remote])),
     );
     for j in 0..2 {
+        plug.plug(&format!("srv{j}"), &w3_lsp(members + spares_n + j).0)
+            .unwrap();
+    }
+    for j in 0..2 {
         let port = format!("srv{j}");
-        plug.plug(&port, &w3_lsp(members + spares_n + j).0).unwrap();
-        wait_ready(&port, || node_db.ovn_installed(&port).unwrap());
+        // Setup, not a measured latency: a gentler poll than POLL (a
+        // 0.5 ms select loop competes with ovn-controller for the node's
+        // ovsdb-server while it computes 10,000 members' flows).
+        let t = Instant::now();
+        while !node_db.ovn_installed(&port).unwrap() {
+            assert!(t.elapsed() < READY_TIMEOUT, "{port} never became ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     let last = w3_lsp(members - 1).2;
     flow_wait_ms(node, &format!("ip,nw_src={last}"), true, t0);
@@ -1963,10 +2068,14 @@ fn w4_report(
         fig("load average (1 min)", &|r| r.load),
     ];
     let title = format!(
-        "workload 4, {groups} x {rules} rules, {} restarts per system (SIGTERM)",
-        res.values().map(|r| r.0.len()).max().unwrap_or(0)
+        "workload 4, {groups} x {rules} rules, {} restarts per system (SIGTERM){}",
+        res.values().map(|r| r.0.len()).max().unwrap_or(0),
+        wait_before_clear_ms()
+            .map(|w| format!("; OVN with ovn-ofctrl-wait-before-clear={w} ms"))
+            .unwrap_or_default()
     );
-    json!({"workload": {"groups": groups, "rules_per_group": rules},
+    json!({"workload": {"groups": groups, "rules_per_group": rules,
+            "ovn_wait_before_clear_ms": wait_before_clear_ms()},
         "table": table(&title, &rows, print)})
 }
 
@@ -2150,6 +2259,14 @@ fn w4_stacknet(
         .collect()
 }
 
+/// `VS_OVN_WAIT_BEFORE_CLEAR_MS`: run workload 4's OVN restarts with
+/// `external_ids:ovn-ofctrl-wait-before-clear` set to it.
+fn wait_before_clear_ms() -> Option<usize> {
+    std::env::var("VS_OVN_WAIT_BEFORE_CLEAR_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
 fn w4_ovn(
     k: &Knobs,
     groups: usize,
@@ -2258,6 +2375,21 @@ fn w4_ovn(
     *setup = t0.elapsed().as_secs_f64();
     let mgmt = ovn.lab.node(0).unwrap().ovs().mgmt_socket("br-int");
     settled_count(&mgmt, Duration::from_secs(2));
+    // OVN's own remedy for the restart gap: a new ovn-controller waits this
+    // long before it clears the switch's flows, to compute its own first.
+    if let Some(wait) = wait_before_clear_ms() {
+        ovn.lab
+            .node(0)
+            .unwrap()
+            .ovs()
+            .vsctl(&[
+                "set",
+                "Open_vSwitch",
+                ".",
+                &format!("external_ids:ovn-ofctrl-wait-before-clear={wait}"),
+            ])
+            .unwrap();
+    }
     (0..k.warmup + k.reps)
         .map(|round| {
             let ping = start_ping(ovn.lab.vm("a").unwrap(), ip_b);
