@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Workload 1 of issue 8 (NIC ready, CPU, RSS, flows) on stacknet and on OVN
-# from Debian's packages, one after the other on the same machine, and the
-# ratios stacknet / OVN. Needs root (the lab). Prints a table; the JSON goes
-# to $CARGO_TARGET_DIR/vs-ovn.json (or $VS_OVN_JSON).
+# The OVN comparison of issue 8, workloads 1-4, on stacknet and on OVN from
+# Debian's packages (ovn-central/ovn-host 23.03, same OVS, netdev datapath),
+# one system after the other on the same machine, with the ratios
+# stacknet / OVN: 1 NIC ready (+ NIC delete), 2 scale shape (100 VPCs x 100
+# NICs with routers), 3 rule change on a 10,000-member group, 4 agent /
+# ovn-controller restart on a node with >100,000 flows. Needs root (the
+# lab). Prints a table per workload; the JSON goes to
+# $CARGO_TARGET_DIR/vs-ovn.json (or $VS_OVN_JSON).
 #
-#   bash scripts/vs-ovn.sh              # 1 warm-up + 5 repetitions each
-#   VS_OVN_REPS=2 bash scripts/vs-ovn.sh   # fewer rounds (other knobs: see
-#                                          # crates/tests/benches/vs_ovn.rs)
+#   bash scripts/vs-ovn.sh                    # 1 warm-up + 5 rounds each (~1 h)
+#   VS_OVN_QUICK=1 bash scripts/vs-ovn.sh     # small sizes, 1 round (~2 min, CI)
+#   VS_OVN_REPS=2 VS_OVN_WORKLOADS=2,4 bash scripts/vs-ovn.sh
+#   # other knobs: see crates/tests/benches/vs_ovn.rs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

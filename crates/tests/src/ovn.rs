@@ -214,11 +214,17 @@ impl OvnCentral {
 
     /// `ovn-nbctl --db=<nb> --timeout=30 <args>`.
     pub fn nbctl<S: AsRef<OsStr>>(&self, args: &[S]) -> Result<String> {
+        self.nbctl_within(Duration::from_secs(30), args)
+    }
+
+    /// `ovn-nbctl --db=<nb> --timeout=<timeout> <args>`, for waits that may
+    /// take long (`--wait=hv sync` on a chassis computing 100,000 flows).
+    pub fn nbctl_within<S: AsRef<OsStr>>(&self, timeout: Duration, args: &[S]) -> Result<String> {
         let mut cmd = Command::new("ovn-nbctl");
         set_env(&mut cmd, &self.dir);
         run_cmd(
             cmd.arg(format!("--db={}", self.nb_remote()))
-                .arg("--timeout=30")
+                .arg(format!("--timeout={}", timeout.as_secs().max(1)))
                 .args(args),
         )
     }
@@ -313,20 +319,8 @@ impl OvnController {
             "external_ids:ovn-bridge=br-int".to_string(),
             "external_ids:ovn-bridge-datapath-type=netdev".to_string(),
         ])?;
-        let mut cmd = Command::new("ovn-controller");
-        cmd.arg(ovs.db_remote());
-        daemon_args(&mut cmd, dir, "ovn-controller", false);
-        set_env(&mut cmd, dir);
-        // ovn-controller finds br-int's OpenFlow socket as
-        // `$OVS_RUNDIR/br-int.mgmt`: the node's OVS directory.
-        cmd.env("OVS_RUNDIR", ovs.rundir());
-        let proc = Proc::spawn(
-            &format!("ovn-controller-{}", node.name()),
-            cmd,
-            Some(&dir.join("ovn-controller.out")),
-        )?;
         let mut c = OvnController {
-            proc: Some(proc),
+            proc: Some(Self::spawn(node, dir)?),
             chassis: node.name().to_string(),
             dir: dir.to_path_buf(),
         };
@@ -348,6 +342,38 @@ impl OvnController {
         }
         tracing::info!(chassis = %c.chassis, "ovn-controller up");
         Ok(c)
+    }
+
+    /// Starts the ovn-controller process of `node` with its files in `dir`.
+    fn spawn(node: &Node, dir: &Path) -> Result<Proc> {
+        let ovs = node.ovs();
+        let mut cmd = Command::new("ovn-controller");
+        cmd.arg(ovs.db_remote());
+        daemon_args(&mut cmd, dir, "ovn-controller", false);
+        set_env(&mut cmd, dir);
+        // ovn-controller finds br-int's OpenFlow socket as
+        // `$OVS_RUNDIR/br-int.mgmt`: the node's OVS directory.
+        cmd.env("OVS_RUNDIR", ovs.rundir());
+        Proc::spawn(
+            &format!("ovn-controller-{}", node.name()),
+            cmd,
+            Some(&dir.join("ovn-controller.out")),
+        )
+    }
+
+    /// Stops ovn-controller (`kill`: SIGKILL, a crash; else SIGTERM, which
+    /// leaves the chassis and its flows in place, as a package upgrade
+    /// does) and starts it again on `node`; returns when the new process
+    /// is running (its flows are not necessarily in yet), with the
+    /// instant just before the new process was spawned.
+    pub fn restart(&mut self, node: &Node, kill: bool) -> Result<std::time::Instant> {
+        if let Some(mut p) = self.proc.take() {
+            p.end(kill)?;
+        }
+        let at = std::time::Instant::now();
+        self.proc = Some(Self::spawn(node, &self.dir)?);
+        tracing::info!(chassis = %self.chassis, kill, "ovn-controller restarted");
+        Ok(at)
     }
 
     /// The chassis name (the node's name).
@@ -640,4 +666,166 @@ pub fn flow_count(node: &Node, bridge: &str) -> Result<usize> {
         .lines()
         .filter(|l| l.contains("actions=") && !l.contains("_REPLY"))
         .count())
+}
+
+/// The flow count of the bridge behind OpenFlow management socket `mgmt`
+/// (`ovs-ofctl dump-aggregate`: one short reply, cheap enough to poll
+/// every few milliseconds even with 100,000 flows installed).
+pub fn aggregate_flow_count(mgmt: &Path) -> Result<u64> {
+    let out = run(
+        "ovs-ofctl",
+        &[
+            "dump-aggregate".to_string(),
+            format!("unix:{}", mgmt.display()),
+        ],
+    )?;
+    out.split_whitespace()
+        .find_map(|w| w.strip_prefix("flow_count="))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| LabError::Parse {
+            what: "dump-aggregate",
+            output: out.clone(),
+        })
+}
+
+/// `ovs-ofctl dump-flows <bridge> <filter> --no-stats` on `node`: the
+/// flows whose match includes `filter` (OpenFlow's non-strict match), so a
+/// poll costs what the few matching flows cost, not the whole table.
+pub fn flows_matching(node: &Node, bridge: &str, filter: &str) -> Result<String> {
+    node.ovs()
+        .ofctl(&["dump-flows", bridge, filter, "--no-stats"])
+}
+
+/// Samples a bridge's flow count in a thread every `every` until dropped or
+/// [`FlowSampler::stop`]ped: (time since start, count) whenever the count
+/// changed, and the lowest count seen. Failed samples (the switch busy or
+/// restarting) are counted, not recorded.
+pub struct FlowSampler {
+    started: std::time::Instant,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Samples>>,
+}
+
+/// What a [`FlowSampler`] saw.
+#[derive(Clone, Debug, Default)]
+pub struct Samples {
+    /// (seconds since the sampler started, count), at the start and at
+    /// every change.
+    pub changes: Vec<(f64, u64)>,
+    /// The lowest count seen.
+    pub lowest: u64,
+    /// Samples taken, and those that failed.
+    pub taken: u64,
+    pub failed: u64,
+}
+
+impl Samples {
+    /// Seconds from the start to the last change of the count.
+    pub fn last_change_s(&self) -> f64 {
+        self.changes.last().map_or(0.0, |c| c.0)
+    }
+
+    /// The count at the end.
+    pub fn last(&self) -> u64 {
+        self.changes.last().map_or(0, |c| c.1)
+    }
+
+    /// The lowest count from `after` (seconds since the start) on.
+    pub fn lowest_after(&self, after: f64) -> u64 {
+        let before = self.changes.iter().rev().find(|c| c.0 < after).map(|c| c.1);
+        self.changes
+            .iter()
+            .filter(|c| c.0 >= after)
+            .map(|c| c.1)
+            .chain(before)
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Seconds from `after` until the count was back at `n` or more, when
+    /// it fell below `n` after `after`: 0 when it never did, NaN when it
+    /// never came back.
+    pub fn restored_after(&self, after: f64, n: u64) -> f64 {
+        let mut dropped = false;
+        for &(t, c) in self.changes.iter().filter(|c| c.0 >= after) {
+            if c < n {
+                dropped = true;
+            } else if dropped {
+                return t - after;
+            }
+        }
+        if dropped {
+            f64::NAN
+        } else {
+            0.0
+        }
+    }
+}
+
+impl FlowSampler {
+    /// Starts sampling the bridge behind management socket `mgmt`.
+    pub fn start(mgmt: &Path, every: Duration) -> FlowSampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, mgmt) = (stop.clone(), mgmt.to_path_buf());
+        let started = std::time::Instant::now();
+        let t0 = started;
+        let thread = std::thread::spawn(move || {
+            let mut s = Samples {
+                lowest: u64::MAX,
+                ..Samples::default()
+            };
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                s.taken += 1;
+                match aggregate_flow_count(&mgmt) {
+                    Ok(n) => {
+                        s.lowest = s.lowest.min(n);
+                        if s.changes.last().is_none_or(|c| c.1 != n) {
+                            s.changes.push((t0.elapsed().as_secs_f64(), n));
+                        }
+                    }
+                    Err(_) => s.failed += 1,
+                }
+                std::thread::sleep(every);
+            }
+            s
+        });
+        FlowSampler {
+            started,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// When sampling started: the origin of [`Samples::changes`].
+    pub fn started(&self) -> std::time::Instant {
+        self.started
+    }
+
+    /// Stops the thread and returns what it saw.
+    pub fn stop(mut self) -> Samples {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Samples {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for FlowSampler {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// The machine's 1-minute load average (`/proc/loadavg`), NaN if unreadable:
+/// printed next to every figure, since the lab shares its cores.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }
