@@ -132,6 +132,13 @@ impl Target {
             href: format!("/v1/security-groups/{id}"),
         }
     }
+    pub fn nat_gateway(id: &str) -> Target {
+        Target {
+            kind: "nat_gateway".into(),
+            id: id.into(),
+            href: format!("/v1/nat-gateways/{id}"),
+        }
+    }
     pub fn eip(id: &str) -> Target {
         Target {
             kind: "eip".into(),

@@ -482,7 +482,8 @@ impl Cloud {
     }
 
     /// An SNAT rule: `source` is `{"subnet_id": ..}`, `{"nic_id": ..}` or
-    /// `{"cidr": ..}`; its traffic leaves with `eip` as source.
+    /// `{"cidr": ..}`; its traffic leaves with `eip` as source. Returns the
+    /// NAT gateway read back (the operation's target).
     pub fn snat_rule(&self, gateway: &Value, source: Value, eip: &Value) -> Result<Value> {
         let mut body = source;
         body["eip_id"] = eip["id"].clone();
@@ -491,7 +492,8 @@ impl Cloud {
     }
 
     /// A DNAT rule: `protocol` ("tcp" or "udp") connections to
-    /// `eip:external_port` go to `internal_ip:internal_port`.
+    /// `eip:external_port` go to `internal_ip:internal_port`. Returns the
+    /// NAT gateway read back (the operation's target).
     pub fn dnat_rule(
         &self,
         gateway: &Value,

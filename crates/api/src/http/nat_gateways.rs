@@ -13,21 +13,20 @@
 use std::collections::HashMap;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::Json;
+use axum::response::Response;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{self, Access, Caller};
+use super::auth::{Access, Caller};
 use super::db::{self, index};
 use super::eips;
 use super::etag::{IfMatch, Tagged};
 use super::external_networks;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::list::{page_of, PageOf};
+use super::operations::{self, DeleteParams};
 use super::problem::{ApiResult, Problem};
 use super::quota::{self, Kind};
 use super::validate;
@@ -35,6 +34,7 @@ use super::{subnets, vpcs, AppState};
 use crate::model::{
     self, keys, DnatRule, ExternalNetwork, L4Protocol, NatGateway, Nic, Node, Owned, SnatRule,
 };
+use crate::operation::{Action, Operation, Target};
 use crate::store::{Compare, Op, Store};
 
 /// Index keys of NAT gateways.
@@ -73,6 +73,9 @@ pub struct CreateNatGateway {
     /// `. _ : / -`, values up to 256 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<std::collections::BTreeMap<String, String>>,
+    /// POSTed the operation, signed, when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 /// An SNAT rule as requested: exactly one of `subnet_id`, `nic_id`, `cidr`.
@@ -89,6 +92,9 @@ pub struct CreateSnatRule {
     pub cidr: Option<String>,
     /// An EIP of the gateway.
     pub eip_id: String,
+    /// POSTed the operation, signed, when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 /// A DNAT rule as requested: `internal_ip` or `nic_id`.
@@ -109,6 +115,9 @@ pub struct CreateDnatRule {
     pub nic_id: Option<String>,
     /// 1 to 65535.
     pub internal_port: u16,
+    /// POSTed the operation, signed, when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -191,14 +200,14 @@ async fn view(store: &dyn Store, gateway: Owned<NatGateway>) -> ApiResult<NatGat
 
 #[utoipa::path(post, path = "/v1/nat-gateways", tag = "nat-gateways",
     request_body = CreateNatGateway,
-    responses((status = 201, body = NatGatewayView), (status = 400, body = Problem),
+    responses((status = 202, body = Operation), (status = 400, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(nat_gateway_id = tracing::field::Empty, vpc_id = %req.vpc_id))]
 pub async fn create(
     State(st): State<AppState>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateNatGateway>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     caller.tenant_scope()?;
     validate::name("name", &req.name)?;
     let tags = req.tags.clone().unwrap_or_default();
@@ -227,12 +236,14 @@ pub async fn create(
             ));
         }
     }
+    let new_op = operations::NewOp::new(req.callback_url.as_deref())?;
     let id = validate::new_id("natgw");
     tracing::Span::current().record("nat_gateway_id", id.as_str());
     let store = st.store.as_ref();
     let created_at = validate::now_rfc3339();
-    let (id, req, tags, created_at, caller) = (&id, &req, &tags, &created_at, &caller);
-    let answer = db::retry("create the NAT gateway", || async move {
+    let (id, req, tags, created_at, caller, new_op) =
+        (&id, &req, &tags, &created_at, &caller, &new_op);
+    let (answer, op) = db::retry("create the NAT gateway", || async move {
         let missing = || {
             Problem::invalid(
                 "vpc_id",
@@ -364,18 +375,18 @@ pub async fn create(
             gateway: gw,
             gateway_nodes: ranked,
         };
-        auth::respond_with_revision(&format!("/v1/nat-gateways/{id}"), &answer);
-        db::commit_attempt(store, compare, ops, answer).await
+        let op = new_op.stage(
+            &answer.gateway.tenant_id,
+            Action::Create,
+            Target::nat_gateway(id),
+            &mut compare,
+            &mut ops,
+        )?;
+        db::commit_attempt(store, compare, ops, (answer, op)).await
     })
     .await?;
-    tracing::info!(gateway_nodes = ?answer.gateway_nodes, "NAT gateway created");
-    let location = format!("/v1/nat-gateways/{id}");
-    let revision = auth::last_commit_revision().unwrap_or_default();
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Tagged(answer, revision),
-    ))
+    tracing::info!(gateway_nodes = ?answer.gateway_nodes, op_id = %op.id, "NAT gateway created");
+    Ok(operations::accepted(op))
 }
 
 #[utoipa::path(get, path = "/v1/nat-gateways", tag = "nat-gateways", params(NatGatewayFilter),
@@ -428,18 +439,20 @@ pub async fn get(
 }
 
 #[utoipa::path(delete, path = "/v1/nat-gateways/{id}", tag = "nat-gateways",
-    params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = Problem)))]
+    params(("id" = String, Path), DeleteParams),
+    responses((status = 202, body = Operation), (status = 404, body = Problem)))]
 #[instrument(skip_all, fields(nat_gateway_id = %id))]
 pub async fn delete(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
     if_match: IfMatch,
-) -> ApiResult<StatusCode> {
+    ApiQuery(q): ApiQuery<DeleteParams>,
+) -> ApiResult<Response> {
+    let new_op = operations::NewOp::new(q.callback_url.as_deref())?;
     let store = st.store.as_ref();
-    let (id, caller, if_match) = (&id, &caller, &if_match);
-    db::retry("delete the NAT gateway", || async move {
+    let (id, caller, if_match, new_op) = (&id, &caller, &if_match, &new_op);
+    let op = db::retry("delete the NAT gateway", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         if_match.check(cur.mod_revision)?;
@@ -477,11 +490,18 @@ pub async fn delete(
         let (qc, qo) = quota::charge(store, &g.tenant_id, &[(Kind::NatGateways, -1)]).await?;
         compare.extend(qc);
         ops.extend(qo);
-        db::commit_attempt(store, compare, ops, ()).await
+        let op = new_op.stage(
+            &g.tenant_id,
+            Action::Delete,
+            Target::nat_gateway(id),
+            &mut compare,
+            &mut ops,
+        )?;
+        db::commit_attempt(store, compare, ops, op).await
     })
     .await?;
-    tracing::info!("NAT gateway deleted");
-    Ok(StatusCode::NO_CONTENT)
+    tracing::info!(op_id = %op.id, "NAT gateway deleted");
+    Ok(operations::accepted(op))
 }
 
 /// `ip` (or prefix) inside one of the VPC's CIDRs.
@@ -525,7 +545,7 @@ async fn vpc_nic(store: &dyn Store, nic_id: &str, vpc_id: &str, field: &str) -> 
 
 #[utoipa::path(post, path = "/v1/nat-gateways/{id}/snat-rules", tag = "nat-gateways",
     request_body = CreateSnatRule, params(("id" = String, Path)),
-    responses((status = 201, body = SnatRule), (status = 404, body = Problem),
+    responses((status = 202, body = Operation), (status = 404, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(nat_gateway_id = %id, rule_id = tracing::field::Empty))]
 pub async fn add_snat_rule(
@@ -533,7 +553,7 @@ pub async fn add_snat_rule(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<CreateSnatRule>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     let given = [
         req.subnet_id.is_some(),
         req.nic_id.is_some(),
@@ -550,11 +570,12 @@ pub async fn add_snat_rule(
         .as_deref()
         .map(|c| validate::ipv4_prefix("cidr", c))
         .transpose()?;
+    let new_op = operations::NewOp::new(req.callback_url.as_deref())?;
     let rule_id = validate::new_id("snat");
     tracing::Span::current().record("rule_id", rule_id.as_str());
     let store = st.store.as_ref();
-    let (id, req, caller, rule_id) = (&id, &req, &caller, &rule_id);
-    let rule = db::retry("add the SNAT rule", || async move {
+    let (id, req, caller, rule_id, new_op) = (&id, &req, &caller, &rule_id, &new_op);
+    let (rule, op) = db::retry("add the SNAT rule", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         let g = &cur.value;
@@ -612,31 +633,25 @@ pub async fn add_snat_rule(
         let mut gw = g.clone();
         gw.snat_rules.push(rule.clone());
         let key = keys::nat_gateway(id);
-        auth::respond_with(
-            &format!("/v1/nat-gateways/{id}/snat-rules/{rule_id}"),
-            &rule,
-        );
-        db::commit_attempt(
-            store,
-            vec![Compare::mod_revision_is(&key, cur.mod_revision)],
-            vec![db::put_json(&key, &gw)?],
-            rule,
-        )
-        .await
+        let mut compare = vec![Compare::mod_revision_is(&key, cur.mod_revision)];
+        let mut ops = vec![db::put_json(&key, &gw)?];
+        let op = new_op.stage(
+            &g.tenant_id,
+            Action::Update,
+            Target::nat_gateway(id),
+            &mut compare,
+            &mut ops,
+        )?;
+        db::commit_attempt(store, compare, ops, (rule, op)).await
     })
     .await?;
-    tracing::info!(source = %rule.source_cidr, "SNAT rule added");
-    let location = format!("/v1/nat-gateways/{id}/snat-rules/{rule_id}");
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(rule),
-    ))
+    tracing::info!(source = %rule.source_cidr, op_id = %op.id, "SNAT rule added");
+    Ok(operations::accepted(op))
 }
 
 #[utoipa::path(post, path = "/v1/nat-gateways/{id}/dnat-rules", tag = "nat-gateways",
     request_body = CreateDnatRule, params(("id" = String, Path)),
-    responses((status = 201, body = DnatRule), (status = 404, body = Problem),
+    responses((status = 202, body = Operation), (status = 404, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(nat_gateway_id = %id, rule_id = tracing::field::Empty))]
 pub async fn add_dnat_rule(
@@ -644,7 +659,7 @@ pub async fn add_dnat_rule(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<CreateDnatRule>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     for (field, port) in [
         ("external_port", req.external_port),
         ("internal_port", req.internal_port),
@@ -667,11 +682,12 @@ pub async fn add_dnat_rule(
         .as_deref()
         .map(|s| validate::ipv4("internal_ip", s))
         .transpose()?;
+    let new_op = operations::NewOp::new(req.callback_url.as_deref())?;
     let rule_id = validate::new_id("dnat");
     tracing::Span::current().record("rule_id", rule_id.as_str());
     let store = st.store.as_ref();
-    let (id, req, caller, rule_id) = (&id, &req, &caller, &rule_id);
-    let rule = db::retry("add the DNAT rule", || async move {
+    let (id, req, caller, rule_id, new_op) = (&id, &req, &caller, &rule_id, &new_op);
+    let (rule, op) = db::retry("add the DNAT rule", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         let g = &cur.value;
@@ -725,33 +741,27 @@ pub async fn add_dnat_rule(
         let mut gw = g.clone();
         gw.dnat_rules.push(rule.clone());
         let key = keys::nat_gateway(id);
-        auth::respond_with(
-            &format!("/v1/nat-gateways/{id}/dnat-rules/{rule_id}"),
-            &rule,
-        );
-        db::commit_attempt(
-            store,
-            vec![
-                Compare::mod_revision_is(&key, cur.mod_revision),
-                // The clash is settled here, not by the read above.
-                Compare::absent(&dnat_key),
-            ],
-            vec![
-                db::put_json(&key, &gw)?,
-                Op::put(dnat_key, id.as_bytes().to_vec()),
-            ],
-            rule,
-        )
-        .await
+        let mut compare = vec![
+            Compare::mod_revision_is(&key, cur.mod_revision),
+            // The clash is settled here, not by the read above.
+            Compare::absent(&dnat_key),
+        ];
+        let mut ops = vec![
+            db::put_json(&key, &gw)?,
+            Op::put(dnat_key, id.as_bytes().to_vec()),
+        ];
+        let op = new_op.stage(
+            &g.tenant_id,
+            Action::Update,
+            Target::nat_gateway(id),
+            &mut compare,
+            &mut ops,
+        )?;
+        db::commit_attempt(store, compare, ops, (rule, op)).await
     })
     .await?;
-    tracing::info!(eip_id = %rule.eip_id, port = rule.external_port, "DNAT rule added");
-    let location = format!("/v1/nat-gateways/{id}/dnat-rules/{rule_id}");
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(rule),
-    ))
+    tracing::info!(eip_id = %rule.eip_id, port = rule.external_port, op_id = %op.id, "DNAT rule added");
+    Ok(operations::accepted(op))
 }
 
 /// Which rule list a delete is about.
@@ -767,10 +777,12 @@ async fn delete_rule(
     id: String,
     rule_id: String,
     kind: RuleKind,
-) -> ApiResult<StatusCode> {
+    callback_url: Option<String>,
+) -> ApiResult<Response> {
+    let new_op = operations::NewOp::new(callback_url.as_deref())?;
     let store = st.store.as_ref();
-    let (id, rule_id, caller) = (&id, &rule_id, &caller);
-    db::retry("delete the rule", || async move {
+    let (id, rule_id, caller, new_op) = (&id, &rule_id, &caller, &new_op);
+    let op = db::retry("delete the rule", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         let mut gw = cur.value.clone();
@@ -800,41 +812,45 @@ async fn delete_rule(
             )));
         }
         ops.push(db::put_json(&key, &gw)?);
-        db::commit_attempt(
-            store,
-            vec![Compare::mod_revision_is(&key, cur.mod_revision)],
-            ops,
-            (),
-        )
-        .await
+        let mut compare = vec![Compare::mod_revision_is(&key, cur.mod_revision)];
+        let op = new_op.stage(
+            &gw.tenant_id,
+            Action::Update,
+            Target::nat_gateway(id),
+            &mut compare,
+            &mut ops,
+        )?;
+        db::commit_attempt(store, compare, ops, op).await
     })
     .await?;
-    tracing::info!(rule_id = %rule_id, "NAT rule deleted");
-    Ok(StatusCode::NO_CONTENT)
+    tracing::info!(rule_id = %rule_id, op_id = %op.id, "NAT rule deleted");
+    Ok(operations::accepted(op))
 }
 
 #[utoipa::path(delete, path = "/v1/nat-gateways/{id}/snat-rules/{rule_id}",
-    tag = "nat-gateways", params(("id" = String, Path), ("rule_id" = String, Path)),
-    responses((status = 204), (status = 404, body = Problem)))]
+    tag = "nat-gateways", params(("id" = String, Path), ("rule_id" = String, Path), DeleteParams),
+    responses((status = 202, body = Operation), (status = 404, body = Problem)))]
 #[instrument(skip_all, fields(nat_gateway_id = %path.0, rule_id = %path.1))]
 pub async fn delete_snat_rule(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(path): ApiPath<(String, String)>,
-) -> ApiResult<StatusCode> {
-    delete_rule(st, caller, path.0, path.1, RuleKind::Snat).await
+    ApiQuery(q): ApiQuery<DeleteParams>,
+) -> ApiResult<Response> {
+    delete_rule(st, caller, path.0, path.1, RuleKind::Snat, q.callback_url).await
 }
 
 #[utoipa::path(delete, path = "/v1/nat-gateways/{id}/dnat-rules/{rule_id}",
-    tag = "nat-gateways", params(("id" = String, Path), ("rule_id" = String, Path)),
-    responses((status = 204), (status = 404, body = Problem)))]
+    tag = "nat-gateways", params(("id" = String, Path), ("rule_id" = String, Path), DeleteParams),
+    responses((status = 202, body = Operation), (status = 404, body = Problem)))]
 #[instrument(skip_all, fields(nat_gateway_id = %path.0, rule_id = %path.1))]
 pub async fn delete_dnat_rule(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(path): ApiPath<(String, String)>,
-) -> ApiResult<StatusCode> {
-    delete_rule(st, caller, path.0, path.1, RuleKind::Dnat).await
+    ApiQuery(q): ApiQuery<DeleteParams>,
+) -> ApiResult<Response> {
+    delete_rule(st, caller, path.0, path.1, RuleKind::Dnat, q.callback_url).await
 }
 
 /// What the NAT gateways look like to an operator: for each node, the

@@ -422,8 +422,12 @@ async fn nat_gateways_need_an_attachment_and_two_gateway_nodes() {
     api.patch("/v1/nodes/g2", json!({"gateway_priority": 100}))
         .await
         .ok(200);
-    let gw = api.post("/v1/nat-gateways", body(&w.vpc, &[&e1])).await;
-    let gw = gw.ok(201).clone();
+    // It reaches its gateway nodes: an operation, whose target is read back.
+    let op = api.post("/v1/nat-gateways", body(&w.vpc, &[&e1])).await;
+    let op = op.ok(202).clone();
+    assert_eq!(op["action"], "create");
+    let gw = api.get(op["target"]["href"].as_str().unwrap()).await;
+    let gw = gw.ok(200).clone();
     assert_eq!(gw["gateway_nodes"], json!(["g2", "g1"]));
     assert!(gw["mac"].as_str().unwrap().starts_with("02:"));
     let ug = format!("/v1/nat-gateways/{}", id(&gw));
@@ -472,7 +476,15 @@ async fn nat_gateways_need_an_attachment_and_two_gateway_nodes() {
             json!({"subnet_id": w.subnet, "eip_id": e1}),
         )
         .await;
-    assert_eq!(snat.ok(201)["source_cidr"], "10.0.1.0/24");
+    assert_eq!(snat.ok(202)["target"]["href"], ug.as_str());
+    let last_rule = |kind: &'static str| {
+        let ug = ug.clone();
+        async move {
+            let v = api.get(&ug).await.ok(200).clone();
+            v[kind].as_array().unwrap().last().unwrap().clone()
+        }
+    };
+    assert_eq!(last_rule("snat_rules").await["source_cidr"], "10.0.1.0/24");
     api.unchanged(|| {
         api.post(
             format!("{ug}/snat-rules"),
@@ -513,14 +525,16 @@ async fn nat_gateways_need_an_attachment_and_two_gateway_nodes() {
             json!({"nic_id": w.nic, "eip_id": e1}),
         )
         .await;
-    let by_nic = by_nic.ok(201).clone();
+    by_nic.ok(202);
+    let by_nic = last_rule("snat_rules").await;
     assert!(by_nic["source_cidr"].as_str().unwrap().ends_with("/32"));
 
     // DNAT, and scenario 6: a port clash.
     let dnat = json!({"protocol": "tcp", "eip_id": e1, "external_port": 80,
                       "nic_id": w.nic, "internal_port": 8080});
     let d = api.post(format!("{ug}/dnat-rules"), dnat.clone()).await;
-    let d = d.ok(201).clone();
+    d.ok(202);
+    let d = last_rule("dnat_rules").await;
     assert_eq!(
         d["internal_ip"].as_str().unwrap(),
         by_nic["source_cidr"]
@@ -536,7 +550,7 @@ async fn nat_gateways_need_an_attachment_and_two_gateway_nodes() {
         .field("external_port");
     let mut udp = clash.clone();
     udp["protocol"] = json!("udp");
-    api.post(format!("{ug}/dnat-rules"), udp).await.ok(201);
+    api.post(format!("{ug}/dnat-rules"), udp).await.ok(202);
     let mut zero = dnat.clone();
     zero["external_port"] = json!(0);
     api.unchanged(|| api.post(format!("{ug}/dnat-rules"), zero.clone()))
@@ -553,11 +567,11 @@ async fn nat_gateways_need_an_attachment_and_two_gateway_nodes() {
     // Deleting the rule frees the port.
     api.delete(format!("{ug}/dnat-rules/{}", id(&d)))
         .await
-        .ok(204);
-    api.post(format!("{ug}/dnat-rules"), clash).await.ok(201);
+        .ok(202);
+    api.post(format!("{ug}/dnat-rules"), clash).await.ok(202);
     api.delete(format!("{ug}/snat-rules/{}", id(&by_nic)))
         .await
-        .ok(204);
+        .ok(202);
     api.delete(format!("{ug}/snat-rules/{}", id(&by_nic)))
         .await
         .problem(404, &[]);
@@ -572,7 +586,7 @@ async fn nat_gateways_need_an_attachment_and_two_gateway_nodes() {
     .await
     .problem(409, &["NAT gateway"]);
     // Deleting the gateway gives its EIP back, unbound.
-    api.delete(&ug).await.ok(204);
+    api.delete(&ug).await.ok(202);
     let e = api.get(format!("/v1/eips/{e1}")).await;
     assert!(e.ok(200).get("nat_gateway_id").is_none());
     api.delete(format!("/v1/eips/{e1}")).await.ok(204);
