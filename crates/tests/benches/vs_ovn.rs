@@ -836,6 +836,11 @@ fn report(w: Workload, runs: &BTreeMap<&str, Vec<Run>>, print: bool) -> Value {
         ("control-plane peak RSS, sum (MiB)", |rs| {
             rs.iter().map(Run::rss_mib).collect()
         }),
+        ("control-plane RSS at the end, sum (MiB)", |rs| {
+            rs.iter()
+                .map(|r| r.procs.values().map(|p| p.rss_kib as f64).sum::<f64>() / 1024.0)
+                .collect()
+        }),
         ("OpenFlow flows on br-int", |rs| {
             rs.iter().map(|r| r.flows as f64).collect()
         }),
@@ -954,10 +959,11 @@ fn report(w: Workload, runs: &BTreeMap<&str, Vec<Run>>, print: bool) -> Value {
     // Per process: median over rounds.
     out!();
     out!(
-        "{:<28} {:>12} {:>16}",
+        "{:<28} {:>12} {:>16} {:>16}",
         "process (median of rounds)",
         "CPU (s)",
-        "peak RSS (MiB)"
+        "peak RSS (MiB)",
+        "RSS at end (MiB)"
     );
     let mut procs = serde_json::Map::new();
     for (sys, rs) in runs {
@@ -976,15 +982,21 @@ fn report(w: Workload, runs: &BTreeMap<&str, Vec<Run>>, print: bool) -> Value {
                 .filter_map(|r| r.procs.get(&n))
                 .map(|u| u.peak_rss_kib as f64 / 1024.0)
                 .collect();
+            let now: Vec<f64> = rs
+                .iter()
+                .filter_map(|r| r.procs.get(&n))
+                .map(|u| u.rss_kib as f64 / 1024.0)
+                .collect();
             out!(
-                "{:<28} {:>12.2} {:>16.1}",
+                "{:<28} {:>12.2} {:>16.1} {:>16.1}",
                 format!("{sys}: {n}"),
                 pct(&cpu, 0.5),
-                pct(&rss, 0.5)
+                pct(&rss, 0.5),
+                pct(&now, 0.5)
             );
             procs.insert(
                 format!("{sys}/{n}"),
-                json!({"cpu_s": cpu, "peak_rss_mib": rss}),
+                json!({"cpu_s": cpu, "peak_rss_mib": rss, "rss_at_end_mib": now}),
             );
         }
     }
