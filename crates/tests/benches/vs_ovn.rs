@@ -348,6 +348,26 @@ fn pct(v: &[f64], p: f64) -> f64 {
     s[((s.len() as f64 * p).ceil() as usize).clamp(1, s.len()) - 1]
 }
 
+/// Runs `f(client, i)` for every `i` below `n` on 8 API clients (threads
+/// with their own connections), as the other lab benches preload.
+fn on_clients(api: &tests::ApiClient, n: usize, f: impl Fn(&tests::ApiClient, usize) + Sync) {
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                let api = api.clone();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return;
+                    }
+                    f(&api, i);
+                }
+            });
+        }
+    });
+}
+
 /// Polls `ready` every [`POLL`] until true; panics after [`READY_TIMEOUT`].
 fn wait_ready(what: &str, mut ready: impl FnMut() -> bool) {
     let t = Instant::now();
@@ -471,24 +491,11 @@ fn run_stacknet(w: Workload) -> Run {
     };
 
     let started = Instant::now();
-    // 8 clients, as the other lab benches preload.
-    let next = AtomicUsize::new(0);
     let local_ids = std::sync::Mutex::new(vec![String::new(); w.local]);
-    std::thread::scope(|s| {
-        for _ in 0..8 {
-            s.spawn(|| {
-                let api = cloud.api.clone();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= w.nics {
-                        return;
-                    }
-                    let nic = api.create("/v1/nics", &body(i, i < w.local)).unwrap();
-                    if i < w.local {
-                        local_ids.lock().unwrap()[i] = nic["id"].as_str().unwrap().to_string();
-                    }
-                }
-            });
+    on_clients(&cloud.api, w.nics, |api, i| {
+        let nic = api.create("/v1/nics", &body(i, i < w.local)).unwrap();
+        if i < w.local {
+            local_ids.lock().unwrap()[i] = nic["id"].as_str().unwrap().to_string();
         }
     });
     let local_ids = local_ids.into_inner().unwrap();
@@ -829,6 +836,11 @@ fn report(w: Workload, runs: &BTreeMap<&str, Vec<Run>>, print: bool) -> Value {
         ("control-plane peak RSS, sum (MiB)", |rs| {
             rs.iter().map(Run::rss_mib).collect()
         }),
+        ("control-plane RSS at the end, sum (MiB)", |rs| {
+            rs.iter()
+                .map(|r| r.procs.values().map(|p| p.rss_kib as f64).sum::<f64>() / 1024.0)
+                .collect()
+        }),
         ("OpenFlow flows on br-int", |rs| {
             rs.iter().map(|r| r.flows as f64).collect()
         }),
@@ -947,10 +959,11 @@ fn report(w: Workload, runs: &BTreeMap<&str, Vec<Run>>, print: bool) -> Value {
     // Per process: median over rounds.
     out!();
     out!(
-        "{:<28} {:>12} {:>16}",
+        "{:<28} {:>12} {:>16} {:>16}",
         "process (median of rounds)",
         "CPU (s)",
-        "peak RSS (MiB)"
+        "peak RSS (MiB)",
+        "RSS at end (MiB)"
     );
     let mut procs = serde_json::Map::new();
     for (sys, rs) in runs {
@@ -969,15 +982,21 @@ fn report(w: Workload, runs: &BTreeMap<&str, Vec<Run>>, print: bool) -> Value {
                 .filter_map(|r| r.procs.get(&n))
                 .map(|u| u.peak_rss_kib as f64 / 1024.0)
                 .collect();
+            let now: Vec<f64> = rs
+                .iter()
+                .filter_map(|r| r.procs.get(&n))
+                .map(|u| u.rss_kib as f64 / 1024.0)
+                .collect();
             out!(
-                "{:<28} {:>12.2} {:>16.1}",
+                "{:<28} {:>12.2} {:>16.1} {:>16.1}",
                 format!("{sys}: {n}"),
                 pct(&cpu, 0.5),
-                pct(&rss, 0.5)
+                pct(&rss, 0.5),
+                pct(&now, 0.5)
             );
             procs.insert(
                 format!("{sys}/{n}"),
-                json!({"cpu_s": cpu, "peak_rss_mib": rss}),
+                json!({"cpu_s": cpu, "peak_rss_mib": rss, "rss_at_end_mib": now}),
             );
         }
     }
@@ -1297,50 +1316,38 @@ fn w2_stacknet(s: Shape) -> Converge {
     let mut c = Converge::default();
     let sampler = FlowSampler::start(&mgmt, Duration::from_millis(100));
     let t0 = sampler.started();
-    let next = AtomicUsize::new(0);
     let local = std::sync::Mutex::new(vec![String::new(); s.vpcs]);
-    // 8 clients, each creating whole VPCs: the VPC, its two subnets (the
-    // VPC's router is implicit: distributed routing between its subnets),
-    // then its NICs, each in the VPC's default group.
-    std::thread::scope(|sc| {
-        for _ in 0..8 {
-            sc.spawn(|| {
-                let api = cloud.api.clone();
-                loop {
-                    let v = next.fetch_add(1, Ordering::Relaxed);
-                    if v >= s.vpcs {
-                        return;
-                    }
-                    let vpc = api
-                        .create(
-                            "/v1/vpcs",
-                            &json!({"name": format!("v{v}"), "cidrs": ["10.0.0.0/16"]}),
-                        )
-                        .unwrap();
-                    let subnets: Vec<Value> = (0..2)
-                        .map(|j| {
-                            api.create(
-                                "/v1/subnets",
-                                &json!({"vpc_id": vpc["id"], "name": format!("s{j}"),
-                                    "cidr": format!("10.0.{}.0/24", j + 1)}),
-                            )
-                            .unwrap()
-                        })
-                        .collect();
-                    for n in 0..s.nics {
-                        let node = if n == 0 {
-                            node0.clone()
-                        } else {
-                            format!("far{}", s.remote_of(n))
-                        };
-                        let b = json!({"subnet_id": subnets[n % 2]["id"], "node": node});
-                        let nic = api.create("/v1/nics", &b).unwrap();
-                        if n == 0 {
-                            local.lock().unwrap()[v] = nic["id"].as_str().unwrap().to_string();
-                        }
-                    }
-                }
-            });
+    // Each client creates whole VPCs: the VPC, its two subnets (the VPC's
+    // router is implicit: distributed routing between its subnets), then
+    // its NICs, each in the VPC's default group.
+    on_clients(&cloud.api, s.vpcs, |api, v| {
+        let vpc = api
+            .create(
+                "/v1/vpcs",
+                &json!({"name": format!("v{v}"), "cidrs": ["10.0.0.0/16"]}),
+            )
+            .unwrap();
+        let subnets: Vec<Value> = (0..2)
+            .map(|j| {
+                api.create(
+                    "/v1/subnets",
+                    &json!({"vpc_id": vpc["id"], "name": format!("s{j}"),
+                        "cidr": format!("10.0.{}.0/24", j + 1)}),
+                )
+                .unwrap()
+            })
+            .collect();
+        for n in 0..s.nics {
+            let node = if n == 0 {
+                node0.clone()
+            } else {
+                format!("far{}", s.remote_of(n))
+            };
+            let b = json!({"subnet_id": subnets[n % 2]["id"], "node": node});
+            let nic = api.create("/v1/nics", &b).unwrap();
+            if n == 0 {
+                local.lock().unwrap()[v] = nic["id"].as_str().unwrap().to_string();
+            }
         }
     });
     c.written_s = t0.elapsed().as_secs_f64();
@@ -1683,35 +1690,23 @@ fn w3_stacknet(k: &Knobs, members: usize, remote: usize) -> RuleChange {
              "port_range_max": 22, "remote_group_id": big}]),
     );
     let spares_n = k.warmup + k.reps;
-    let next = AtomicUsize::new(0);
     let spares = std::sync::Mutex::new(vec![Value::Null; spares_n]);
     let last_member = std::sync::Mutex::new(String::new());
-    std::thread::scope(|s| {
-        for _ in 0..8 {
-            s.spawn(|| {
-                let api = cloud.api.clone();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= members + spares_n {
-                        return;
-                    }
-                    // Spares start in the default group only; a round adds
-                    // one to the big group.
-                    let sg = if i < members { &big } else { &default_sg };
-                    let nic = api
-                        .create(
-                            "/v1/nics",
-                            &json!({"subnet_id": subnet["id"], "security_groups": [sg],
-                                "node": format!("far{}", i % remote)}),
-                        )
-                        .unwrap();
-                    if i >= members {
-                        spares.lock().unwrap()[i - members] = nic;
-                    } else if i == members - 1 {
-                        *last_member.lock().unwrap() = nic["ip"].as_str().unwrap().to_string();
-                    }
-                }
-            });
+    on_clients(&cloud.api, members + spares_n, |api, i| {
+        // Spares start in the default group only; a round adds one to the
+        // big group.
+        let sg = if i < members { &big } else { &default_sg };
+        let nic = api
+            .create(
+                "/v1/nics",
+                &json!({"subnet_id": subnet["id"], "security_groups": [sg],
+                    "node": format!("far{}", i % remote)}),
+            )
+            .unwrap();
+        if i >= members {
+            spares.lock().unwrap()[i - members] = nic;
+        } else if i == members - 1 {
+            *last_member.lock().unwrap() = nic["ip"].as_str().unwrap().to_string();
         }
     });
     let plug = VifPlug::connect(&cloud.lab.node(0).unwrap().ovs().db_socket()).unwrap();

@@ -570,6 +570,10 @@ pub struct ProcUsage {
     pub cpu_s: f64,
     /// Peak resident set (VmHWM), KiB.
     pub peak_rss_kib: u64,
+    /// Resident set now (VmRSS), KiB: the peak can be a start-up
+    /// transient (flowctl hashes the bootstrap password with argon2id,
+    /// 19 MiB, once); this is what stays.
+    pub rss_kib: u64,
 }
 
 fn clock_ticks() -> f64 {
@@ -612,15 +616,18 @@ pub fn proc_usage(pid: u32) -> Result<ProcUsage> {
     };
     let ticks = tick(11)? + tick(12)?;
     let status = read("status")?;
-    let peak_rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| bad("VmHWM", &status))?;
+    let kib = |field: &'static str| -> Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad(field, &status))
+    };
     Ok(ProcUsage {
         cpu_s: ticks as f64 / clock_ticks(),
-        peak_rss_kib,
+        peak_rss_kib: kib("VmHWM:")?,
+        rss_kib: kib("VmRSS:")?,
     })
 }
 
