@@ -409,3 +409,68 @@ async fn vswitchd_restart_is_noticed() {
     assert_eq!(ev, VswitchEvent::VswitchdUp);
     drop(sb);
 }
+
+/// An uplink to an external network: created once, labelled with its
+/// physnet; BFD on a tunnel, with "do not forward to me", as OVS shows it;
+/// another owner's port of the same name is never taken over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_ports_and_tunnel_bfd() {
+    use ovsdb::vswitch::{ExternalPortSpec, PHYSNET_KEY};
+    let sb = OvsSandbox::start("ovx").unwrap();
+    let vs = Vswitch::connect(&sb.db_remote(), cfg()).await.unwrap();
+    vs.ensure_bridge().await.unwrap();
+    let uplink = ExternalPortSpec {
+        physnet: "internet".into(),
+        iface: "ext-test0".into(),
+    };
+    assert!(vs.ensure_external_port(&uplink).await.unwrap());
+    assert!(
+        !vs.ensure_external_port(&uplink).await.unwrap(),
+        "idempotent"
+    );
+    assert_eq!(
+        get(
+            &sb,
+            &["Port", "ext-test0", &format!("external_ids:{PHYSNET_KEY}")]
+        ),
+        "internet"
+    );
+    assert_eq!(
+        sb.vsctl(&["list-ports", "br-int"]).unwrap().trim(),
+        "ext-test0"
+    );
+
+    sb.vsctl(&["add-port", "br-int", "theirs"]).unwrap();
+    let theirs = ExternalPortSpec {
+        physnet: "internet".into(),
+        iface: "theirs".into(),
+    };
+    assert!(matches!(
+        vs.ensure_external_port(&theirs).await,
+        Err(Error::NotOwned { .. })
+    ));
+
+    let mut t = spec("gw1", "192.0.2.7");
+    t.bfd = true;
+    t.cpath_down = true;
+    vs.ensure_tunnel(&t).await.unwrap();
+    let name = ovsdb::vswitch::tunnel_port_name("gw1");
+    assert_eq!(get(&sb, &["Interface", &name, "bfd:enable"]), "\"true\"");
+    assert_eq!(
+        get(&sb, &["Interface", &name, "bfd:cpath_down"]),
+        "\"true\""
+    );
+    t.cpath_down = false;
+    vs.ensure_tunnel(&t).await.unwrap();
+    assert_eq!(
+        get(&sb, &["Interface", &name, "bfd:cpath_down"]),
+        "\"false\""
+    );
+    let seen = vs.tunnels();
+    assert!(seen
+        .iter()
+        .any(|p| p.peer == "gw1" && p.bfd && !p.cpath_down));
+    t.bfd = false;
+    vs.ensure_tunnel(&t).await.unwrap();
+    assert_eq!(get(&sb, &["Interface", &name, "bfd"]), "{}");
+}

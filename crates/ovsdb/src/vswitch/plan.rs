@@ -328,36 +328,11 @@ pub fn plan_external_port(
         (PHYSNET_KEY, spec.physnet.as_str()),
     ];
     let Some((port_uuid, port)) = replica.find_by("Port", "name", name) else {
-        return Ok(Some(vec![
-            absent_guard("Port", name),
-            absent_guard("Interface", name),
-            Operation::Insert {
-                table: "Interface".into(),
-                row: row([
-                    ("name", Datum::string(name)),
-                    ("external_ids", Datum::map(ids)),
-                ]),
-                uuid_name: Some("iface".into()),
-            },
-            Operation::Insert {
-                table: "Port".into(),
-                row: row([
-                    ("name", Datum::string(name)),
-                    ("interfaces", Datum::named_uuid("iface")),
-                    ("external_ids", Datum::map(ids)),
-                ]),
-                uuid_name: Some("port".into()),
-            },
-            Operation::Mutate {
-                table: "Bridge".into(),
-                conditions: vec![Condition::uuid(br_uuid)],
-                mutations: vec![Mutation::new(
-                    "ports",
-                    Mutator::Insert,
-                    Datum::named_uuid("port"),
-                )],
-            },
-        ]));
+        let iface = row([
+            ("name", Datum::string(name)),
+            ("external_ids", Datum::map(ids)),
+        ]);
+        return Ok(Some(new_port(br_uuid, name, iface, &ids)));
     };
     if map_get(port, "external_ids", OWNER_KEY) != Some(cfg.owner.as_str()) {
         return Err(Error::NotOwned {
@@ -385,6 +360,38 @@ fn bridge_or_err<'a>(replica: &'a Replica, cfg: &BridgeConfig) -> Result<(Uuid, 
         .ok_or_else(|| Error::Invalid(format!("bridge {} does not exist yet", cfg.name)))
 }
 
+/// Operations adding port `name` with one interface (`iface`, its row) to
+/// the bridge, guarded so that they fail if either name appeared since.
+fn new_port(br_uuid: Uuid, name: &str, iface: Row, ids: &[(&str, &str)]) -> Vec<Operation> {
+    vec![
+        absent_guard("Port", name),
+        absent_guard("Interface", name),
+        Operation::Insert {
+            table: "Interface".into(),
+            row: iface,
+            uuid_name: Some("iface".into()),
+        },
+        Operation::Insert {
+            table: "Port".into(),
+            row: row([
+                ("name", Datum::string(name)),
+                ("interfaces", Datum::named_uuid("iface")),
+                ("external_ids", Datum::map(ids.iter().copied())),
+            ]),
+            uuid_name: Some("port".into()),
+        },
+        Operation::Mutate {
+            table: "Bridge".into(),
+            conditions: vec![Condition::uuid(br_uuid)],
+            mutations: vec![Mutation::new(
+                "ports",
+                Mutator::Insert,
+                Datum::named_uuid("port"),
+            )],
+        },
+    ]
+}
+
 /// Operations that make the tunnel port to `spec.peer` exist as specified.
 pub fn plan_tunnel(
     replica: &Replica,
@@ -401,39 +408,14 @@ pub fn plan_tunnel(
     ];
 
     let Some((port_uuid, port)) = replica.find_by("Port", "name", &name) else {
-        return Ok(Some(vec![
-            absent_guard("Port", &name),
-            absent_guard("Interface", &name),
-            Operation::Insert {
-                table: "Interface".into(),
-                row: row([
-                    ("name", Datum::string(&name)),
-                    ("type", Datum::string("vxlan")),
-                    ("options", options),
-                    ("bfd", bfd),
-                    ("external_ids", Datum::map(ids)),
-                ]),
-                uuid_name: Some("iface".into()),
-            },
-            Operation::Insert {
-                table: "Port".into(),
-                row: row([
-                    ("name", Datum::string(&name)),
-                    ("interfaces", Datum::named_uuid("iface")),
-                    ("external_ids", Datum::map(ids)),
-                ]),
-                uuid_name: Some("port".into()),
-            },
-            Operation::Mutate {
-                table: "Bridge".into(),
-                conditions: vec![Condition::uuid(br_uuid)],
-                mutations: vec![Mutation::new(
-                    "ports",
-                    Mutator::Insert,
-                    Datum::named_uuid("port"),
-                )],
-            },
-        ]));
+        let iface = row([
+            ("name", Datum::string(&name)),
+            ("type", Datum::string("vxlan")),
+            ("options", options),
+            ("bfd", bfd),
+            ("external_ids", Datum::map(ids)),
+        ]);
+        return Ok(Some(new_port(br_uuid, &name, iface, &ids)));
     };
 
     if map_get(port, "external_ids", OWNER_KEY) != Some(cfg.owner.as_str()) {
