@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | 31 | [`table::ROUTE`] | (added) a local VM's packet to no address of the VPC → [`table::EXT_OUT`] |
 //! | 2 | [`table::EXT_IN`] | from an external port: ARP for our external addresses, an EIP → its NIC, a NAT gateway's EIP → conntrack |
-//! | 3 | [`table::EXT_NAT_IN`] | replies of translated connections → routed in; a DNAT rule's new connection → committed |
+//! | 3 | [`table::EXT_NAT_IN`] | replies of translated connections → routed in; a DNAT rule's new connection → committed; anything else from outside → handed to the other gateways |
 //! | 4 | [`table::EXT_DNAT`] | a DNAT-ed connection → routed in |
 //! | 32 | [`table::EXT_OUT`] | a NIC with an EIP → source rewritten, out the external port; others → the NAT gateway's group |
 //! | 45 | [`table::SNAT`] | on a gateway: the VPC's outbound packets → conntrack in the gateway's zone |
@@ -23,6 +23,16 @@
 //! controller. A gateway node answers ARP for the NAT gateway's EIPs only
 //! while it is the first gateway it sees alive ([`is_active`]), by the same
 //! BFD view, and the agent announces them (gratuitous ARP) when that starts.
+//! A gateway standing by ([`super::PortMap::standing_by`]: not ready, or
+//! deferring to one that serves) tells its peers through BFD, so neither
+//! compute nodes nor other gateways count it alive.
+//!
+//! Change-overs: every gateway of a NAT gateway takes inbound packets for
+//! its EIPs (a neighbour's ARP cache may lag) and translates what compute
+//! nodes send it; an inbound packet whose connection its conntrack does not
+//! know is handed, over the tunnels, to the other gateways ([`handoff_mac`]),
+//! and the one that knows it routes it in. So a drain or a return of a
+//! gateway breaks no new connection.
 
 use std::net::Ipv4Addr;
 
