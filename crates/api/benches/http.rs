@@ -241,11 +241,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     Some(&json!({"vpc_id": vpc["id"], "cidr": cidr})),
                 )
                 .await?;
-            if status != 201 {
+            // 202: an operation whose target is the subnet.
+            if status != 202 {
                 return Err(format!("subnet {cidr}: {status}").into());
             }
-            let sn: Value = serde_json::from_slice(&sn)?;
-            subnets.push(sn["id"].as_str().ok_or("no subnet id")?.to_string());
+            let op: Value = serde_json::from_slice(&sn)?;
+            let id = op["target"]["id"].as_str().ok_or("no subnet id")?;
+            subnets.push(id.to_string());
         }
         let subnets = Arc::new(subnets);
         let nics = run_phase(&clients, secs, move |c, n| {

@@ -132,6 +132,13 @@ impl Target {
             href: format!("/v1/security-groups/{id}"),
         }
     }
+    pub fn subnet(id: &str) -> Target {
+        Target {
+            kind: "subnet".into(),
+            id: id.into(),
+            href: format!("/v1/subnets/{id}"),
+        }
+    }
     pub fn nat_gateway(id: &str) -> Target {
         Target {
             kind: "nat_gateway".into(),

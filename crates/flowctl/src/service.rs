@@ -525,6 +525,7 @@ fn holders(compiler: &Compiler, target: &api::operation::Target) -> BTreeSet<Str
         "nic" => ObjectKey::Nic(target.id.clone()),
         "security_group" => ObjectKey::SecurityGroup(target.id.clone()),
         "eip" => ObjectKey::Eip(target.id.clone()),
+        "subnet" => ObjectKey::Subnet(target.id.clone()),
         "nat_gateway" => ObjectKey::NatGateway(target.id.clone()),
         // `/v1/security-groups/<group>/rules/<rule>`: the group's holders.
         "security_group_rule" => match target.href.split('/').nth(3) {

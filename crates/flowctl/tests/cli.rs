@@ -142,6 +142,7 @@ async fn serve_cli_and_agent() {
             &vpc_id,
             "--cidr",
             "10.1.1.0/24",
+            "--wait",
         ],
     );
     let subnet_id = subnet["id"].as_str().unwrap().to_string();

@@ -1,23 +1,24 @@
 //! `/v1/subnets`: IPv4 subnets of a VPC, routed by the distributed router.
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{self, Access, Caller};
-use super::db::{self, index, Attempt};
+use super::auth::{Access, Caller};
+use super::db::{self, index};
 use super::etag::{IfMatch, Tagged};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::list::{page_of, PageOf};
+use super::operations::{self, DeleteParams};
 use super::problem::{ApiResult, Problem};
 use super::quota::{self, Kind};
 use super::validate;
 use super::vpcs;
 use super::AppState;
 use crate::model::{keys, Nic, Owned, Subnet};
+use crate::operation::{Action, Operation, Target};
 use crate::store::{Compare, Op, Store};
 
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
@@ -44,6 +45,9 @@ pub struct CreateSubnet {
     /// 1450 (1500 less VXLAN) if omitted; 576..=8950.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
+    /// POSTed the operation, signed, when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
@@ -58,6 +62,9 @@ pub struct PatchSubnet {
 
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_servers: Option<Vec<String>>,
+    /// POSTed the operation, signed, when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -102,7 +109,7 @@ async fn nics_of(store: &dyn Store, subnet_id: &str) -> ApiResult<Vec<String>> {
 }
 
 #[utoipa::path(post, path = "/v1/subnets", tag = "subnets", request_body = CreateSubnet,
-    responses((status = 201, body = Owned<Subnet>), (status = 400, body = Problem),
+    responses((status = 202, body = Operation), (status = 400, body = Problem),
         (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(subnet_id = tracing::field::Empty, vpc_id = %req.vpc_id))]
@@ -110,7 +117,7 @@ pub async fn create(
     State(st): State<AppState>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateSubnet>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     caller.tenant_scope()?;
     let tags = req.tags.clone().unwrap_or_default();
     validate::tags(&tags)?;
@@ -131,11 +138,12 @@ pub async fn create(
     };
     let dns_servers = validate::dns_servers(req.dns_servers.as_deref().unwrap_or_default())?;
     let mtu = validate::mtu(req.mtu.unwrap_or(validate::DEFAULT_MTU))?;
+    let new_op = operations::NewOp::new(req.callback_url.as_deref())?;
     let store = st.store.as_ref();
     let created_at = validate::now_rfc3339();
     let (id, name, req, dns_servers, created_at) = (&id, &name, &req, &dns_servers, &created_at);
-    let caller = &caller;
-    let subnet = db::retry("create the subnet", || async move {
+    let (caller, new_op) = (&caller, &new_op);
+    let (subnet, op) = db::retry("create the subnet", || async move {
         let missing = || {
             Problem::invalid(
                 "vpc_id",
@@ -185,40 +193,36 @@ pub async fn create(
         );
         let subnet = subnet.with_tags(tags.clone());
         let key = keys::subnet(id);
-        auth::respond_with_revision(&format!("/v1/subnets/{id}"), &subnet);
         let (qc, qo) = quota::charge(store, &vpc.value.tenant_id, &[(Kind::Subnets, 1)]).await?;
-        db::commit_attempt(
-            store,
-            [
-                db::created_at(keys::vpc(&vpc.value.id), vpc.create_revision),
-                Compare::mod_revision_is(&guard, guard_rev),
-                Compare::absent(&key),
-                Compare::absent(&mac_key),
-            ]
-            .into_iter()
-            .chain(qc)
-            .collect(),
-            [
-                db::put_json(&key, &subnet)?,
-                Op::put(mac_key, id.as_bytes().to_vec()),
-                db::bump(guard),
-            ]
-            .into_iter()
-            .chain(qo)
-            .collect(),
-            subnet,
-        )
-        .await
+        let mut compare: Vec<Compare> = [
+            db::created_at(keys::vpc(&vpc.value.id), vpc.create_revision),
+            Compare::mod_revision_is(&guard, guard_rev),
+            Compare::absent(&key),
+            Compare::absent(&mac_key),
+        ]
+        .into_iter()
+        .chain(qc)
+        .collect();
+        let mut ops: Vec<Op> = [
+            db::put_json(&key, &subnet)?,
+            Op::put(mac_key, id.as_bytes().to_vec()),
+            db::bump(guard),
+        ]
+        .into_iter()
+        .chain(qo)
+        .collect();
+        let op = new_op.stage(
+            &subnet.tenant_id,
+            Action::Create,
+            Target::subnet(id),
+            &mut compare,
+            &mut ops,
+        )?;
+        db::commit_attempt(store, compare, ops, (subnet, op)).await
     })
     .await?;
-    tracing::info!(cidr = %subnet.cidr, "subnet created");
-    let location = format!("/v1/subnets/{}", subnet.id);
-    let revision = auth::last_commit_revision().unwrap_or_default();
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Tagged(subnet, revision),
-    ))
+    tracing::info!(cidr = %subnet.cidr, op_id = %op.id, "subnet created");
+    Ok(operations::accepted(op))
 }
 
 #[utoipa::path(get, path = "/v1/subnets", tag = "subnets", params(SubnetFilter),
@@ -261,7 +265,7 @@ pub async fn get(
 
 #[utoipa::path(patch, path = "/v1/subnets/{id}", tag = "subnets", request_body = PatchSubnet,
     params(("id" = String, Path)),
-    responses((status = 200, body = Owned<Subnet>), (status = 401, body = Problem),
+    responses((status = 202, body = Operation), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem),
         (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(subnet_id = %id))]
@@ -271,7 +275,8 @@ pub async fn patch(
     ApiPath(id): ApiPath<String>,
     if_match: IfMatch,
     ApiJson(req): ApiJson<PatchSubnet>,
-) -> ApiResult<Tagged<Owned<Subnet>>> {
+) -> ApiResult<Response> {
+    let new_op = operations::NewOp::new(req.callback_url.as_deref())?;
     if let Some(name) = &req.name {
         validate::name("name", name)?;
     }
@@ -284,8 +289,8 @@ pub async fn patch(
         .map(validate::dns_servers)
         .transpose()?;
     let store = st.store.as_ref();
-    let (id, req, dns, caller, if_match) = (&id, &req, &dns, &caller, &if_match);
-    let (subnet, read_at) = db::retry("update the subnet", || async move {
+    let (id, req, dns, caller, if_match, new_op) = (&id, &req, &dns, &caller, &if_match, &new_op);
+    let op = db::retry("update the subnet", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         if_match.check(cur.mod_revision)?;
@@ -299,26 +304,30 @@ pub async fn patch(
         if let Some(dns) = dns {
             subnet.dns_servers = dns.clone();
         }
-        if subnet == cur.value {
-            return Ok(Attempt::Done((subnet, cur.mod_revision)));
-        }
         let key = keys::subnet(id);
-        db::commit_attempt(
-            store,
-            vec![Compare::mod_revision_is(&key, cur.mod_revision)],
-            vec![db::put_json(&key, &subnet)?],
-            (subnet, 0),
-        )
-        .await
+        let mut compare = vec![Compare::mod_revision_is(&key, cur.mod_revision)];
+        // Nothing changed: only the operation is written (it succeeds at once).
+        let mut ops = Vec::new();
+        if subnet != cur.value {
+            ops.push(db::put_json(&key, &subnet)?);
+        }
+        let op = new_op.stage(
+            &subnet.tenant_id,
+            Action::Update,
+            Target::subnet(id),
+            &mut compare,
+            &mut ops,
+        )?;
+        db::commit_attempt(store, compare, ops, op).await
     })
     .await?;
-    tracing::info!("subnet updated");
-    let revision = auth::last_commit_revision().unwrap_or(read_at);
-    Ok(Tagged(subnet, revision))
+    tracing::info!(op_id = %op.id, "subnet updated");
+    Ok(operations::accepted(op))
 }
 
-#[utoipa::path(delete, path = "/v1/subnets/{id}", tag = "subnets", params(("id" = String, Path)),
-    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem),
+#[utoipa::path(delete, path = "/v1/subnets/{id}", tag = "subnets",
+    params(("id" = String, Path), DeleteParams),
+    responses((status = 202, body = Operation), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 409, body = Problem)))]
 #[instrument(skip_all, fields(subnet_id = %id))]
 pub async fn delete(
@@ -326,10 +335,12 @@ pub async fn delete(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
     if_match: IfMatch,
-) -> ApiResult<StatusCode> {
+    ApiQuery(q): ApiQuery<DeleteParams>,
+) -> ApiResult<Response> {
+    let new_op = operations::NewOp::new(q.callback_url.as_deref())?;
     let store = st.store.as_ref();
-    let (id, caller, if_match) = (&id, &caller, &if_match);
-    db::retry("delete the subnet", || async move {
+    let (id, caller, if_match, new_op) = (&id, &caller, &if_match, &new_op);
+    let op = db::retry("delete the subnet", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         caller.check(&cur.value.tenant_id, Access::Write, || not_found(id))?;
         if_match.check(cur.mod_revision)?;
@@ -352,21 +363,23 @@ pub async fn delete(
         if db::get_text(store, &mac_key).await?.as_deref() == Some(id.as_str()) {
             ops.push(Op::delete(mac_key));
         }
-        db::commit_attempt(
-            store,
-            vec![
-                Compare::mod_revision_is(&key, cur.mod_revision),
-                Compare::mod_revision_is(&guard, guard_rev),
-            ]
-            .into_iter()
-            .chain(qc)
-            .collect(),
-            ops,
-            (),
-        )
-        .await
+        let mut compare: Vec<Compare> = vec![
+            Compare::mod_revision_is(&key, cur.mod_revision),
+            Compare::mod_revision_is(&guard, guard_rev),
+        ]
+        .into_iter()
+        .chain(qc)
+        .collect();
+        let op = new_op.stage(
+            &cur.value.tenant_id,
+            Action::Delete,
+            Target::subnet(id),
+            &mut compare,
+            &mut ops,
+        )?;
+        db::commit_attempt(store, compare, ops, op).await
     })
     .await?;
-    tracing::info!("subnet deleted");
-    Ok(StatusCode::NO_CONTENT)
+    tracing::info!(op_id = %op.id, "subnet deleted");
+    Ok(operations::accepted(op))
 }

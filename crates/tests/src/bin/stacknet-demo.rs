@@ -61,6 +61,7 @@ fn run() -> Result<()> {
         "web",
         "--cidr",
         "10.100.1.0/24",
+        "--wait",
     ])?;
     let db = cli.json(&[
         "subnet",
@@ -71,6 +72,7 @@ fn run() -> Result<()> {
         "db",
         "--cidr",
         "10.100.2.0/24",
+        "--wait",
     ])?;
     let node = |i: usize| cloud.lab.node(i).map(|n| n.name().to_string());
     let (n0, n1) = (node(0)?, node(1)?);

@@ -107,10 +107,12 @@ async fn a_stale_if_match_is_412_and_a_current_one_goes_through() {
             "{uri}: a 412 changed something"
         );
 
-        // NICs and groups answer 202 with an operation whose revision is
+        // NICs, groups and subnets answer 202 with an operation whose revision is
         // the change's (the resource's new revision); the others 200 with
         // the resource and its ETag.
-        let accepted = uri.starts_with("/v1/nics/") || uri.starts_with("/v1/security-groups/");
+        let accepted = uri.starts_with("/v1/nics/")
+            || uri.starts_with("/v1/security-groups/")
+            || uri.starts_with("/v1/subnets/");
         let ok = if accepted { 202 } else { 200 };
         let (s, h, body) = call(&api, Method::PATCH, &uri, Some(patch), Some(&tag)).await;
         assert_eq!(s, ok, "{uri}: {body:#}");

@@ -115,8 +115,8 @@ impl World {
             .to_string();
         let subnet = maker
             .post("/v1/subnets", json!({"vpc_id": vpc, "cidr": "10.0.1.0/24"}))
-            .await
-            .ok(201)["id"]
+            .await;
+        let subnet = maker.applied(subnet).await.ok(200)["id"]
             .as_str()
             .unwrap()
             .to_string();
@@ -198,9 +198,10 @@ impl Act {
             "nics" => s.nic.clone(),
             _ => s.sg.clone(),
         };
-        // NICs and groups are programmed on nodes: 202 and an operation.
+        // NICs, groups and subnets are programmed on nodes: 202 and an
+        // operation.
         let sync_or_async = |k: &str, sync: u16| match k {
-            "nics" | "security-groups" => 202,
+            "nics" | "security-groups" | "subnets" => 202,
             _ => sync,
         };
         match self {
@@ -221,7 +222,7 @@ impl Act {
                 Method::POST,
                 "/v1/subnets".into(),
                 Some(json!({"vpc_id": s.vpc, "cidr": "10.0.2.0/24"})),
-                201,
+                202,
             ),
             Act::CreateNic => (
                 Method::POST,
@@ -266,7 +267,7 @@ async fn prepare(world: &World, act: Act, s: &Set, own: bool) {
             maker
                 .delete(format!("/v1/subnets/{}", s.subnet))
                 .await
-                .ok(204);
+                .ok(202);
         }
     }
 }

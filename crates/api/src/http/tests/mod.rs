@@ -323,11 +323,15 @@ impl Api {
         r.ok(201)["id"].as_str().unwrap().to_string()
     }
 
+    /// Creates a subnet (202 and an operation) and returns its id.
     pub async fn subnet(&self, vpc_id: &str, cidr: &str) -> String {
         let r = self
             .post("/v1/subnets", json!({"vpc_id": vpc_id, "cidr": cidr}))
             .await;
-        r.ok(201)["id"].as_str().unwrap().to_string()
+        self.applied(r).await.ok(200)["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     /// Creates a NIC (202 and an operation) and returns it as read back.

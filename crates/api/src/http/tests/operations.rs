@@ -137,8 +137,9 @@ async fn lists_are_tenant_scoped_filtered_and_paged() {
         .problem(404, &[]);
     api.get("/v1/operations/op-zz").await.problem(404, &[]);
 
+    // Five creates and a patch, after the setup's subnet create.
     let all = api.get("/v1/operations").await.ok(200).clone();
-    assert_eq!(all.as_array().unwrap().len(), 6);
+    assert_eq!(all.as_array().unwrap().len(), 7);
     let by_target = api
         .get(format!("/v1/operations?target_id={nic0}"))
         .await
@@ -204,6 +205,7 @@ async fn an_idempotent_replay_is_the_same_202_and_the_same_operation() {
         api.get("/v1/nics").await.ok(200).as_array().unwrap().len(),
         1
     );
+    // The setup's subnet create, and this one NIC create.
     assert_eq!(
         api.get("/v1/operations")
             .await
@@ -211,7 +213,7 @@ async fn an_idempotent_replay_is_the_same_202_and_the_same_operation() {
             .as_array()
             .unwrap()
             .len(),
-        1
+        2
     );
 }
 
