@@ -132,6 +132,20 @@ impl Target {
             href: format!("/v1/security-groups/{id}"),
         }
     }
+    pub fn external_network(id: &str) -> Target {
+        Target {
+            kind: "external_network".into(),
+            id: id.into(),
+            href: format!("/v1/external-networks/{id}"),
+        }
+    }
+    pub fn node(name: &str) -> Target {
+        Target {
+            kind: "node".into(),
+            id: name.into(),
+            href: format!("/v1/nodes/{name}"),
+        }
+    }
     pub fn subnet(id: &str) -> Target {
         Target {
             kind: "subnet".into(),

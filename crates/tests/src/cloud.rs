@@ -392,8 +392,9 @@ impl Cloud {
         self.patch_node(node, &json!({ "roles": roles }))
     }
 
-    /// Drains (or returns) lab node `node`: it leaves every NAT gateway's
-    /// ranking. The answer says `safe_to_stop` while drained.
+    /// Drains (or returns) lab node `node`: it goes last in every NAT
+    /// gateway's ranking. The node read back says `safe_to_stop` while
+    /// drained.
     pub fn set_node_drained(&self, node: usize, drained: bool) -> Result<Value> {
         self.patch_node(node, &json!({ "drained": drained }))
     }
@@ -403,9 +404,10 @@ impl Cloud {
         self.patch_node(node, &json!({ "gateway_priority": priority }))
     }
 
+    /// A node change reaches nodes (202): the node read back.
     fn patch_node(&self, node: usize, body: &Value) -> Result<Value> {
         let path = format!("/v1/nodes/{}", self.node_name(node)?);
-        self.api.patch(&path, body)?.ok("PATCH", &path)
+        self.api.update(&path, body)
     }
 
     /// Attaches `vpc` to exactly `networks`.

@@ -9,22 +9,23 @@
 use std::net::Ipv4Addr;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::Response;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{self, Caller};
+use super::auth::Caller;
 use super::db;
 use super::etag::{IfMatch, Tagged};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::list::{page_of, PageOf};
+use super::operations::{self, DeleteParams};
 use super::problem::{ApiResult, Problem};
 use super::validate;
 use super::AppState;
 use crate::model::{keys, AddressRange, Eip, ExternalNetwork, Node, Owned, Vpc};
+use crate::operation::{Action, Operation, Target};
 use crate::store::{Compare, Op, Store};
 
 /// Index and guard keys of external networks and their addresses.
@@ -73,6 +74,9 @@ pub struct RangeRequest {
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateExternalNetwork {
+    /// POSTed the operation, signed, when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
     /// Unique.
     pub name: String,
     /// The label each attached node maps to an interface
@@ -258,7 +262,7 @@ fn node_names(raw: &[String]) -> ApiResult<Vec<String>> {
 
 #[utoipa::path(post, path = "/v1/external-networks", tag = "external-networks",
     request_body = CreateExternalNetwork,
-    responses((status = 201, body = Owned<ExternalNetwork>), (status = 400, body = Problem),
+    responses((status = 202, body = Operation), (status = 400, body = Problem),
         (status = 403, body = Problem), (status = 409, body = Problem),
         (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(external_network_id = tracing::field::Empty, name = %req.name))]
@@ -266,7 +270,7 @@ pub async fn create(
     State(st): State<AppState>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateExternalNetwork>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     if !caller.is_system_admin() {
         return Err(Problem::forbidden(
             "only a system admin defines external networks",
@@ -298,9 +302,10 @@ pub async fn create(
         },
     )
     .with_tags(tags);
+    let new_op = operations::NewOp::new(req.callback_url.as_deref())?;
     let store = st.store.as_ref();
-    let net = &net;
-    let net = db::retry("create the external network", || async move {
+    let (net, new_op) = (&net, &new_op);
+    let op = db::retry("create the external network", || async move {
         let name_key = net_index::name(&net.name);
         if let Some(owner) = db::get_text(store, &name_key).await? {
             return Err(Problem::conflict(format!(
@@ -323,27 +328,23 @@ pub async fn create(
                 })?;
             compare.push(db::created_at(keys::node(n), v.create_revision));
         }
-        auth::respond_with_revision(&format!("/v1/external-networks/{}", net.id), net);
-        db::commit_attempt(
-            store,
-            compare,
-            vec![
-                db::put_json(&key, net)?,
-                Op::put(name_key, net.id.as_bytes().to_vec()),
-            ],
-            net.clone(),
-        )
-        .await
+        let mut ops = vec![
+            db::put_json(&key, net)?,
+            Op::put(name_key, net.id.as_bytes().to_vec()),
+        ];
+        // It reaches its attached nodes: an operation.
+        let op = new_op.stage(
+            &net.tenant_id,
+            Action::Create,
+            Target::external_network(&net.id),
+            &mut compare,
+            &mut ops,
+        )?;
+        db::commit_attempt(store, compare, ops, op).await
     })
     .await?;
-    tracing::info!(cidr = %net.cidr, nodes = net.nodes.len(), "external network created");
-    let location = format!("/v1/external-networks/{}", net.id);
-    let revision = auth::last_commit_revision().unwrap_or_default();
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Tagged(net, revision),
-    ))
+    tracing::info!(cidr = %net.cidr, nodes = net.nodes.len(), op_id = %op.id, "external network created");
+    Ok(operations::accepted(op))
 }
 
 #[utoipa::path(get, path = "/v1/external-networks", tag = "external-networks",
@@ -379,8 +380,8 @@ pub async fn get(
 }
 
 #[utoipa::path(delete, path = "/v1/external-networks/{id}", tag = "external-networks",
-    params(("id" = String, Path)),
-    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem),
+    params(("id" = String, Path), DeleteParams),
+    responses((status = 202, body = Operation), (status = 403, body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem)))]
 #[instrument(skip_all, fields(external_network_id = %id))]
 pub async fn delete(
@@ -388,15 +389,17 @@ pub async fn delete(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
     if_match: IfMatch,
-) -> ApiResult<StatusCode> {
+    ApiQuery(q): ApiQuery<DeleteParams>,
+) -> ApiResult<Response> {
     if !caller.is_system_admin() {
         return Err(Problem::forbidden(
             "only a system admin deletes external networks",
         ));
     }
+    let new_op = operations::NewOp::new(q.callback_url.as_deref())?;
     let store = st.store.as_ref();
-    let (id, if_match) = (&id, &if_match);
-    db::retry("delete the external network", || async move {
+    let (id, if_match, new_op) = (&id, &if_match, &new_op);
+    let op = db::retry("delete the external network", || async move {
         let cur = load(store, id).await?.ok_or_else(|| not_found(id))?;
         if_match.check(cur.mod_revision)?;
         // Guard first, then the users: one added after this read bumps the
@@ -433,20 +436,22 @@ pub async fn delete(
         if db::get_text(store, &name_key).await?.as_deref() == Some(id.as_str()) {
             ops.push(Op::delete(name_key));
         }
-        db::commit_attempt(
-            store,
-            vec![
-                Compare::mod_revision_is(&key, cur.mod_revision),
-                Compare::mod_revision_is(&guard, guard_rev),
-            ],
-            ops,
-            (),
-        )
-        .await
+        let mut compare = vec![
+            Compare::mod_revision_is(&key, cur.mod_revision),
+            Compare::mod_revision_is(&guard, guard_rev),
+        ];
+        let op = new_op.stage(
+            &cur.value.tenant_id,
+            Action::Delete,
+            Target::external_network(id),
+            &mut compare,
+            &mut ops,
+        )?;
+        db::commit_attempt(store, compare, ops, op).await
     })
     .await?;
-    tracing::info!("external network deleted");
-    Ok(StatusCode::NO_CONTENT)
+    tracing::info!(op_id = %op.id, "external network deleted");
+    Ok(operations::accepted(op))
 }
 
 /// Checks `ids` (a VPC's new attachments) and returns, for those not

@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
@@ -12,10 +12,12 @@ use super::auth::{self, Caller};
 use super::db::{self, index, Attempt};
 use super::etag::{IfMatch, Tagged, WithRevision};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::operations;
 use super::problem::{ApiResult, Problem};
 use super::validate;
 use super::AppState;
 use crate::model::{keys, Nic, Node, NodeRole, MAX_NODES_PER_SET};
+use crate::operation::{Action, Operation, Target};
 use crate::store::Compare;
 
 pub const DEFAULT_SET: &str = "default";
@@ -38,6 +40,9 @@ pub struct CreateNode {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchNode {
+    /// POSTed the operation, signed, when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
     /// Move to another Set; only while no NIC is bound to the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set: Option<String>,
@@ -260,7 +265,7 @@ async fn view(store: &dyn crate::store::Store, node: Node) -> ApiResult<NodeView
 
 #[utoipa::path(patch, path = "/v1/nodes/{name}", tag = "nodes", request_body = PatchNode,
     params(("name" = String, Path)),
-    responses((status = 200, body = NodeView), (status = 404, body = Problem),
+    responses((status = 202, body = Operation), (status = 404, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(node = %name))]
 pub async fn patch(
@@ -269,8 +274,9 @@ pub async fn patch(
     ApiPath(name): ApiPath<String>,
     if_match: IfMatch,
     ApiJson(req): ApiJson<PatchNode>,
-) -> ApiResult<Tagged<WithRevision<NodeView>>> {
+) -> ApiResult<Response> {
     caller.infra()?;
+    let new_op = operations::NewOp::new(req.callback_url.as_deref())?;
     if let Some(set) = &req.set {
         validate::dns_label("set", set)?;
     }
@@ -281,8 +287,9 @@ pub async fn patch(
         .transpose()?;
     let new_roles = req.roles.clone().map(|r| roles(Some(r))).transpose()?;
     let store = st.store.as_ref();
-    let (name, req, new_roles, if_match) = (&name, &req, &new_roles, &if_match);
-    let (node, read_at) = db::retry("update the node", || async move {
+    let (name, req, new_roles, if_match, new_op) = (&name, &req, &new_roles, &if_match, &new_op);
+    let tenant_id = &caller.tenant_id;
+    let (node, op) = db::retry("update the node", || async move {
         let cur = load(store, name).await?;
         if_match.check(cur.mod_revision)?;
         let mut node = cur.value.clone();
@@ -337,23 +344,29 @@ pub async fn patch(
             ops.push(db::bump(set_guard));
             node.set = set.clone();
         }
-        if node == cur.value {
-            return Ok(Attempt::Done((node, cur.mod_revision)));
+        // Nothing changed: only the operation is written (done at once).
+        if node != cur.value {
+            ops.push(db::put_json(&key, &node)?);
         }
-        ops.push(db::put_json(&key, &node)?);
+        // A node's drain, priority, roles and address reach the nodes it
+        // shares VPCs or NAT gateways with: an operation, in the caller's
+        // tenant (nodes belong to none).
+        let op = new_op.stage(
+            tenant_id,
+            Action::Update,
+            Target::node(name),
+            &mut compare,
+            &mut ops,
+        )?;
         Ok(if db::commit(store, compare, ops).await? {
-            Attempt::Done((node, 0))
+            Attempt::Done((node, op))
         } else {
             Attempt::Retry
         })
     })
     .await?;
-    tracing::info!(set = %node.set, drained = node.drained, "node updated");
-    let revision = auth::last_commit_revision().unwrap_or(read_at);
-    Ok(Tagged(
-        WithRevision::new(view(store, node).await?),
-        revision,
-    ))
+    tracing::info!(set = %node.set, drained = node.drained, op_id = %op.id, "node updated");
+    Ok(operations::accepted(op))
 }
 
 #[utoipa::path(delete, path = "/v1/nodes/{name}", tag = "nodes",

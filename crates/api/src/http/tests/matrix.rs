@@ -374,7 +374,7 @@ async fn nodes_are_for_operators_and_system_admins() {
                 Method::PATCH,
                 format!("/v1/nodes/{name}"),
                 Some(json!({"roles": ["compute", "gateway"]})),
-                200,
+                202,
             ),
             (Method::DELETE, format!("/v1/nodes/{name}"), None, 204),
         ];

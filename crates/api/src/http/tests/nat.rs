@@ -21,7 +21,7 @@ async fn gateway_node(api: &Api, name: &str, ip: &str) {
     api.node(name, "default", ip).await;
     api.patch(format!("/v1/nodes/{name}"), json!({"roles": ["gateway"]}))
         .await
-        .ok(200);
+        .ok(202);
 }
 
 async fn world(pool_last: &str) -> World {
@@ -39,7 +39,10 @@ async fn world(pool_last: &str) -> World {
                    "nodes": ["c1", "g1", "g2"]}),
         )
         .await;
-    let net = net.ok(201)["id"].as_str().unwrap().to_string();
+    let net = api.applied(net).await.ok(200)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let vpc = api.vpc("web", &["10.0.0.0/16"]).await;
     api.patch(
         format!("/v1/vpcs/{vpc}"),
@@ -136,8 +139,9 @@ async fn external_networks_are_checked_and_read_by_everyone() {
             .problem(422, &words)
             .field(field);
     }
+    // It reaches its attached nodes: 202 and an operation.
     let net = api.post("/v1/external-networks", base.clone()).await;
-    let net = net.ok(201).clone();
+    let net = api.applied(net).await.ok(200).clone();
     assert_eq!(
         net["pool"],
         json!([{"first": "203.0.113.10", "last": "203.0.113.20"}])
@@ -169,7 +173,7 @@ async fn external_networks_are_checked_and_read_by_everyone() {
         .problem(403, &[]);
     api.delete(format!("/v1/external-networks/{}", id(&net)))
         .await
-        .ok(204);
+        .ok(202);
 }
 
 #[tokio::test]
@@ -401,14 +405,14 @@ async fn nat_gateways_need_an_attachment_and_two_gateway_nodes() {
         .field("eip_ids");
     // Too few gateway nodes: drain one of the two.
     let drained = api.patch("/v1/nodes/g2", json!({"drained": true})).await;
-    assert_eq!(drained.ok(200)["safe_to_stop"], true);
+    assert_eq!(api.applied(drained).await.ok(200)["safe_to_stop"], true);
     api.unchanged(|| api.post("/v1/nat-gateways", body(&w.vpc, &[&e1])))
         .await
         .problem(422, &["at least 2 gateway nodes", &w.net])
         .field("external_network_id");
     api.patch("/v1/nodes/g2", json!({"drained": false}))
         .await
-        .ok(200);
+        .ok(202);
     // A bound EIP cannot be given to a gateway.
     api.post(format!("/v1/eips/{e2}/bind"), json!({"nic_id": w.nic}))
         .await
@@ -421,7 +425,7 @@ async fn nat_gateways_need_an_attachment_and_two_gateway_nodes() {
     // Created: it owns its EIP and shows its ranking (priority first).
     api.patch("/v1/nodes/g2", json!({"gateway_priority": 100}))
         .await
-        .ok(200);
+        .ok(202);
     // It reaches its gateway nodes: an operation, whose target is read back.
     let op = api.post("/v1/nat-gateways", body(&w.vpc, &[&e1])).await;
     let op = op.ok(202).clone();
@@ -451,6 +455,7 @@ async fn nat_gateways_need_an_attachment_and_two_gateway_nodes() {
     assert_eq!(g2.ok(200)["nat_gateways"], json!([gw["id"]]));
     assert!(g2.body.get("safe_to_stop").is_none());
     let g2 = api.patch("/v1/nodes/g2", json!({"drained": true})).await;
+    let g2 = api.applied(g2).await;
     assert_eq!(g2.ok(200)["nat_gateways"], json!([gw["id"]]));
     assert_eq!(g2.body["safe_to_stop"], true);
     assert_eq!(
@@ -459,15 +464,15 @@ async fn nat_gateways_need_an_attachment_and_two_gateway_nodes() {
     );
     // Both drained: g2 is first again (priority), so not safe to stop.
     let g1 = api.patch("/v1/nodes/g1", json!({"drained": true})).await;
-    assert_eq!(g1.ok(200)["safe_to_stop"], true);
+    assert_eq!(api.applied(g1).await.ok(200)["safe_to_stop"], true);
     let g2 = api.get("/v1/nodes/g2").await;
     assert_eq!(g2.ok(200)["safe_to_stop"], false);
     api.patch("/v1/nodes/g1", json!({"drained": false}))
         .await
-        .ok(200);
+        .ok(202);
     api.patch("/v1/nodes/g2", json!({"drained": false}))
         .await
-        .ok(200);
+        .ok(202);
 
     // Rules. SNAT from the subnet (resolved to its CIDR), a NIC, a CIDR.
     let snat = api
