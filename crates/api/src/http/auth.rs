@@ -404,7 +404,7 @@ impl Mutation {
         if self.accepted.load(Ordering::Acquire) {
             return 202;
         }
-        success_status(&self.method, &self.path)
+        success_status(&self.method)
     }
 
     fn replay_key(&self) -> Option<String> {
@@ -420,10 +420,8 @@ fn act_in(tenant_id: &str) {
 }
 
 /// The status a handler answers when its change committed.
-fn success_status(method: &str, path: &str) -> u16 {
+fn success_status(method: &str) -> u16 {
     match method {
-        // Actions on a resource (`/v1/eips/{id}/bind`) change it: 200.
-        "POST" if path.ends_with("/bind") || path.ends_with("/unbind") => 200,
         "POST" => 201,
         "DELETE" => 204,
         _ => 200,
