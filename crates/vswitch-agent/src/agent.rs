@@ -639,11 +639,14 @@ impl Node {
             return false;
         }
         if is_gateway_node(state) {
-            let ofports = self.vswitch.ofports().borrow().clone();
             let others = other_gateways(state);
-            let other_serving = self.vswitch.tunnels().iter().any(|t| {
-                others.contains(t.peer.as_str())
-                    && ofports.bfd_forwarding.get(&t.port) == Some(&true)
+            // Tunnels first: they lock the replica, which publishes the port
+            // map under that lock; the map is only borrowed after.
+            let tunnels = self.vswitch.tunnels();
+            let ofports = self.vswitch.ofports();
+            let forwarding = &ofports.borrow().bfd_forwarding;
+            let other_serving = tunnels.iter().any(|t| {
+                others.contains(t.peer.as_str()) && forwarding.get(&t.port) == Some(&true)
             });
             if other_serving || self.started.elapsed() < BFD_GRACE {
                 return false;
@@ -655,6 +658,15 @@ impl Node {
     }
 
     async fn maintain_neighbors(&mut self) {
+        // A tick every second: nothing to do (and no port map to build) on a
+        // node with no external network.
+        if self
+            .desired
+            .as_ref()
+            .is_none_or(|s| s.external_networks.is_empty())
+        {
+            return;
+        }
         let Some(state) = self.desired.take() else {
             return;
         };

@@ -463,12 +463,20 @@ fn shared_flows(ctx: &Ctx<'_>, out: &mut Vec<Flow>) {
 /// The OpenFlow groups the flows of [`render`] use (NAT gateway choice),
 /// sorted by id.
 pub fn render_groups(state: &NodeState, ports: &PortMap) -> Vec<openflow::message::GroupMod> {
+    // Every sync asks; most nodes have no NAT gateway, and a context costs
+    // a walk over the node's NICs.
+    if state.nat_gateways.is_empty() {
+        return Vec::new();
+    }
     let ctx = Ctx::new(state, ports, 0);
     nat::groups(&ctx)
 }
 
 /// The external addresses the node answers for: (network id, ip, mac).
 pub fn announced_addresses(state: &NodeState, ports: &PortMap) -> Vec<(String, Ipv4Addr, Mac)> {
+    if state.external_networks.is_empty() {
+        return Vec::new();
+    }
     let ctx = Ctx::new(state, ports, 0);
     nat::announced(&ctx)
 }
