@@ -179,25 +179,11 @@ fn restart(cloud: &mut Cloud, kill: bool, ip_b: Ipv4Addr) -> Restart {
     .unwrap();
     let text = std::fs::read_to_string(&out).unwrap();
     let stats = parse_ping(&text).unwrap();
-    // A gap is a request without a reply while a later one got its reply:
-    // the requests still in flight when ping was stopped are not losses.
-    let seqs: std::collections::BTreeSet<u32> = text
-        .lines()
-        .filter_map(|l| {
-            l.split("icmp_seq=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
-    let last = seqs.last().copied().unwrap_or(0);
     Restart {
         complete,
         lowest: lowest.into_inner(),
         sent: stats.transmitted,
-        lost: last - seqs.len() as u32,
+        lost: tests::traffic::ping_losses(&tests::traffic::ping_replies(&text)),
     }
 }
 

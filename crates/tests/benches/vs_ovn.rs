@@ -2109,18 +2109,6 @@ fn w4_measure(
     .unwrap();
     let text = std::fs::read_to_string(&out).unwrap();
     let sent = tests::traffic::parse_ping(&text).unwrap().transmitted;
-    let seqs: std::collections::BTreeSet<u32> = text
-        .lines()
-        .filter_map(|l| {
-            l.split("icmp_seq=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
-    let last = seqs.last().copied().unwrap_or(0);
     // Both on the sampler's clock: the count back at `flows`, minus the
     // new process's start (0 when the count never fell).
     let restored = samples.restored_after(stopped_at, flows);
@@ -2136,7 +2124,7 @@ fn w4_measure(
         flows,
         lowest: samples.lowest_after(stopped_at),
         sent,
-        lost: last.saturating_sub(seqs.len() as u32),
+        lost: tests::traffic::ping_losses(&tests::traffic::ping_replies(&text)),
         load: load_average(),
     }
 }

@@ -60,6 +60,49 @@ pub fn parse_ping(output: &str) -> Result<PingStats> {
     })
 }
 
+/// One reply line of a running `ping`'s output.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PingReply {
+    pub seq: u32,
+    /// Unix seconds, with `ping -D`.
+    pub at: Option<f64>,
+}
+
+/// The replies in `ping` output, in order.
+pub fn ping_replies(output: &str) -> Vec<PingReply> {
+    output
+        .lines()
+        .filter_map(|l| {
+            let seq = l.split("icmp_seq=").nth(1)?.split_whitespace().next()?;
+            let at = l
+                .strip_prefix('[')
+                .and_then(|r| r.split(']').next())
+                .and_then(|t| t.parse().ok());
+            Some(PingReply {
+                seq: seq.parse().ok()?,
+                at,
+            })
+        })
+        .collect()
+}
+
+/// Requests without a reply up to the last reply: those still in flight
+/// when ping stopped are not losses.
+pub fn ping_losses(replies: &[PingReply]) -> u32 {
+    let seqs: std::collections::BTreeSet<u32> = replies.iter().map(|r| r.seq).collect();
+    let last = seqs.last().copied().unwrap_or(0);
+    last.saturating_sub(seqs.len() as u32)
+}
+
+/// The longest run of requests lost between two replies.
+pub fn longest_ping_gap(replies: &[PingReply]) -> u32 {
+    replies
+        .windows(2)
+        .map(|w| w[1].seq.saturating_sub(w[0].seq + 1))
+        .max()
+        .unwrap_or(0)
+}
+
 /// Ping `dst` from inside `ns`: `count` probes 200 ms apart, 1 s wait each.
 /// Lost replies are not an error (see [`PingStats`]); a ping that cannot run
 /// at all (no route, bad address) is.
@@ -673,6 +716,21 @@ print("done", flush=True)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ping_reply_lines() {
+        let out = "PING 10.0.0.2 (10.0.0.2) 56(84) bytes of data.\n\
+            [1764180000.100000] 64 bytes from 10.0.0.2: icmp_seq=1 ttl=64 time=0.5 ms\n\
+            [1764180000.110000] 64 bytes from 10.0.0.2: icmp_seq=2 ttl=64 time=0.5 ms\n\
+            64 bytes from 10.0.0.2: icmp_seq=6 ttl=64 time=0.5 ms\n";
+        let r = ping_replies(out);
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].at, Some(1764180000.1));
+        assert_eq!(r[2], PingReply { seq: 6, at: None });
+        assert_eq!(ping_losses(&r), 3);
+        assert_eq!(longest_ping_gap(&r), 3);
+        assert_eq!(ping_losses(&[]), 0);
+    }
 
     #[test]
     fn ping_summary() {

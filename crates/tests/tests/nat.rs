@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tests::bins::AgentSpec;
-use tests::traffic::{CONNECT_LOOP, ECHO_SERVER, WHOAMI_CLIENT, WHOAMI_SERVER};
+use tests::traffic::{
+    longest_ping_gap, ping_replies, PingReply, CONNECT_LOOP, ECHO_SERVER, WHOAMI_CLIENT,
+    WHOAMI_SERVER,
+};
 use tests::{require_root_and_tools, wait_until, Cloud, Proc};
 
 const PYTHON: &str = "/usr/bin/python3";
@@ -311,34 +314,9 @@ fn start_ping(
     (p, log)
 }
 
-/// The reply times (unix seconds) and icmp_seq numbers in a ping log.
-fn ping_log(log: &std::path::Path) -> Vec<(f64, u64)> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| {
-            let t = l.strip_prefix('[')?.split(']').next()?.parse().ok()?;
-            let seq = l
-                .split("icmp_seq=")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((t, seq))
-        })
-        .collect()
-}
-
-/// The longest run of lost pings, times the interval.
-fn ping_outage(replies: &[(f64, u64)], interval_ms: u32) -> Duration {
-    let worst = replies
-        .windows(2)
-        .map(|w| w[1].1.saturating_sub(w[0].1 + 1))
-        .max()
-        .unwrap_or(0);
-    Duration::from_millis(worst * u64::from(interval_ms))
+/// The replies in a ping log so far.
+fn ping_log(log: &std::path::Path) -> Vec<PingReply> {
+    ping_replies(&std::fs::read_to_string(log).unwrap_or_default())
 }
 
 /// The longest time new connections kept failing: from the first failed
@@ -389,7 +367,7 @@ fn eip_in_and_out_then_unbound_through_the_nat_gateway() {
         .as_secs_f64();
     wait_until(SETTLE, "EIP reachable", || !ping_log(&log).is_empty()).unwrap();
     pinger.stop().unwrap();
-    let first = ping_log(&log)[0].0;
+    let first = ping_log(&log)[0].at.unwrap();
     println!(
         "FIGURE EIP bind to reachable (bind returned → first echo reply at the outside host, 5 ms pings): {:.0} ms",
         (first - bound_at) * 1000.0
@@ -477,7 +455,7 @@ fn failover(headless: bool) {
     pinger.stop().unwrap();
     let (down, failed) = outage(&attempts);
     let total = attempts.len();
-    let lost = ping_outage(&ping_log(&log), 10);
+    let lost = Duration::from_millis(u64::from(longest_ping_gap(&ping_log(&log))) * 10);
     println!(
         "FIGURE gateway failover{}: pings (every 10 ms) lost for {lost:?}; new connections (0.5 s connect timeout) failed for {down:?} ({failed} of {total} attempts)",
         if headless { " (control plane down)" } else { "" }
